@@ -1,0 +1,41 @@
+# Flowkeeper: `make demo` runs the main job locally, `make test` runs every test.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: help setup test unit crds check-crds cluster cluster-down demo bench clean
+
+help:
+	@echo "make demo         local control plane + Prometheus + RabbitMQ + operator, scaling a flow you can watch"
+	@echo "make test         every test (unit, property, and against the real control plane and Prometheus)"
+	@echo "make unit         the fast tests only (no I/O)"
+	@echo "make crds         regenerate crds/ from the API models"
+	@echo "make cluster      start the local control plane in the background (prints export KUBECONFIG=...)"
+	@echo "make cluster-down stop it"
+	@echo "make bench        benchmarks; writes bench/results.json"
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: setup
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+crds: setup
+	.venv/bin/flowkeeper crd > crds/flowkeeper.io_integrationflows.yaml
+
+cluster: setup
+	@mkdir -p $${TMPDIR:-/tmp}
+	@ready=$$(mktemp); rm -f $$ready; \
+	nohup $(PY) -m tests.support.cluster up --detach-ready-file $$ready > $${TMPDIR:-/tmp}/flowkeeper-cluster.log 2>&1 & \
+	for i in $$(seq 1 240); do [ -s $$ready ] && break; sleep 0.5; done; \
+	if [ -s $$ready ]; then echo "export KUBECONFIG=$$(cat $$ready)"; rm -f $$ready; \
+	else echo "the local cluster did not start; see $${TMPDIR:-/tmp}/flowkeeper-cluster.log"; exit 1; fi
+
+cluster-down:
+	@$(PY) -m tests.support.cluster down
+
+clean:
+	rm -rf .venv .pytest_cache .hypothesis

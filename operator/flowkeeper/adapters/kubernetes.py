@@ -1,0 +1,75 @@
+"""The only place that writes to the Kubernetes API: flow status, Deployment scale, Secrets read.
+
+Errors are turned into the classes the controller answers to: a missing object is a configuration
+problem of the flow; conflicts, throttling and 5xx are transient and retried on the next pass.
+The client is built by the caller and passed in, so nothing talks to a cluster at import time.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from flowkeeper.api import v1alpha1 as api
+from flowkeeper.domain.errors import ConfigurationError, TransientError
+
+log = logging.getLogger("flowkeeper.kubernetes")
+
+
+def _classify(exc: ApiException, what: str) -> Exception:
+    if exc.status == 404:
+        return ConfigurationError(f"{what}: not found", reason="NotFound")
+    if exc.status in (401, 403):
+        return ConfigurationError(f"{what}: forbidden ({exc.reason})", reason="Forbidden")
+    return TransientError(f"{what}: HTTP {exc.status} {exc.reason}", reason="KubernetesApiError")
+
+
+def load_client_config() -> k8s.ApiClient:
+    """In-cluster credentials when running in a Pod, else the current kubeconfig."""
+    from kubernetes import config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return k8s.ApiClient()
+
+
+class KubernetesGateway:
+    def __init__(self, api_client: k8s.ApiClient) -> None:
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
+        self._core = k8s.CoreV1Api(api_client)
+        self.writes = 0  # for the operator's own metrics and the idle-pass benchmark
+
+    def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Merge-patches status; conditions are sent whole (merge-patch replaces lists)."""
+        try:
+            self._custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
+            )
+            self.writes += 1
+        except ApiException as exc:
+            raise _classify(exc, f"status of IntegrationFlow {namespace}/{name}") from exc
+
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
+        """Changes only spec.replicas, through the /scale subresource."""
+        try:
+            self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
+            self.writes += 1
+        except ApiException as exc:
+            raise _classify(exc, f"scale of Deployment {namespace}/{name}") from exc
+
+    def read_secret_key(self, namespace: str, name: str, key: str) -> str:
+        try:
+            secret = self._core.read_namespaced_secret(name, namespace)
+        except ApiException as exc:
+            raise _classify(exc, f"Secret {namespace}/{name}") from exc
+        data = (secret.data or {}).get(key)
+        if data is None:
+            raise ConfigurationError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretKeyNotFound")
+        return base64.b64decode(data).decode()

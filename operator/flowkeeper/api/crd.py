@@ -1,0 +1,165 @@
+"""Generates the IntegrationFlow CustomResourceDefinition from the pydantic models.
+
+Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` for types, no titles. So the
+JSON schema pydantic produces is rewritten here: references inlined, `X | None` turned into plain `X`
+(optional fields are simply not required), and our extensions (defaults for sub-objects, CEL rules,
+list-map markers) kept.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from flowkeeper.api import v1alpha1 as api
+
+# Keys of pydantic's JSON schema that a structural CRD schema may keep.
+_KEPT_KEYS = {
+    "type",
+    "description",
+    "default",
+    "enum",
+    "format",
+    "pattern",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "minItems",
+    "maxItems",
+    "required",
+    "properties",
+    "items",
+    "additionalProperties",
+    "x-kubernetes-validations",
+    "x-kubernetes-list-type",
+    "x-kubernetes-list-map-keys",
+    "x-kubernetes-preserve-unknown-fields",
+}
+
+PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase of the flow."},
+    {"name": "Severity", "type": "string", "jsonPath": ".status.severity", "description": "None, P4, P3, P2 or P1."},
+    {"name": "Replicas", "type": "integer", "jsonPath": ".status.replicas", "description": "Consumer replicas now."},
+    {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "description": "Consumer replicas decided."},
+    {"name": "Backlog", "type": "number", "jsonPath": ".status.signals.queueDepth", "description": "Messages waiting."},
+    {"name": "DLQ", "type": "number", "jsonPath": ".status.signals.deadLetterDepth", "description": "Dead letters waiting."},
+    {"name": "Source", "type": "string", "jsonPath": ".spec.sourceSystem", "priority": 1, "description": "Source system."},
+    {"name": "Target", "type": "string", "jsonPath": ".spec.targetSystem", "priority": 1, "description": "Target system."},
+    {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1, "description": "Owning team."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+def _structural(node: Any, defs: dict[str, Any]) -> Any:
+    """Rewrites one pydantic JSON-schema node into its structural CRD form."""
+    if isinstance(node, list):
+        return [_structural(item, defs) for item in node]
+    if not isinstance(node, dict):
+        return node
+
+    node = dict(node)
+    if "$ref" in node:
+        target = copy.deepcopy(defs[node.pop("$ref").split("/")[-1]])
+        # The field's own description and default win over the referenced type's.
+        target.update(node)
+        node = target
+    if "anyOf" in node:
+        variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
+        if len(variants) != 1:
+            raise ValueError(f"a CRD schema cannot express a union of {variants}")
+        merged = dict(variants[0])
+        merged.update(node)
+        node = _structural(merged, defs)
+    if "allOf" in node and len(node["allOf"]) == 1:
+        merged = dict(node.pop("allOf")[0])
+        merged.update(node)
+        node = _structural(merged, defs)
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    if node.get("default", ...) is None:
+        # `None` defaults are pydantic's way of saying optional; the API server needs no default.
+        node.pop("default")
+
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key not in _KEPT_KEYS:
+            continue
+        if key == "properties":
+            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+        elif key in ("items", "additionalProperties") and isinstance(value, dict):
+            out[key] = _structural(value, defs)
+        elif key == "additionalProperties":
+            # `extra="forbid"` says false; a structural schema refuses unknown fields by pruning or, with
+            # kubectl's strict field validation, by an error, and forbids this key next to `properties`.
+            continue
+        elif key == "description":
+            out[key] = " ".join(value.split())
+        else:
+            out[key] = value
+    if "enum" in out and "type" not in out:
+        out["type"] = "string"
+    return out
+
+
+def schema_of(model: type[api.ApiModel]) -> dict[str, Any]:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return _structural(raw, raw.get("$defs", {}))
+
+
+def openapi_schema() -> dict[str, Any]:
+    """The openAPIV3Schema of the IntegrationFlow resource."""
+    return {
+        "type": "object",
+        "description": " ".join(api.IntegrationFlow.__doc__.split()),
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion of this object: flowkeeper.io/v1alpha1."},
+            "kind": {"type": "string", "description": "Kind of this object: IntegrationFlow."},
+            "metadata": {"type": "object"},
+            "spec": schema_of(api.IntegrationFlowSpec),
+            "status": schema_of(api.IntegrationFlowStatus),
+        },
+    }
+
+
+def custom_resource_definition() -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{api.PLURAL}.{api.GROUP}",
+            "labels": {"app.kubernetes.io/name": "flowkeeper", "app.kubernetes.io/part-of": "flowkeeper"},
+        },
+        "spec": {
+            "group": api.GROUP,
+            "scope": "Namespaced",
+            "names": {
+                "kind": api.KIND,
+                "listKind": f"{api.KIND}List",
+                "plural": api.PLURAL,
+                "singular": api.SINGULAR,
+                "shortNames": list(api.SHORT_NAMES),
+                "categories": ["flowkeeper"],
+            },
+            "versions": [
+                {
+                    "name": api.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": PRINTER_COLUMNS,
+                    "schema": {"openAPIV3Schema": openapi_schema()},
+                }
+            ],
+        },
+    }
+
+
+def render_yaml() -> str:
+    header = "# Generated from operator/flowkeeper/api/v1alpha1.py by `make crds`. Do not edit by hand.\n"
+    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, width=120)

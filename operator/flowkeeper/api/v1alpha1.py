@@ -1,0 +1,429 @@
+"""The IntegrationFlow API, version v1alpha1.
+
+These pydantic models are the single source of truth: `crds/` is generated from them
+(`flowkeeper crd`, `make crds`) and a test fails when the two drift. Every field carries a
+description, because that text is what `kubectl explain integrationflow.spec...` shows users.
+Validation users must see at `kubectl apply` time lives here too, as schema bounds and CEL rules
+(`x-kubernetes-validations`), so bad input is refused before it reaches the operator.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+from flowkeeper.api.durations import Duration
+
+GROUP = "flowkeeper.io"
+VERSION = "v1alpha1"
+KIND = "IntegrationFlow"
+PLURAL = "integrationflows"
+SINGULAR = "integrationflow"
+SHORT_NAMES = ["iflow", "iflows"]
+
+# Kubernetes object names (DNS-1123 subdomain) as used for Deployments and Secrets.
+K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+
+
+def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
+    """One `x-kubernetes-validations` entry; the message names the field the user must fix."""
+    entry = {"rule": rule, "message": message}
+    if field_path:
+        entry["fieldPath"] = field_path
+    return entry
+
+
+class ApiModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_enum_values=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The object as it is written to the API server (camelCase, unset optionals left out)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def nested(model: type[ApiModel], description: str) -> Any:
+    """A sub-object that is always present: the API server fills in its defaults when it is omitted."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+
+
+# --------------------------------------------------------------------------------------------- spec
+
+
+class ConsumerRef(ApiModel):
+    """The consumer Deployment that takes messages from the queue. Flowkeeper changes only its replica
+    count, through the /scale subresource, and never its template."""
+
+    deployment: str = Field(
+        description="Name of the consumer Deployment, in the same namespace as the IntegrationFlow.",
+        min_length=1,
+        max_length=253,
+        pattern=K8S_NAME_PATTERN,
+    )
+
+
+class Broker(str, Enum):
+    rabbitmq = "rabbitmq"
+    kafka = "kafka"
+    prometheus = "prometheus"
+
+
+class Source(ApiModel):
+    """Where the flow's messages wait. The broker decides which Prometheus metrics are read: RabbitMQ
+    (rabbitmq_prometheus), Kafka (kafka_exporter), or the consumers' own metrics (the Flowkeeper
+    metrics convention, keyed by the `integration` label)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.broker != 'rabbitmq' || has(self.queue)",
+                    "spec.source.queue is required when broker is rabbitmq",
+                    ".queue",
+                ),
+                cel(
+                    "self.broker != 'kafka' || has(self.topic)",
+                    "spec.source.topic is required when broker is kafka",
+                    ".topic",
+                ),
+                cel(
+                    "self.broker != 'kafka' || has(self.consumerGroup)",
+                    "spec.source.consumerGroup is required when broker is kafka",
+                    ".consumerGroup",
+                ),
+            ]
+        }
+    )
+
+    broker: Broker = Field(
+        description="Kind of source: rabbitmq, kafka, or prometheus (signals come from the consumers' "
+        "own metrics, see docs/metrics-convention.md)."
+    )
+    vhost: str = Field(default="/", max_length=255, description="RabbitMQ virtual host of the queue.")
+    queue: str | None = Field(
+        default=None, min_length=1, max_length=255, description="RabbitMQ queue the consumers read. Required for rabbitmq."
+    )
+    dead_letter_queue: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="RabbitMQ queue that receives rejected messages. Any message in it marks the flow P3 "
+        "(data problem: scaling will not help).",
+    )
+    topic: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Kafka topic the consumers read. Required for kafka."
+    )
+    consumer_group: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Kafka consumer group of the consumers. Required for kafka."
+    )
+    dead_letter_topic: str | None = Field(
+        default=None, min_length=1, max_length=255, description="Kafka topic that receives rejected messages."
+    )
+    integration: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=255,
+        description="Value of the `integration` label on the consumers' own metrics (metrics convention). "
+        "Defaults to the IntegrationFlow's name.",
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the IntegrationFlow's namespace."""
+
+    name: str = Field(description="Name of the Secret.", min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)
+    key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253)
+
+
+class PrometheusServer(ApiModel):
+    """A Prometheus to read this flow's signals from, instead of the operator's default one. Flows with
+    their own server are queried in their own pass."""
+
+    address: str = Field(
+        description="Base URL of the Prometheus HTTP API, e.g. https://prometheus.monitoring:9090.",
+        min_length=1,
+        max_length=2048,
+        pattern=r"^https?://",
+    )
+    bearer_token_secret: SecretKeyRef | None = Field(default=None, description="Bearer token for the requests.")
+    basic_auth_secret: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=K8S_NAME_PATTERN,
+        description="Name of a Secret with keys `username` and `password` for HTTP basic auth.",
+    )
+    ca_secret: SecretKeyRef | None = Field(default=None, description="CA certificate (PEM) to verify the server's TLS certificate.")
+
+
+class MetricsOverrides(ApiModel):
+    """PromQL that replaces a preset signal for this flow. Each query must return one number. Every
+    override costs one query per pass for this flow, while presets are batched across all flows."""
+
+    server: PrometheusServer | None = Field(default=None, description="Read this flow from another Prometheus.")
+    queue_depth: str | None = Field(default=None, max_length=4096, description="Messages waiting to be consumed.")
+    dead_letter_depth: str | None = Field(default=None, max_length=4096, description="Messages in the dead-letter queue.")
+    throughput: str | None = Field(default=None, max_length=4096, description="Messages processed per second by all consumers.")
+    error_ratio: str | None = Field(default=None, max_length=4096, description="Failed / processed messages, 0..1.")
+    configuration_errors: str | None = Field(
+        default=None,
+        max_length=4096,
+        description="Rate of configuration errors the consumers report (wrong endpoint, expired credentials). "
+        "Above zero, the flow is paused or alerted per onConfigurationError.",
+    )
+    latency_seconds: str | None = Field(default=None, max_length=4096, description="Processing latency per message, seconds.")
+    last_success_timestamp: str | None = Field(
+        default=None, max_length=4096, description="Unix time of the last successfully processed message."
+    )
+    cpu_utilization: str | None = Field(
+        default=None, max_length=4096, description="Consumer CPU use as a fraction of requests (0.7 = 70 %)."
+    )
+
+
+class StepRules(ApiModel):
+    """How fast replicas may change in one direction."""
+
+    stabilization_window: Duration = Field(
+        default="0s",
+        description="A change in this direction happens only if every recommendation within this window "
+        "agreed with it (like the HPA's behavior.*.stabilizationWindowSeconds).",
+    )
+    max_replicas_per_step: int | None = Field(
+        default=None, ge=1, description="At most this many replicas added or removed per pass. Unset: no limit."
+    )
+    max_percent_per_step: int | None = Field(
+        default=None, ge=1, le=1000, description="At most this percentage of the current replicas per pass. Unset: no limit."
+    )
+
+
+class ScaleDownRules(StepRules):
+    """How fast replicas may go down; by default only after the recommendation stayed lower for 5m."""
+
+    stabilization_window: Duration = Field(
+        default="5m",
+        description="Replicas go down only to the highest recommendation seen within this window.",
+    )
+
+
+class Fallback(ApiModel):
+    """What to do while the flow's metrics cannot be read. Missing metrics never scale a flow down."""
+
+    after_failures: int = Field(default=3, ge=1, le=1000, description="Failed passes in a row before the fallback applies.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        description="Replicas while metrics are missing, after afterFailures passes; never fewer than the "
+        "current count. Unset: keep the current count.",
+    )
+
+
+class ScalingSpec(ApiModel):
+    """How many consumers the flow gets. Every target below gives a replica count; the largest wins,
+    clamped to [minReplicas, maxReplicas] and to partitions."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.minReplicas <= self.maxReplicas",
+                    "spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
+                    ".minReplicas",
+                ),
+            ]
+        }
+    )
+
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=10000,
+        description="Fewest consumers. 0 lets an idle flow scale to zero after idleAfter; the first message "
+        "above activationQueueDepth brings one back.",
+    )
+    max_replicas: int = Field(default=10, ge=1, le=10000, description="Most consumers.")
+    partitions: int | None = Field(
+        default=None,
+        ge=1,
+        le=100000,
+        description="Ordered consumption (Kafka partitions, single-active-consumer queues): never more "
+        "consumers than this.",
+    )
+    queue_depth_per_replica: int = Field(
+        default=100, ge=1, description="Backlog one consumer should carry: replicas = ceil(queueDepth / this)."
+    )
+    activation_queue_depth: int = Field(
+        default=0, ge=0, description="From zero replicas, scale to one only when the backlog is above this."
+    )
+    drain_within: Duration | None = Field(
+        default=None,
+        description="Optional: enough consumers to drain the backlog within this time, from the measured "
+        "throughput per consumer.",
+    )
+    cpu_utilization: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Optional: target CPU use of the consumers, percent of their requests (HPA formula).",
+    )
+    tolerance: float = Field(
+        default=0.1, ge=0, le=1, description="Ratios within this distance of 1.0 do not change replicas (like the HPA's 10 %)."
+    )
+    poll_interval: Duration = Field(default="15s", description="How often the flow's signals are read and decided on.")
+    idle_after: Duration = Field(
+        default="5m", description="With minReplicas 0: how long the queue must stay empty before going to zero."
+    )
+    scale_up: StepRules = nested(StepRules, "Limits for adding consumers. Default: at once.")
+    scale_down: ScaleDownRules = nested(ScaleDownRules, "Limits for removing consumers. Default: after 5m of lower load.")
+    fallback: Fallback = nested(Fallback, "Behaviour while metrics are missing.")
+
+
+class HealthSpec(ApiModel):
+    """Thresholds of the flow's health signals. The defaults are the ones integration teams alert on."""
+
+    heartbeat_window: Duration = Field(
+        default="5m", description="Unhealthy when no message was processed within this window while work waits."
+    )
+    error_ratio: float = Field(default=0.01, ge=0, le=1, description="Unhealthy above this fraction of failed messages.")
+    throughput_deviation: float = Field(
+        default=0.3, ge=0, le=10, description="Unhealthy when throughput is more than this fraction away from its baseline."
+    )
+    latency_factor: float = Field(default=2.0, ge=1, le=1000, description="Unhealthy when latency is above this multiple of its baseline.")
+    queue_growth_window: Duration = Field(default="10m", description="Unhealthy when the backlog grew for this long straight.")
+    cpu_utilization: int = Field(default=80, ge=1, le=1000, description="Unhealthy when consumer CPU stays above this percent of requests.")
+    memory_utilization: int = Field(default=85, ge=1, le=1000, description="Unhealthy when consumer memory stays above this percent of limits.")
+    baseline_window: Duration = Field(default="1h", description="Trailing window over which throughput and latency baselines are computed.")
+
+
+class OnConfigurationError(str, Enum):
+    pause = "Pause"
+    alert = "Alert"
+
+
+class IntegrationFlowSpec(ApiModel):
+    """Desired state of an integration flow: what it joins, who owns it, where its messages wait, and how
+    it is scaled and judged."""
+
+    description: str | None = Field(default=None, max_length=1024, description="What the flow does, for people.")
+    owner: str | None = Field(default=None, max_length=253, description="Team that answers for the flow.")
+    source_system: str | None = Field(default=None, max_length=253, description="System the messages come from.")
+    target_system: str | None = Field(default=None, max_length=253, description="System the messages are delivered to.")
+    runbook_url: str | None = Field(
+        default=None, max_length=2048, pattern=r"^https?://", description="Runbook for this flow; linked from Events and conditions."
+    )
+    consumer: ConsumerRef = Field(description="The consumer Deployment to scale.")
+    source: Source = Field(description="Where the flow's messages wait.")
+    metrics: MetricsOverrides = nested(MetricsOverrides, "Optional PromQL overrides per signal.")
+    scaling: ScalingSpec = nested(ScalingSpec, "How many consumers the flow gets.")
+    health: HealthSpec = nested(HealthSpec, "Thresholds of the health signals.")
+    on_configuration_error: OnConfigurationError = Field(
+        default=OnConfigurationError.pause,
+        description="Pause: consumers go to 0 and the backlog waits safely in the queue until the cause is "
+        "fixed. Alert: keep consuming, only report.",
+    )
+    paused: bool = Field(default=False, description="Pause the flow by hand (consumers to 0), declared in Git.")
+
+
+# ------------------------------------------------------------------------------------------- status
+
+
+class Phase(str, Enum):
+    pending = "Pending"
+    running = "Running"
+    scaling = "Scaling"
+    degraded = "Degraded"
+    paused = "Paused"
+    down = "Down"
+
+
+class Severity(str, Enum):
+    none = "None"
+    p4 = "P4"
+    p3 = "P3"
+    p2 = "P2"
+    p1 = "P1"
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(ApiModel):
+    """A condition in the standard metav1.Condition shape."""
+
+    type: str = Field(description="Condition type: Ready, Healthy, MetricsAvailable, Paused, ScalingLimited.", max_length=316)
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(
+        description="One CamelCase word for machines.", min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
+    )
+    message: str = Field(default="", max_length=32768, description="What happened, for people.")
+    last_transition_time: str = Field(description="When status last changed.", json_schema_extra={"format": "date-time"})
+    observed_generation: int | None = Field(default=None, ge=0, description="The .metadata.generation the condition was set from.")
+
+
+class Signals(ApiModel):
+    """The flow's last signals read from Prometheus. A signal that could not be read is left out."""
+
+    queue_depth: float | None = Field(default=None, description="Messages waiting.")
+    dead_letter_depth: float | None = Field(default=None, description="Messages in the dead-letter queue.")
+    throughput: float | None = Field(default=None, description="Messages processed per second.")
+    error_ratio: float | None = Field(default=None, description="Failed / processed messages.")
+    latency_seconds: float | None = Field(default=None, description="Processing latency per message.")
+    cpu_utilization: float | None = Field(default=None, description="Consumer CPU use, fraction of requests.")
+    memory_utilization: float | None = Field(default=None, description="Consumer memory use, fraction of limits.")
+    observed_at: str | None = Field(default=None, description="When the signals were read.", json_schema_extra={"format": "date-time"})
+
+
+class PauseState(ApiModel):
+    """Why and since when the flow is paused, and what to restore on resume."""
+
+    reason: str = Field(description="Why the flow is paused: Manual, TargetNotFound, InvalidQuery, SecretNotFound, ConsumerConfigurationError.")
+    since: str = Field(description="When the pause began.", json_schema_extra={"format": "date-time"})
+    replicas_before: int = Field(ge=0, description="Replicas the consumers had before the pause; restored on resume.")
+    message: str = Field(default="", description="Details for people.")
+    template_hash: str | None = Field(default=None, description="Hash of the consumer pod template at pause time; a change resumes.")
+    spec_generation: int | None = Field(default=None, description="The flow's generation at pause time; a spec change resumes.")
+
+
+class IntegrationFlowStatus(ApiModel):
+    """Observed state of the flow, written by Flowkeeper only when a value changes."""
+
+    observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.")
+    phase: Phase | None = Field(default=None, description="Pending, Running, Scaling, Degraded, Paused or Down.")
+    severity: Severity | None = Field(default=None, description="None, P4 (cosmetic), P3 (dead letters), P2 (degraded), P1 (down).")
+    replicas: int | None = Field(default=None, description="Replicas the consumer Deployment has, ready or not.")
+    ready_replicas: int | None = Field(default=None, description="Ready consumer replicas.")
+    desired_replicas: int | None = Field(default=None, description="Replicas Flowkeeper decided on.")
+    last_scale_time: str | None = Field(default=None, description="When Flowkeeper last changed replicas.", json_schema_extra={"format": "date-time"})
+    last_scale_reason: str | None = Field(default=None, description="Why, e.g. 'backlog 620 > 4 replicas x 100'.")
+    metrics_failures: int | None = Field(default=None, ge=0, description="Passes in a row whose metrics could not be read.")
+    signals: Signals | None = Field(default=None, description="The last signals read.")
+    pause: PauseState | None = Field(default=None, description="Set while the flow is paused.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Ready, Healthy, MetricsAvailable, Paused, ScalingLimited.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+
+
+class IntegrationFlow(ApiModel):
+    """An integration flow: a consumer Deployment that takes messages from a queue and delivers them to a
+    target system. Flowkeeper scales the consumers, pauses the flow on configuration errors, and records
+    its health."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    api_version: Literal["flowkeeper.io/v1alpha1"] = Field(default=f"{GROUP}/{VERSION}", description="flowkeeper.io/v1alpha1")
+    kind: Literal["IntegrationFlow"] = Field(default=KIND, description="IntegrationFlow")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: IntegrationFlowSpec
+    status: IntegrationFlowStatus = Field(default_factory=IntegrationFlowStatus)

@@ -1,0 +1,48 @@
+"""The `flowkeeper` command: `flowkeeper run` runs the operator, `flowkeeper crd` prints the CRD."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.group()
+def main() -> None:
+    """Flowkeeper keeps integration flows healthy: it scales queue consumers from Prometheus signals,
+    pauses flows whose configuration is broken, and records their health on the IntegrationFlow."""
+
+
+@main.command()
+@click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable). Default: all.")
+@click.option("--standalone", is_flag=True, help="No peering with other replicas (one replica, or tests).")
+@click.option("--liveness", "liveness_endpoint", default=None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
+@click.option("--log-format", type=click.Choice(["json", "plain"]), default="json", show_default=True)
+@click.option("--verbose", is_flag=True, help="Debug logs.")
+def run(namespaces: tuple[str, ...], standalone: bool, liveness_endpoint: str | None, log_format: str, verbose: bool) -> None:
+    """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
+    import kopf
+
+    import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
+
+    kopf.configure(
+        verbose=verbose,
+        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN,
+        log_refkey="k8s",
+    )
+    kopf.run(
+        standalone=standalone,
+        clusterwide=not namespaces,
+        namespaces=list(namespaces),
+        liveness_endpoint=liveness_endpoint,
+    )
+
+
+@main.command()
+def crd() -> None:
+    """Print the IntegrationFlow CustomResourceDefinition (YAML), generated from the API models."""
+    from flowkeeper.api.crd import render_yaml
+
+    click.echo(render_yaml(), nl=False)
+
+
+if __name__ == "__main__":
+    main()

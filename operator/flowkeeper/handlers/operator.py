@@ -1,0 +1,69 @@
+"""kopf wiring only: settings, watch events into the store, the shared loop started and stopped.
+No scaling or health logic lives here (see domain/ and controller/)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
+from flowkeeper.api import v1alpha1 as api
+from flowkeeper.controller.loop import FlowController
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain.planner import Event
+
+log = logging.getLogger("flowkeeper")
+
+
+def _post_event(reference: dict[str, str], event: Event) -> None:
+    kopf.event(reference, type=event.type, reason=event.reason, message=event.message)
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # Our own annotation prefix and finalizer name, instead of kopf.zalando.org.
+    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
+    # Events for what Flowkeeper does to flows are posted explicitly; kopf's own handler chatter is noise.
+    settings.posting.level = logging.WARNING
+    # Watches are restarted every 10 minutes so a silently dropped connection cannot go unnoticed.
+    settings.watching.server_timeout = 600
+    settings.watching.client_timeout = 660
+    settings.watching.connect_timeout = 30
+    settings.networking.request_timeout = 60
+    # Peering for HA: the active replica runs the loop, the others wait (see docs/operations.md).
+    settings.peering.name = "flowkeeper"
+
+    store = ClusterStore(clock=time.time)
+    gateway = KubernetesGateway(load_client_config())
+    controller = FlowController(store, gateway, _post_event)
+    memo.store = store
+    memo.controller = controller
+    memo.stopped = asyncio.Event()
+    memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    memo.stopped.set()
+    memo.loop_task.cancel()
+    try:
+        await memo.loop_task
+    except asyncio.CancelledError:
+        pass
+
+
+@kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
+def flow_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    # The initial listing comes with type None: those objects are simply there, as if added.
+    memo.store.flow_event(event.get("type") or "ADDED", event["object"])
+
+
+@kopf.on.event("apps", "v1", "deployments")
+def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.store.deployment_event(event.get("type") or "ADDED", event["object"])

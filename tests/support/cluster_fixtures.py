@@ -1,0 +1,70 @@
+"""pytest fixtures for the real local control plane (one per test session) and per-test namespaces."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.cluster import REPO, LocalCluster
+from tests.support.operator import OperatorProcess
+
+CRD_FILE = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[LocalCluster]:
+    with LocalCluster() as local:
+        local.kubectl("apply", "-f", str(CRD_FILE))
+        local.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
+        yield local
+
+
+@pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def kubectl_json(cluster: LocalCluster) -> Callable[..., Any]:
+    def get(*args: str) -> Any:
+        return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+    return get
+
+
+@pytest.fixture
+def run_operator(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
+    started: list[OperatorProcess] = []
+
+    def start(*args: str) -> OperatorProcess:
+        operator = OperatorProcess(cluster.env, tmp_path, *args, name=f"flowkeeper-{len(started)}").start()
+        started.append(operator)
+        return operator
+
+    yield start
+    for operator in started:
+        operator.stop()
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.3, what: str = "condition") -> Any:
+    """Retries `check` until it returns a truthy value; fails with the last value or error."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+            if last:
+                return last
+        except (AssertionError, KeyError, IndexError, RuntimeError) as exc:
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"{what} not reached within {timeout}s; last: {last!r}")

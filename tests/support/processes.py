@@ -1,0 +1,95 @@
+"""Starting and stopping the real programs the tests need (etcd, kube-apiserver, Prometheus, ...),
+so that none outlives the test session: each runs in its own process group, dies with its parent
+(PR_SET_PDEATHSIG), and is stopped by SIGTERM then SIGKILL."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    os.setpgrp()
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+class Process:
+    """One long-running program, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_dir / f"{name}.log"
+        self.env = env
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        self.popen = subprocess.Popen(
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(self.env or {})},
+            preexec_fn=_die_with_parent,
+        )
+        log.close()
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout)
+        self.popen = None
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str, process: Process | None = None) -> None:
+    """Polls `check` until it is true; fails with the process's log when it died or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.popen is not None and process.popen.poll() is not None:
+            raise RuntimeError(f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - not ready yet: connection refused, 503, ...
+            pass
+        time.sleep(0.2)
+    tail = f"\n{process.log_tail()}" if process else ""
+    raise TimeoutError(f"{what} not ready within {timeout:.0f}s{tail}")
