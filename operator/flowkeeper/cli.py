@@ -22,6 +22,9 @@ def run(namespaces: tuple[str, ...], standalone: bool, liveness_endpoint: str | 
     import kopf
 
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
+    from flowkeeper.config import OperatorConfig
+
+    config = OperatorConfig(namespaces=tuple(namespaces))
 
     kopf.configure(
         verbose=verbose,
@@ -33,6 +36,7 @@ def run(namespaces: tuple[str, ...], standalone: bool, liveness_endpoint: str | 
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,
+        memo=kopf.Memo(config=config),
     )
 
 

@@ -186,6 +186,20 @@ class LocalCluster:
         with urllib.request.urlopen(self.server + path, context=context, timeout=5) as response:
             return response.read()
 
+    def write_requests(self, resource: str, subresource: str | None = None) -> int:
+        """Write requests (create, update, patch, delete) the API server has served for `resource`
+        (only `subresource` when given), from its own apiserver_request_total metric."""
+        total = 0
+        for line in self._get("/metrics").decode().splitlines():
+            if not line.startswith("apiserver_request_total{"):
+                continue
+            labels, value = line.rsplit(" ", 1)
+            if subresource is not None and f'subresource="{subresource}"' not in labels:
+                continue
+            if f'resource="{resource}"' in labels and any(f'verb="{v}"' in labels for v in ("POST", "PUT", "PATCH", "APPLY", "DELETE")):
+                total += int(float(value))
+        return total
+
     # -- lifecycle
     def start(self) -> LocalCluster:
         try:

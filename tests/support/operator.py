@@ -15,8 +15,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         self.process.start()
-        # kopf logs this once its watches are established.
-        wait_until(lambda: "Startup handler 'configure' succeeded" in self.log(), 60, "the operator", self.process)
+        wait_until(lambda: "controller loop running" in self.log(), 60, "the operator", self.process)
         return self
 
     def log(self) -> str:

@@ -46,8 +46,9 @@ def test_every_spec_field_is_documented() -> None:
 
 def test_sub_objects_default_so_the_api_server_fills_in_their_fields() -> None:
     spec = custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    for name in ("scaling", "health", "metrics"):
-        assert spec["properties"][name]["default"] == {}
+    assert spec["properties"]["metrics"]["default"] == {}
+    assert spec["properties"]["scaling"]["default"]["minReplicas"] == 1
+    assert spec["properties"]["health"]["default"]["errorRatio"] == 0.01
     assert spec["properties"]["scaling"]["properties"]["scaleDown"]["properties"]["stabilizationWindow"]["default"] == "5m"
 
 

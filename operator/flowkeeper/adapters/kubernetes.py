@@ -8,7 +8,10 @@ The client is built by the caller and passed in, so nothing talks to a cluster a
 from __future__ import annotations
 
 import base64
+import datetime as dt
+import json
 import logging
+import socket
 from typing import Any
 
 from kubernetes import client as k8s
@@ -45,6 +48,31 @@ class KubernetesGateway:
         self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self.writes = 0  # for the operator's own metrics and the idle-pass benchmark
+        self.instance = socket.gethostname()
+
+    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+        """Every IntegrationFlow ("flows") or Deployment ("deployments") in the namespaces (all when
+        empty), as plain dicts like watch events carry them."""
+        calls = {
+            "flows": (
+                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL),
+                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL),
+            ),
+            "deployments": (
+                lambda ns: self._apps.list_namespaced_deployment(ns, _preload_content=False),
+                lambda: self._apps.list_deployment_for_all_namespaces(_preload_content=False),
+            ),
+        }
+        per_namespace, cluster_wide = calls[kind]
+        try:
+            results = [per_namespace(ns) for ns in namespaces] if namespaces else [cluster_wide()]
+        except ApiException as exc:
+            raise _classify(exc, f"list {kind}") from exc
+        items: list[dict[str, Any]] = []
+        for result in results:
+            body = json.loads(result.data) if hasattr(result, "data") else result
+            items.extend(body.get("items", []))
+        return items
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patches status; conditions are sent whole (merge-patch replaces lists)."""
@@ -63,6 +91,35 @@ class KubernetesGateway:
             self.writes += 1
         except ApiException as exc:
             raise _classify(exc, f"scale of Deployment {namespace}/{name}") from exc
+
+    def post_event(self, reference: dict[str, str], type_: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the flow, as `kubectl describe` and `kubectl get events` show them."""
+        now = dt.datetime.now(dt.timezone.utc)
+        event = k8s.CoreV1Event(
+            metadata=k8s.V1ObjectMeta(generate_name=f"{reference['name']}.", namespace=reference["namespace"]),
+            involved_object=k8s.V1ObjectReference(
+                api_version=reference["apiVersion"],
+                kind=reference["kind"],
+                name=reference["name"],
+                namespace=reference["namespace"],
+                uid=reference.get("uid"),
+            ),
+            type=type_,
+            reason=reason,
+            message=message[:1024],
+            source=k8s.V1EventSource(component="flowkeeper"),
+            reporting_component="flowkeeper.io/operator",
+            reporting_instance=self.instance,
+            first_timestamp=now,
+            last_timestamp=now,
+            count=1,
+        )
+        try:
+            self._core.create_namespaced_event(reference["namespace"], event)
+            self.writes += 1
+        except ApiException as exc:
+            # An Event that cannot be posted is logged, never allowed to stop the flow's reconciliation.
+            log.warning("event not posted: %s", exc.reason, extra={"reason": reason, "flow": reference["name"]})
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         try:

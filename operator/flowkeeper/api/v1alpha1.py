@@ -52,8 +52,9 @@ class ApiModel(BaseModel):
 
 
 def nested(model: type[ApiModel], description: str) -> Any:
-    """A sub-object that is always present: the API server fills in its defaults when it is omitted."""
-    return Field(default_factory=model, description=description, json_schema_extra={"default": {}})
+    """A sub-object that is always present: the API server fills in its defaults when it is omitted.
+    The default is written out in full because CEL rules are checked against defaults as they stand."""
+    return Field(default_factory=model, description=description, json_schema_extra={"default": model().to_wire()})
 
 
 # --------------------------------------------------------------------------------------------- spec

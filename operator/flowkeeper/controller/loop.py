@@ -17,12 +17,9 @@ from typing import Any
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
-from flowkeeper.domain.planner import Event, Plan, plan
+from flowkeeper.domain.planner import Plan, plan
 
 log = logging.getLogger("flowkeeper.controller")
-
-EventPoster = Callable[[dict[str, str], Event], None]
-
 
 def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """A merge patch from current to desired status: keys that went away are sent as null."""
@@ -32,15 +29,19 @@ def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, 
 
 
 class FlowController:
-    def __init__(self, store: ClusterStore, gateway, post_event: EventPoster, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: ClusterStore, gateway, namespaces: tuple[str, ...] = (), clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.gateway = gateway
-        self.post_event = post_event
+        self.namespaces = namespaces
         self.clock = clock
         self.passes = 0
 
     async def run_forever(self, stopped: asyncio.Event | None = None) -> None:
         stopped = stopped or asyncio.Event()
+        await self._seed(stopped)
+        log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows)})
         while not stopped.is_set():
             wait = self.store.seconds_until_next(self.clock())
             self.store.wakeup.clear()
@@ -51,6 +52,19 @@ class FlowController:
             due = self.store.take_due(self.clock())
             if due:
                 await self.run_pass(due)
+
+    async def _seed(self, stopped: asyncio.Event) -> None:
+        backoff = 1.0
+        while not stopped.is_set():
+            try:
+                flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
+                deployments = await asyncio.to_thread(self.gateway.list_objects, "deployments", self.namespaces)
+                self.store.seed(flows, deployments)
+                return
+            except FlowkeeperError as exc:
+                log.warning("initial listing failed, retrying", extra={"reason": exc.reason, "stage": "startup"})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
 
     async def run_pass(self, flows: list[FlowRecord]) -> None:
         pass_id = uuid.uuid4().hex[:12]
@@ -78,7 +92,7 @@ class FlowController:
                 patch = status_patch(flow_plan.status, flow.status)
                 await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)
             for event in flow_plan.events:
-                self.post_event(flow.reference, event)
+                await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
                 log.info(event.message, extra={**context, "stage": "event", "reason": event.reason})
         except FlowkeeperError as exc:
             # Transient trouble (conflict, 5xx) is retried at the flow's next pass; nothing is lost.

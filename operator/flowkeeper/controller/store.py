@@ -22,6 +22,22 @@ class ClusterStore:
         self._due: dict[str, float] = {}  # flow key -> next time it is due
         self._heap: list[tuple[float, str]] = []
         self.wakeup = asyncio.Event()
+        self.seeded = False  # no pass runs before the first LIST is in
+
+    # -- seeded once by a LIST, then fed by watch events
+    def seed(self, flows: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
+        """Fills in what the watches have not delivered yet, so the first pass sees every Deployment:
+        without it a restarted operator would take a flow's Deployment for missing. Objects the
+        watches already delivered are newer and kept."""
+        for body in deployments:
+            record = deployment_from_body(body)
+            self.deployments.setdefault(record.key, record)
+        for body in flows:
+            record = flow_from_body(body)
+            if record.key not in self.flows:
+                self.flows[record.key] = record
+                self.mark_due(record.key)
+        self.seeded = True
 
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:

@@ -12,15 +12,11 @@ import kopf
 
 from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
 from flowkeeper.api import v1alpha1 as api
+from flowkeeper.config import OperatorConfig
 from flowkeeper.controller.loop import FlowController
 from flowkeeper.controller.store import ClusterStore
-from flowkeeper.domain.planner import Event
 
 log = logging.getLogger("flowkeeper")
-
-
-def _post_event(reference: dict[str, str], event: Event) -> None:
-    kopf.event(reference, type=event.type, reason=event.reason, message=event.message)
 
 
 @kopf.on.startup()
@@ -41,7 +37,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 
     store = ClusterStore(clock=time.time)
     gateway = KubernetesGateway(load_client_config())
-    controller = FlowController(store, gateway, _post_event)
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
+    controller = FlowController(store, gateway, namespaces=config.namespaces)
     memo.store = store
     memo.controller = controller
     memo.stopped = asyncio.Event()

@@ -1,0 +1,17 @@
+"""The operator's own configuration, from `flowkeeper run` options and FLOWKEEPER_* variables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespaces: tuple[str, ...] = ()  # empty: every namespace
+    prometheus_url: str | None = None  # None: no metrics; flows are only checked for readiness
+    prometheus_bearer_token_file: str | None = None
+    prometheus_ca_file: str | None = None
+    prometheus_timeout: float = 5.0
+    rate_window: str = "1m"  # window of rate() in the presets' PromQL
+    metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
+    extra: dict[str, str] = field(default_factory=dict)
