@@ -16,15 +16,23 @@ def main() -> None:
 @click.option("--standalone", is_flag=True, help="No peering with other replicas (one replica, or tests).")
 @click.option("--liveness", "liveness_endpoint", default=None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
 @click.option("--log-format", type=click.Choice(["json", "plain"]), default="json", show_default=True)
+@click.option("--metrics-port", type=int, default=8080, show_default=True, envvar="FLOWKEEPER_METRICS_PORT", help="Port of the operator's own /metrics; 0 disables it.")
 @click.option("--verbose", is_flag=True, help="Debug logs.")
-def run(namespaces: tuple[str, ...], standalone: bool, liveness_endpoint: str | None, log_format: str, verbose: bool) -> None:
+def run(
+    namespaces: tuple[str, ...],
+    standalone: bool,
+    liveness_endpoint: str | None,
+    log_format: str,
+    metrics_port: int,
+    verbose: bool,
+) -> None:
     """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
     import kopf
 
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
     from flowkeeper.config import OperatorConfig
 
-    config = OperatorConfig(namespaces=tuple(namespaces))
+    config = OperatorConfig(namespaces=tuple(namespaces), metrics_port=metrics_port or None)
 
     kopf.configure(
         verbose=verbose,

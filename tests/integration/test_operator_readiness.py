@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 
@@ -26,7 +27,7 @@ def ready_condition(kubectl_json, namespace: str) -> dict | None:
 
 
 def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json, run_operator) -> None:
-    run_operator("-n", namespace)
+    operator = run_operator("-n", namespace)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=FLOW)
 
     missing = eventually(lambda: ready_condition(kubectl_json, namespace), what="a Ready condition")
@@ -55,6 +56,10 @@ def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json,
         timeout=60,
         what="readyReplicas recorded",
     )
+
+    own_metrics = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
+    assert 'flowkeeper_kubernetes_writes_total{kind="event"} 2.0' in own_metrics
+    assert "flowkeeper_pass_duration_seconds_count" in own_metrics
 
 
 def test_an_idle_operator_makes_no_writes(cluster, namespace, kubectl_json, run_operator) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.support.processes import Process, wait_until
+from tests.support.processes import Process, free_port, wait_until
 
 
 class OperatorProcess:
     def __init__(self, env: dict[str, str], log_dir: Path, *args: str, name: str = "flowkeeper") -> None:
-        argv = [sys.executable, "-m", "flowkeeper.cli", "run", "--standalone", *args]
+        self.metrics_port = free_port()
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        argv = [sys.executable, "-m", "flowkeeper.cli", "run", "--standalone", f"--metrics-port={self.metrics_port}", *args]
         self.process = Process(name, argv, log_dir, env=env)
 
     def start(self) -> OperatorProcess:

@@ -18,17 +18,22 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from flowkeeper.api import v1alpha1 as api
-from flowkeeper.domain.errors import ConfigurationError, TransientError
+from flowkeeper.domain.errors import ConfigurationError, FlowkeeperError, TransientError
+from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.kubernetes")
 
 
-def _classify(exc: ApiException, what: str) -> Exception:
+def _classify(exc: ApiException, what: str) -> FlowkeeperError:
+    error: FlowkeeperError
     if exc.status == 404:
-        return ConfigurationError(f"{what}: not found", reason="NotFound")
-    if exc.status in (401, 403):
-        return ConfigurationError(f"{what}: forbidden ({exc.reason})", reason="Forbidden")
-    return TransientError(f"{what}: HTTP {exc.status} {exc.reason}", reason="KubernetesApiError")
+        error = ConfigurationError(f"{what}: not found", reason="NotFound")
+    elif exc.status in (401, 403):
+        error = ConfigurationError(f"{what}: forbidden ({exc.reason})", reason="Forbidden")
+    else:
+        error = TransientError(f"{what}: HTTP {exc.status} {exc.reason}", reason="KubernetesApiError")
+    metrics.API_ERRORS.labels(error_class=error.error_class.value, reason=error.reason).inc()
+    return error
 
 
 def load_client_config() -> k8s.ApiClient:
@@ -47,7 +52,6 @@ class KubernetesGateway:
         self._custom = k8s.CustomObjectsApi(api_client)
         self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
-        self.writes = 0  # for the operator's own metrics and the idle-pass benchmark
         self.instance = socket.gethostname()
 
     def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -80,7 +84,7 @@ class KubernetesGateway:
             self._custom.patch_namespaced_custom_object_status(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
             )
-            self.writes += 1
+            metrics.API_WRITES.labels(kind="status").inc()
         except ApiException as exc:
             raise _classify(exc, f"status of IntegrationFlow {namespace}/{name}") from exc
 
@@ -88,7 +92,7 @@ class KubernetesGateway:
         """Changes only spec.replicas, through the /scale subresource."""
         try:
             self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
-            self.writes += 1
+            metrics.API_WRITES.labels(kind="scale").inc()
         except ApiException as exc:
             raise _classify(exc, f"scale of Deployment {namespace}/{name}") from exc
 
@@ -116,7 +120,7 @@ class KubernetesGateway:
         )
         try:
             self._core.create_namespaced_event(reference["namespace"], event)
-            self.writes += 1
+            metrics.API_WRITES.labels(kind="event").inc()
         except ApiException as exc:
             # An Event that cannot be posted is logged, never allowed to stop the flow's reconciliation.
             log.warning("event not posted: %s", exc.reason, extra={"reason": reason, "flow": reference["name"]})

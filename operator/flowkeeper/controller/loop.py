@@ -18,6 +18,7 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
 from flowkeeper.domain.planner import Plan, plan
+from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.controller")
 
@@ -75,6 +76,8 @@ class FlowController:
             flow_plan = plan(flow, deployment, now=now)
             await self._apply(flow, flow_plan, pass_id)
         self.passes += 1
+        metrics.PASS_SECONDS.observe(time.monotonic() - started)
+        metrics.PASS_FLOWS.observe(len(flows))
         log.debug(
             "pass done",
             extra={"pass_id": pass_id, "flows": len(flows), "seconds": round(time.monotonic() - started, 4)},

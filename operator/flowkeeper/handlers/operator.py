@@ -15,6 +15,7 @@ from flowkeeper.api import v1alpha1 as api
 from flowkeeper.config import OperatorConfig
 from flowkeeper.controller.loop import FlowController
 from flowkeeper.controller.store import ClusterStore
+from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper")
 
@@ -35,9 +36,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # Peering for HA: the active replica runs the loop, the others wait (see docs/operations.md).
     settings.peering.name = "flowkeeper"
 
+    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
+    if config.metrics_port:
+        metrics.serve(config.metrics_port)
     store = ClusterStore(clock=time.time)
     gateway = KubernetesGateway(load_client_config())
-    config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     controller = FlowController(store, gateway, namespaces=config.namespaces)
     memo.store = store
     memo.controller = controller

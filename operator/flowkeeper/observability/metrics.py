@@ -1,0 +1,42 @@
+"""The operator's own Prometheus metrics (served on /metrics by `flowkeeper run`)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+FLOWS = Gauge("flowkeeper_flows", "Flows by phase and severity.", ["phase", "severity"], registry=REGISTRY)
+SCALE_ACTIONS = Counter(
+    "flowkeeper_scale_actions_total", "Replica changes made, by direction.", ["direction"], registry=REGISTRY
+)
+PASS_SECONDS = Histogram(
+    "flowkeeper_pass_duration_seconds",
+    "Duration of one pass over the due flows.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PASS_FLOWS = Histogram(
+    "flowkeeper_pass_flows", "Flows handled in one pass.", buckets=(1, 10, 100, 1000, 10000), registry=REGISTRY
+)
+PROMETHEUS_QUERIES = Counter(
+    "flowkeeper_prometheus_queries_total", "Queries sent to Prometheus.", registry=REGISTRY
+)
+PROMETHEUS_ERRORS = Counter(
+    "flowkeeper_prometheus_errors_total", "Failed signal reads, by error class and reason.", ["error_class", "reason"], registry=REGISTRY
+)
+API_WRITES = Counter("flowkeeper_kubernetes_writes_total", "Writes to the Kubernetes API, by kind.", ["kind"], registry=REGISTRY)
+API_ERRORS = Counter(
+    "flowkeeper_kubernetes_errors_total", "Failed Kubernetes API calls, by error class and reason.", ["error_class", "reason"], registry=REGISTRY
+)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    start_http_server(port, addr=address, registry=REGISTRY)
+
+
+def record_flow_phases(counts: dict[tuple[str, str], int]) -> None:
+    """Replaces the flows-by-phase gauge with the counts of the last passes."""
+    FLOWS.clear()
+    for (phase, severity), count in counts.items():
+        FLOWS.labels(phase=phase, severity=severity).set(count)
