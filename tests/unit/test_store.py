@@ -42,6 +42,17 @@ def test_new_flow_is_due_at_once_then_every_poll_interval() -> None:
     assert [f.name for f in store.take_due(clock.now + 10)] == ["f"]
 
 
+def test_flows_with_the_same_interval_fall_due_together() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow("a"))
+    store.take_due(1003.0)
+    store.flow_event("ADDED", flow("b"))
+    store.take_due(1007.0)
+    assert store.take_due(1009.9) == []
+    assert sorted(f.name for f in store.take_due(1010.0)) == ["a", "b"]
+
+
 def test_status_only_updates_do_not_make_a_flow_due() -> None:
     clock = Clock()
     store = ClusterStore(clock)

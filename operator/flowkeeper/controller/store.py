@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
@@ -94,7 +95,9 @@ class ClusterStore:
             due.append(self.flows[key])
         for flow in due:
             interval = to_seconds(flow.spec.scaling.poll_interval) if flow.spec else 60.0
-            self.mark_due(flow.key, now + interval)
+            # Next due on the interval's grid, not `now + interval`: flows that share an interval then
+            # fall due together and one batched Prometheus pass serves them all.
+            self.mark_due(flow.key, (math.floor(now / interval) + 1) * interval)
         return due
 
     def seconds_until_next(self, now: float) -> float | None:
