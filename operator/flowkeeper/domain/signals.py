@@ -7,6 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, fields
 
+from flowkeeper.domain.errors import ErrorClass
+
 
 @dataclass(frozen=True)
 class FlowSignals:
@@ -36,3 +38,12 @@ class FlowSignals:
     @property
     def has_backlog_signal(self) -> bool:
         return self.queue_depth is not None
+
+
+@dataclass(frozen=True)
+class SignalsFailure:
+    """Nothing could be read for a flow in this pass, and why."""
+
+    error_class: ErrorClass
+    reason: str  # CamelCase: PrometheusUnavailable, SecretNotFound, ...
+    message: str

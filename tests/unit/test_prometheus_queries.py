@@ -1,0 +1,357 @@
+"""The batched signals pass without a server: which queries a pass asks, how answers map to flows, and
+how failures are classified. The same pass against a real Prometheus: tests/integration/
+test_prometheus_signals.py."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from prometheus_api_client.exceptions import PrometheusApiClientException
+
+from flowkeeper.adapters import prometheus as prometheus_adapter
+from flowkeeper.adapters.prometheus import (
+    FlowTarget,
+    Presets,
+    PrometheusSignals,
+    Query,
+    QueryProblem,
+    Read,
+    ServerSettings,
+    assemble,
+    classify,
+    index_result,
+    plan_pass,
+    promql_duration,
+    single_value,
+)
+from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
+from flowkeeper.domain.errors import ConfigurationError, ErrorClass
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "metrics-convention.md"
+
+SOURCES = {
+    "rabbitmq": lambda i: {"broker": "rabbitmq", "vhost": f"v{i % 3}", "queue": f"q{i}", "deadLetterQueue": f"q{i}.dlq"},
+    "kafka": lambda i: {"broker": "kafka", "topic": f"t{i}", "consumerGroup": f"g{i}", "deadLetterTopic": f"t{i}.dlt"},
+    "prometheus": lambda i: {"broker": "prometheus"},
+}
+
+
+def flow(name: str, source: dict[str, Any], namespace: str = "shop", **spec: Any) -> FlowTarget:
+    body = {"consumer": {"deployment": f"{name}-consumer"}, "source": source, **spec}
+    return FlowTarget(f"{namespace}/{name}", namespace, name, IntegrationFlowSpec.model_validate(body))
+
+
+def flows_of(broker: str, count: int, **spec: Any) -> list[FlowTarget]:
+    return [flow(f"{broker}-{i}", SOURCES[broker](i), **spec) for i in range(count)]
+
+
+def kinds(flows: list[FlowTarget], rate_window: str = "1m") -> list[str]:
+    return [q.kind for q in plan_pass(flows, Presets(rate_window)).queries]
+
+
+# ------------------------------------------------------------------------------------ query planning
+
+
+@pytest.mark.parametrize("broker", SOURCES)
+def test_queries_per_pass_do_not_depend_on_the_number_of_flows(broker: str) -> None:
+    assert len(kinds(flows_of(broker, 3))) == len(kinds(flows_of(broker, 300)))
+
+
+def test_one_query_per_signal_kind_and_none_a_flow_does_not_need() -> None:
+    assert kinds(flows_of("rabbitmq", 5)) == [
+        "rabbitmq_depth",
+        "throughput",
+        "error_ratio",
+        "configuration_errors",
+        "latency",
+        "last_success",
+        "cpu_utilization",
+        "memory_utilization",
+        "rabbitmq_depth:growth[10m]",
+        "throughput:baseline[1h]",
+        "latency:baseline[1h]",
+    ]
+    assert len(kinds(flows_of("rabbitmq", 2) + flows_of("kafka", 2) + flows_of("prometheus", 2))) == 17
+
+
+def test_kafka_dead_letter_query_only_when_a_flow_has_a_dead_letter_topic() -> None:
+    without = flow("k", {"broker": "kafka", "topic": "t", "consumerGroup": "g"})
+    assert "kafka_topic_messages" not in kinds([without])
+    assert "kafka_topic_messages" in kinds([without, *flows_of("kafka", 1)])
+
+
+def test_windows_cost_one_query_per_distinct_value() -> None:
+    same = flows_of("rabbitmq", 2, health={"baselineWindow": "1h"}) + flows_of("rabbitmq", 2, health={"baselineWindow": "60m"})
+    assert kinds(same) == kinds(flows_of("rabbitmq", 1))
+    other = flows_of("rabbitmq", 1, health={"baselineWindow": "30m", "queueGrowthWindow": "5m"})
+    added = set(kinds(same + other)) - set(kinds(same))
+    assert added == {"throughput:baseline[30m]", "latency:baseline[30m]", "rabbitmq_depth:growth[5m]"}
+
+
+def test_an_override_costs_one_query_and_replaces_the_preset_for_that_flow_only() -> None:
+    plain = flows_of("rabbitmq", 3)
+    custom = flow("custom", SOURCES["rabbitmq"](9), metrics={"errorRatio": "vector(0.5)"})
+    plan = plan_pass([*plain, custom], Presets())
+    assert len(plan.queries) == len(kinds(plain)) + 1
+    assert [(r.query.promql, r.key) for r in plan.reads[custom.key] if r.signal == "error_ratio"] == [("vector(0.5)", ())]
+    assert all(r.query.kind == "error_ratio" for r in plan.reads[plain[0].key] if r.signal == "error_ratio")
+
+
+def test_derived_signals_follow_an_overridden_base() -> None:
+    custom = flow("custom", SOURCES["prometheus"](0), metrics={"throughput": "sum(rate(x[1m]))", "queueDepth": "sum(q)"})
+    reads = {r.signal: r for r in plan_pass([custom], Presets()).reads[custom.key]}
+    assert reads["throughput_baseline"].query.requires == reads["throughput"].query
+    assert "sum(rate(x[1m]))" in reads["throughput_baseline"].query.promql
+    assert reads["queue_growing_seconds"].query.requires == reads["queue_depth"].query
+    assert reads["latency_baseline"].query == Presets().baseline(Presets().latency(), 3600.0)  # not overridden
+
+
+def test_identical_override_text_is_asked_once() -> None:
+    both = [flow(n, SOURCES["rabbitmq"](i), metrics={"cpuUtilization": "vector(1)"}) for i, n in enumerate("ab")]
+    assert kinds(both).count("override:cpu_utilization") == 1
+
+
+def test_each_flow_reads_its_own_series() -> None:
+    rabbit = flow("r", {"broker": "rabbitmq", "vhost": "eu", "queue": "orders", "deadLetterQueue": "orders.dlq"}, namespace="shop")
+    kafka = flow("k", {"broker": "kafka", "topic": "events", "consumerGroup": "wms", "deadLetterTopic": "events.dlt"})
+    convention = flow("p", {"broker": "prometheus", "integration": "billing"})
+    by_name = flow("by-name", {"broker": "prometheus"})
+    plan = plan_pass([rabbit, kafka, convention, by_name], Presets())
+    keys = {key: {r.signal: r.key for r in reads} for key, reads in plan.reads.items()}
+    assert keys[rabbit.key]["queue_depth"] == ("eu", "orders")
+    assert keys[rabbit.key]["dead_letter_depth"] == ("eu", "orders.dlq")
+    assert keys[rabbit.key]["cpu_utilization"] == ("shop", "r-consumer")
+    assert keys[kafka.key]["queue_depth"] == ("wms", "events")
+    assert keys[kafka.key]["dead_letter_depth"] == ("events.dlt",)
+    assert keys[convention.key]["throughput"] == ("billing",)
+    assert keys[by_name.key]["queue_depth"] == ("by-name",)
+
+
+def test_rabbitmq_flow_without_dead_letter_queue_reads_no_dead_letter_depth() -> None:
+    plain = flow("x", {"broker": "rabbitmq", "queue": "x"})
+    assert "dead_letter_depth" not in {r.signal for r in plan_pass([plain], Presets()).reads[plain.key]}
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"), [(3600, "1h"), (5400, "90m"), (60, "1m"), (90, "90s"), (1.5, "1500ms"), (0.25, "250ms")]
+)
+def test_promql_durations(seconds: float, text: str) -> None:
+    assert promql_duration(seconds) == text
+
+
+# ----------------------------------------------------------------------- the docs show the real queries
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+def test_docs_show_the_queries_flowkeeper_runs() -> None:
+    presets = Presets("1m")
+    documented = _squash(DOCS.read_text())
+    every_kind = flows_of("rabbitmq", 1) + flows_of("kafka", 1) + flows_of("prometheus", 1)
+    queries = {q.kind: q for q in plan_pass(every_kind, presets).queries}
+    shown_verbatim = [q for kind, q in queries.items() if kind not in ("memory_utilization", "kafka_lag:growth[10m]", "queue_depth:growth[10m]")]
+    missing = [q.kind for q in shown_verbatim if _squash(q.promql) not in documented]
+    assert not missing, f"docs/metrics-convention.md does not show these queries as run: {missing}"
+
+    # What the page says of the others in words.
+    cpu, memory = queries["cpu_utilization"].promql, queries["memory_utilization"].promql
+    assert memory == (
+        cpu.replace(
+            'rate(container_cpu_usage_seconds_total{container!="", container!="POD"}[1m])',
+            'container_memory_working_set_bytes{container!="", container!="POD"}',
+        ).replace('kube_pod_container_resource_requests{resource="cpu"}', 'kube_pod_container_resource_limits{resource="memory"}')
+    )
+    rabbit_growth = queries["rabbitmq_depth:growth[10m]"].promql
+    for depth, growth in (("kafka_lag", "kafka_lag:growth[10m]"), ("queue_depth", "queue_depth:growth[10m]")):
+        assert queries[growth].promql == rabbit_growth.replace(queries["rabbitmq_depth"].promql, queries[depth].promql)
+
+
+# --------------------------------------------------------------------------------- answers -> signals
+
+
+def series(value: str, **labels: str) -> dict[str, Any]:
+    return {"metric": labels, "value": [1700000000.0, value]}
+
+
+def test_index_result_keys_series_by_labels_and_drops_nan() -> None:
+    result = [series("3", vhost="/", queue="a"), series("NaN", vhost="/", queue="b"), series("+Inf", vhost="/", queue="c")]
+    assert index_result(result, ("vhost", "queue")) == {("/", "a"): 3.0}
+
+
+def test_single_value_of_a_flows_own_query() -> None:
+    assert single_value([]) is None
+    assert single_value([series("2.5", job="x")]) == 2.5
+    assert single_value([1700000000.0, "4"]) == 4.0  # a scalar
+    with pytest.raises(QueryProblem) as raised:
+        single_value([series("1", a="1"), series("2", a="2")])
+    assert raised.value.kind == QueryProblem.INVALID and "sum(" in raised.value.message
+
+
+def client_error(status: int, body: bytes) -> PrometheusApiClientException:
+    # The exact text prometheus-api-client 0.5-0.7 raises for a non-200 answer.
+    return PrometheusApiClientException("HTTP Status Code {} ({!r})".format(status, body))
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (requests.ConnectionError("refused"), QueryProblem.UNAVAILABLE),
+        (requests.ReadTimeout("slow"), QueryProblem.UNAVAILABLE),
+        (client_error(503, b'{"status":"error","errorType":"unavailable","error":"shutting down"}'), QueryProblem.UNAVAILABLE),
+        (client_error(502, b"<html>bad gateway</html>"), QueryProblem.UNAVAILABLE),
+        (client_error(400, b'{"status":"error","errorType":"bad_data","error":"parse error: unexpected end"}'), QueryProblem.INVALID),
+        (client_error(422, b'{"status":"error","errorType":"execution","error":"many-to-many matching"}'), QueryProblem.INVALID),
+        (client_error(401, b"Unauthorized"), QueryProblem.UNAUTHORIZED),
+        (client_error(404, b"404 page not found"), QueryProblem.FAILED),
+        (ValueError("Expecting value: line 1 column 1"), QueryProblem.FAILED),
+    ],
+)
+def test_failures_are_classified(exc: Exception, kind: str) -> None:
+    assert classify(exc).kind == kind
+
+
+def test_a_bad_data_message_is_kept_for_the_user() -> None:
+    problem = classify(client_error(400, b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed"}'))
+    assert problem.message == "1:5: parse error: unclosed"
+
+
+DEPTH = Query("depth", "d", ("queue",))
+OWN = Query("override:throughput", "t")
+DERIVED = Query("override:throughput:baseline", "b", requires=OWN)
+
+READS = [Read("queue_depth", DEPTH, ("a",)), Read("throughput", OWN), Read("throughput_baseline", DERIVED)]
+
+
+def test_assemble_picks_the_flows_series_and_leaves_the_absent_ones_none() -> None:
+    signals = assemble(READS, {DEPTH: {("b",): 7.0}, OWN: [series("3")], DERIVED: []}, now=10.0)
+    assert signals.queue_depth is None  # the queue has no series: unknown, not 0
+    assert signals.throughput == 3.0 and signals.throughput_baseline is None and signals.observed_at == 10.0
+
+
+def test_an_invalid_override_is_the_flows_problem_and_keeps_its_other_signals() -> None:
+    problem = QueryProblem(QueryProblem.INVALID, "parse error")
+    signals = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: problem, DERIVED: None}, now=0)
+    assert signals.queue_depth == 7.0
+    assert signals.invalid_queries == {"throughput": "parse error"}
+
+
+def test_a_flow_fails_only_when_none_of_its_queries_got_an_answer() -> None:
+    down = QueryProblem(QueryProblem.UNAVAILABLE, "refused")
+    failure = assemble(READS, {DEPTH: down, OWN: down, DERIVED: None}, now=0)
+    assert (failure.error_class, failure.reason) == (ErrorClass.transient, "PrometheusUnavailable")
+    partly = assemble(READS, {DEPTH: down, OWN: [series("1")], DERIVED: []}, now=0)
+    assert partly.throughput == 1.0 and partly.queue_depth is None
+
+
+def test_refused_credentials_pause_a_flow_only_when_they_are_the_flows_own() -> None:
+    refused = QueryProblem(QueryProblem.UNAUTHORIZED, "401")
+    answers = {DEPTH: refused, OWN: refused, DERIVED: None}
+    assert assemble(READS, answers, now=0, from_flow_server=True).error_class == ErrorClass.configuration
+    assert assemble(READS, answers, now=0, from_flow_server=False).error_class == ErrorClass.transient
+
+
+# ------------------------------------------------------------------------ the pass, with a fake client
+
+
+class FakeClient:
+    """Answers every query with an empty result, or raises what the test says."""
+
+    def __init__(self, settings: ServerSettings, raises: Exception | None = None) -> None:
+        self.settings = settings
+        self.raises = raises
+        self.asked: list[str] = []
+
+    def custom_query(self, query: str, params: dict | None = None) -> Any:
+        self.asked.append(query)
+        if self.raises is not None:
+            raise self.raises
+        return []
+
+
+def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, str], str] | None = None):
+    clients: list[FakeClient] = []
+
+    def factory(settings: ServerSettings, timeout: float) -> FakeClient:
+        clients.append(FakeClient(settings, raises))
+        return clients[-1]
+
+    def read_secret(namespace: str, ref: SecretKeyRef) -> str:
+        try:
+            return (secrets or {})[(namespace, ref.name, ref.key)]
+        except KeyError:
+            raise ConfigurationError(f"Secret {namespace}/{ref.name}: not found", reason="NotFound") from None
+
+    return PrometheusSignals("http://prometheus:9090", client_factory=factory, secret_reader=read_secret, clock=lambda: 5.0), clients
+
+
+def test_an_unreachable_server_is_asked_once_per_pass_and_nothing_raises() -> None:
+    signals, clients = signals_with(raises=requests.ConnectionError("refused"))
+    result = signals.collect(flows_of("rabbitmq", 4))
+    assert result.queries == 1 and len(clients[0].asked) == 1
+    assert {(f.error_class, f.reason) for f in result.failures.values()} == {(ErrorClass.transient, "PrometheusUnavailable")}
+    assert len(result.failures) == 4 and not result.signals
+
+
+def test_any_exception_from_the_client_is_classified() -> None:
+    signals, _ = signals_with(raises=RuntimeError("boom"))
+    result = signals.collect(flows_of("kafka", 2))
+    assert {f.reason for f in result.failures.values()} == {"PrometheusQueryFailed"}
+
+
+def test_empty_answers_give_unknown_signals_not_zeros() -> None:
+    signals, _ = signals_with()
+    result = signals.collect(flows_of("prometheus", 2))
+    assert not result.failures
+    one = result.signals["shop/prometheus-0"]
+    assert one.queue_depth is None and one.throughput is None and one.observed_at == 5.0
+
+
+def test_flows_with_their_own_server_are_batched_per_server() -> None:
+    server = {"address": "https://other:9090", "bearerTokenSecret": {"name": "prom", "key": "token"}}
+    secrets = {("a", "prom", "token"): "s3cret\n", ("b", "prom", "token"): "s3cret"}
+    own = [flow(f"own-{ns}-{i}", SOURCES["rabbitmq"](i), namespace=ns, metrics={"server": server}) for ns in "ab" for i in range(3)]
+    signals, clients = signals_with(secrets=secrets)
+    result = signals.collect(flows_of("rabbitmq", 3) + own)
+    assert not result.failures
+    assert [c.settings.url for c in clients] == ["http://prometheus:9090", "https://other:9090"]
+    assert dict(clients[1].settings.headers) == {"Authorization": "Bearer s3cret"}  # same token: one batch
+    assert result.queries == 2 * len(kinds(flows_of("rabbitmq", 1)))
+
+
+def test_a_missing_secret_fails_that_flow_as_configuration() -> None:
+    server = {"address": "https://other:9090", "basicAuthSecret": "missing"}
+    broken = flow("broken", SOURCES["rabbitmq"](0), metrics={"server": server})
+    signals, clients = signals_with()
+    result = signals.collect([broken, *flows_of("rabbitmq", 1)])
+    assert result.failures[broken.key].error_class == ErrorClass.configuration
+    assert result.failures[broken.key].reason == "SecretNotFound"
+    assert "shop/rabbitmq-0" in result.signals and len(clients) == 1
+
+
+def test_clients_of_servers_no_flow_uses_any_more_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(prometheus_adapter, "IDLE_CLIENT_SECONDS", 0.0)
+    signals, clients = signals_with()
+    signals.collect([flow("own", SOURCES["rabbitmq"](0), metrics={"server": {"address": "https://other:9090"}})])
+    signals.collect(flows_of("rabbitmq", 1))
+    assert [s.url for s in signals._clients] == ["http://prometheus:9090"]
+
+
+def test_secrets_are_read_once_per_cache_period() -> None:
+    server = {"address": "https://other:9090", "bearerTokenSecret": {"name": "prom", "key": "token"}}
+    reads: list[str] = []
+
+    def read_secret(namespace: str, ref: SecretKeyRef) -> str:
+        reads.append(ref.name)
+        return "token"
+
+    signals = PrometheusSignals("http://p:9090", client_factory=lambda settings, _: FakeClient(settings), secret_reader=read_secret)
+    own = [flow(f"own-{i}", SOURCES["rabbitmq"](i), metrics={"server": server}) for i in range(5)]
+    signals.collect(own)
+    signals.collect(own)
+    assert reads == ["prom"]
