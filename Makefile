@@ -37,5 +37,11 @@ cluster: setup
 cluster-down:
 	@$(PY) -m tests.support.cluster down
 
+bench: setup
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+demo: setup
+	$(PY) -m examples.demo.run $(DEMO_ARGS)
+
 clean:
 	rm -rf .venv .pytest_cache .hypothesis

@@ -17,6 +17,11 @@ def main() -> None:
 @click.option("--liveness", "liveness_endpoint", default=None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
 @click.option("--log-format", type=click.Choice(["json", "plain"]), default="json", show_default=True)
 @click.option("--metrics-port", type=int, default=8080, show_default=True, envvar="FLOWKEEPER_METRICS_PORT", help="Port of the operator's own /metrics; 0 disables it.")
+@click.option("--prometheus-url", envvar="FLOWKEEPER_PROMETHEUS_URL", help="Prometheus to read flow signals from. Unset: only readiness is checked.")
+@click.option("--prometheus-bearer-token-file", envvar="FLOWKEEPER_PROMETHEUS_BEARER_TOKEN_FILE", help="File with a bearer token for Prometheus.")
+@click.option("--prometheus-ca-file", envvar="FLOWKEEPER_PROMETHEUS_CA_FILE", help="CA bundle (PEM) to verify Prometheus' TLS certificate.")
+@click.option("--prometheus-timeout", type=float, default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT", help="Seconds per query.")
+@click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
 @click.option("--verbose", is_flag=True, help="Debug logs.")
 def run(
     namespaces: tuple[str, ...],
@@ -24,6 +29,11 @@ def run(
     liveness_endpoint: str | None,
     log_format: str,
     metrics_port: int,
+    prometheus_url: str | None,
+    prometheus_bearer_token_file: str | None,
+    prometheus_ca_file: str | None,
+    prometheus_timeout: float,
+    rate_window: str,
     verbose: bool,
 ) -> None:
     """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
@@ -32,7 +42,15 @@ def run(
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
     from flowkeeper.config import OperatorConfig
 
-    config = OperatorConfig(namespaces=tuple(namespaces), metrics_port=metrics_port or None)
+    config = OperatorConfig(
+        namespaces=tuple(namespaces),
+        metrics_port=metrics_port or None,
+        prometheus_url=prometheus_url,
+        prometheus_bearer_token_file=prometheus_bearer_token_file,
+        prometheus_ca_file=prometheus_ca_file,
+        prometheus_timeout=prometheus_timeout,
+        rate_window=rate_window,
+    )
 
     kopf.configure(
         verbose=verbose,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -14,4 +14,3 @@ class OperatorConfig:
     prometheus_timeout: float = 5.0
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
-    extra: dict[str, str] = field(default_factory=dict)

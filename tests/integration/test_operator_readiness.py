@@ -35,7 +35,8 @@ def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json,
     assert "order-consumer" in missing["message"]
     assert missing["observedGeneration"] == 1
     status = kubectl_json("get", "iflow", "orders", "-n", namespace)["status"]
-    assert status["observedGeneration"] == 1 and status["phase"] == "Pending"
+    assert status["observedGeneration"] == 1 and status["phase"] == "Paused"
+    assert status["pause"]["reason"] == "TargetNotFound"
 
     events = eventually(
         lambda: [e for e in kubectl_json("get", "events", "-n", namespace)["items"] if e["reason"] == "TargetNotFound"],
@@ -51,6 +52,7 @@ def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json,
         what="Ready=True after the Deployment appears",
     )
     assert found["reason"] == "TargetFound"
+    assert "pause" not in kubectl_json("get", "iflow", "orders", "-n", namespace)["status"]
     eventually(
         lambda: kubectl_json("get", "iflow", "orders", "-n", namespace)["status"].get("readyReplicas") == 1,
         timeout=60,
@@ -58,7 +60,7 @@ def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json,
     )
 
     own_metrics = urllib.request.urlopen(operator.metrics_url, timeout=5).read().decode()
-    assert 'flowkeeper_kubernetes_writes_total{kind="event"} 2.0' in own_metrics
+    assert 'flowkeeper_kubernetes_writes_total{kind="event"} 3.0' in own_metrics  # paused, resumed, found
     assert "flowkeeper_pass_duration_seconds_count" in own_metrics
 
 

@@ -1,32 +1,41 @@
-"""The planner's Ready condition, phase and Events (pure)."""
+"""The planner's Ready condition, phase and Events when the operator runs without Prometheus (pure)."""
 
 from __future__ import annotations
 
 from flowkeeper.domain.flow import deployment_from_body, flow_from_body
-from flowkeeper.domain.planner import plan
+from flowkeeper.domain.planner import Inputs, plan
 from tests.unit.test_store import deployment, flow
 
 
+def run(body: dict, deploy: dict | None, now: float):
+    return plan(Inputs(flow=flow_from_body(body), deployment=deployment_from_body(deploy) if deploy else None), now=now)
+
+
+def condition(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
 def test_missing_deployment_is_not_ready_with_one_warning() -> None:
-    record = flow_from_body(flow())
-    first = plan(record, None, now=100)
-    ready = first.status["conditions"][0]
-    assert (ready["type"], ready["status"], ready["reason"]) == ("Ready", "False", "TargetNotFound")
-    assert first.status["phase"] == "Pending" and first.status["observedGeneration"] == 1
+    first = run(flow(), None, now=100)
+    ready = condition(first.status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TargetNotFound")
+    assert first.status["phase"] == "Paused" and first.status["observedGeneration"] == 1
+    assert first.status["pause"]["reason"] == "TargetNotFound"
     assert [(e.type, e.reason) for e in first.events] == [("Warning", "TargetNotFound")]
 
-    again = plan(flow_from_body({**flow(), "status": first.status}), None, now=200)
+    again = run({**flow(), "status": first.status}, None, now=200)
     assert again.events == ()
     assert not again.status_changed(first.status)
 
 
 def test_deployment_found_turns_ready() -> None:
-    missing = plan(flow_from_body(flow()), None, now=100)
-    record = flow_from_body({**flow(), "status": missing.status})
-    found = plan(record, deployment_from_body(deployment(replicas=2, ready=1)), now=200)
-    ready = found.status["conditions"][0]
+    missing = run(flow(), None, now=100)
+    found = run({**flow(), "status": missing.status}, deployment(replicas=2, ready=1), now=200)
+    ready = condition(found.status, "Ready")
     assert (ready["status"], ready["reason"]) == ("True", "TargetFound")
     assert ready["lastTransitionTime"] == "1970-01-01T00:03:20Z"
     assert found.status["readyReplicas"] == 1 and found.status["replicas"] == 2
-    assert [(e.type, e.reason) for e in found.events] == [("Normal", "TargetFound")]
+    assert "pause" not in found.status and found.status["phase"] == "Running"
+    assert [(e.type, e.reason) for e in found.events] == [("Normal", "Resumed"), ("Normal", "TargetFound")]
+    assert found.scale_to is None  # a Deployment never seen before keeps its own count
     assert found.status_changed(missing.status)

@@ -389,10 +389,17 @@ class PauseState(ApiModel):
 
     reason: str = Field(description="Why the flow is paused: Manual, TargetNotFound, InvalidQuery, SecretNotFound, ConsumerConfigurationError.")
     since: str = Field(description="When the pause began.", json_schema_extra={"format": "date-time"})
-    replicas_before: int = Field(ge=0, description="Replicas the consumers had before the pause; restored on resume.")
+    replicas_before: int | None = Field(
+        default=None, ge=0, description="Replicas the consumers had before the pause; restored on resume. Unset when never known."
+    )
     message: str = Field(default="", description="Details for people.")
     template_hash: str | None = Field(default=None, description="Hash of the consumer pod template at pause time; a change resumes.")
     spec_generation: int | None = Field(default=None, description="The flow's generation at pause time; a spec change resumes.")
+    resume_request: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Value of the flowkeeper.io/resume annotation at pause time; a new value resumes.",
+    )
 
 
 class IntegrationFlowStatus(ApiModel):

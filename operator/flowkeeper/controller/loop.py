@@ -11,13 +11,15 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
-from flowkeeper.domain.planner import Plan, plan
+from flowkeeper.adapters.prometheus import FlowTarget, PassResult, PrometheusSignals
+from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.controller")
@@ -31,12 +33,19 @@ def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, 
 
 class FlowController:
     def __init__(
-        self, store: ClusterStore, gateway, namespaces: tuple[str, ...] = (), clock: Callable[[], float] = time.time
+        self,
+        store: ClusterStore,
+        gateway,
+        signals: PrometheusSignals | None = None,
+        namespaces: tuple[str, ...] = (),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.gateway = gateway
+        self.signals = signals  # None: no Prometheus configured, flows are only checked for readiness
         self.namespaces = namespaces
         self.clock = clock
+        self.memory: dict[str, FlowMemory] = {}
         self.passes = 0
 
     async def run_forever(self, stopped: asyncio.Event | None = None) -> None:
@@ -70,18 +79,50 @@ class FlowController:
     async def run_pass(self, flows: list[FlowRecord]) -> None:
         pass_id = uuid.uuid4().hex[:12]
         started = time.monotonic()
+        read = await self._read_signals(flows)
         now = self.clock()
         for flow in flows:
-            deployment = self.store.deployment_of(flow)
-            flow_plan = plan(flow, deployment, now=now)
+            inputs = Inputs(
+                flow=flow,
+                deployment=self.store.deployment_of(flow),
+                signals=read.signals.get(flow.key) if read else None,
+                failure=read.failures.get(flow.key) if read else None,
+                metrics_enabled=self.signals is not None,
+                memory=self.memory.get(flow.key, FlowMemory()),
+            )
+            flow_plan = plan(inputs, now=now)
+            self.memory[flow.key] = flow_plan.memory
             await self._apply(flow, flow_plan, pass_id)
+        self._forget_deleted_flows()
         self.passes += 1
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
         metrics.PASS_FLOWS.observe(len(flows))
-        log.debug(
+        log.info(
             "pass done",
-            extra={"pass_id": pass_id, "flows": len(flows), "seconds": round(time.monotonic() - started, 4)},
+            extra={
+                "pass_id": pass_id,
+                "stage": "pass",
+                "flows": len(flows),
+                "queries": read.queries if read else 0,
+                "seconds": round(time.monotonic() - started, 4),
+            },
         )
+
+    async def _read_signals(self, flows: list[FlowRecord]) -> PassResult | None:
+        if self.signals is None:
+            return None
+        targets = [FlowTarget(f.key, f.namespace, f.name, f.spec) for f in flows if f.spec is not None]
+        result = await asyncio.to_thread(self.signals.collect, targets)
+        metrics.PROMETHEUS_QUERIES.inc(result.queries)
+        for failure in result.failures.values():
+            metrics.PROMETHEUS_ERRORS.labels(error_class=failure.error_class.value, reason=failure.reason).inc()
+        return result
+
+    def _forget_deleted_flows(self) -> None:
+        for key in self.memory.keys() - self.store.flows.keys():
+            del self.memory[key]
+        counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
+        metrics.record_flow_phases(counts)
 
     async def _apply(self, flow: FlowRecord, flow_plan: Plan, pass_id: str) -> None:
         context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
@@ -91,6 +132,9 @@ class FlowController:
                     self.gateway.scale_deployment, flow.namespace, flow.spec.consumer.deployment, flow_plan.scale_to
                 )
                 log.info("scaled", extra={**context, "stage": "scale", "replicas": flow_plan.scale_to})
+                current = self.store.deployment_of(flow)
+                direction = "up" if current is None or flow_plan.scale_to > current.spec_replicas else "down"
+                metrics.SCALE_ACTIONS.labels(direction=direction).inc()
             if flow_plan.status_changed(flow.status):
                 patch = status_patch(flow_plan.status, flow.status)
                 await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)

@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
+from flowkeeper.adapters.prometheus import PrometheusSignals
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.config import OperatorConfig
 from flowkeeper.controller.loop import FlowController
@@ -18,6 +19,13 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper")
+
+
+def _bearer_header(token_file: str | None) -> dict[str, str] | None:
+    if not token_file:
+        return None
+    with open(token_file, encoding="utf-8") as f:
+        return {"Authorization": f"Bearer {f.read().strip()}"}
 
 
 @kopf.on.startup()
@@ -41,9 +49,20 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         metrics.serve(config.metrics_port)
     store = ClusterStore(clock=time.time)
     gateway = KubernetesGateway(load_client_config())
-    controller = FlowController(store, gateway, namespaces=config.namespaces)
+    signals = None
+    if config.prometheus_url:
+        signals = PrometheusSignals(
+            config.prometheus_url,
+            headers=_bearer_header(config.prometheus_bearer_token_file),
+            ca_file=config.prometheus_ca_file,
+            timeout=config.prometheus_timeout,
+            rate_window=config.rate_window,
+            secret_reader=lambda namespace, ref: gateway.read_secret_key(namespace, ref.name, ref.key),
+        )
+    controller = FlowController(store, gateway, signals, namespaces=config.namespaces)
     memo.store = store
     memo.controller = controller
+    memo.signals = signals
     memo.stopped = asyncio.Event()
     memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
 
@@ -56,6 +75,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
         await memo.loop_task
     except asyncio.CancelledError:
         pass
+    if memo.signals is not None:
+        memo.signals.close()
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
