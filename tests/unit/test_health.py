@@ -102,11 +102,15 @@ def test_latency_above_factor_times_baseline_is_p2() -> None:
     assert judge(latency_seconds=2.4, latency_baseline=None).healthy
 
 
-@pytest.mark.parametrize("throughput", [4.0, 16.0])
-def test_throughput_off_its_baseline_with_work_waiting_is_p2(throughput: float) -> None:
+def test_throughput_above_its_baseline_is_draining_not_a_fault() -> None:
+    assert judge(queue_depth=100, throughput=16.0, throughput_baseline=10.0).healthy
+
+
+@pytest.mark.parametrize("throughput", [4.0])
+def test_throughput_below_its_baseline_with_work_waiting_is_p2(throughput: float) -> None:
     finding = only(judge(queue_depth=100, throughput=throughput, throughput_baseline=10.0))
     assert (finding.signal, finding.severity) == ("ThroughputOffBaseline", Severity.p2)
-    assert finding.message == f"throughput {throughput:g}/s is 60% off baseline 10/s > 30%"
+    assert finding.message == f"throughput {throughput:g}/s is 60% below baseline 10/s > 30%"
 
 
 def test_throughput_needs_work_and_a_baseline() -> None:
@@ -137,7 +141,8 @@ def test_cpu_and_memory_above_their_percent_thresholds_are_p2() -> None:
     assert (cpu.signal, cpu.severity, cpu.message) == ("CpuHigh", Severity.p2, "cpu 92% > 80%")
     memory = only(judge(memory_utilization=0.9))
     assert (memory.signal, memory.message) == ("MemoryHigh", "memory 90% > 85%")
-    assert judge(cpu_utilization=0.8, memory_utilization=0.85).healthy  # at the threshold, despite float error
+    assert judge(cpu_utilization=0.8, memory_utilization=0.85).healthy  # at the threshold is not above it
+    assert judge(spec=HealthSpec(cpu_utilization=7), cpu_utilization=0.07).healthy  # 0.07 * 100 > 7 in floats
     assert judge(spec=HealthSpec(cpu_utilization=95), cpu_utilization=0.92).healthy
 
 
@@ -165,10 +170,16 @@ def test_findings_are_listed_worst_first_and_joined() -> None:
     assert not health.healthy
 
 
+def test_rules_are_listed_worst_first() -> None:
+    order = [Severity.none, Severity.p4, Severity.p3, Severity.p2, Severity.p1]
+    ranks = [order.index(rule.severity) for rule in RULES]
+    assert ranks == sorted(ranks, reverse=True)
+
+
 def test_reason_fits_the_condition_reason_pattern() -> None:
     everything = judge(
         queue_depth=10, ready=0, desired=1, limited=True, configuration_errors=1, last_success_timestamp=0,
-        error_ratio=1, queue_growing_seconds=10_000, throughput=100, throughput_baseline=1,
+        error_ratio=1, queue_growing_seconds=10_000, throughput=1, throughput_baseline=100,
         latency_seconds=100, latency_baseline=1, cpu_utilization=2, memory_utilization=2, dead_letter_depth=1,
     )  # fmt: skip
     assert len(everything.findings) == len(RULES)

@@ -16,9 +16,6 @@ from flowkeeper.api.v1alpha1 import HealthSpec, Severity
 from flowkeeper.domain.errors import ErrorClass
 from flowkeeper.domain.signals import FlowSignals
 
-_RANK = {Severity.none: 0, Severity.p4: 1, Severity.p3: 2, Severity.p2: 3, Severity.p1: 4}
-
-
 @dataclass(frozen=True)
 class Finding:
     signal: str  # CamelCase reason word, e.g. ErrorRatioHigh
@@ -109,10 +106,11 @@ def _throughput_off_baseline(p: _Pass) -> str | None:
     rate, baseline = p.signals.throughput, p.signals.throughput_baseline
     if p.waiting is None or rate is None or baseline is None or baseline <= 0:
         return None
-    deviation = abs(rate - baseline) / baseline
+    # Only a drop is a fault: above the baseline while a backlog waits is scaled-out consumers draining.
+    deviation = (baseline - rate) / baseline
     if deviation <= p.spec.throughput_deviation:
         return None
-    return f"throughput {rate:.3g}/s is {deviation:.0%} off baseline {baseline:.3g}/s > {p.spec.throughput_deviation:.0%}"
+    return f"throughput {rate:.3g}/s is {deviation:.0%} below baseline {baseline:.3g}/s > {p.spec.throughput_deviation:.0%}"
 
 
 def _latency(p: _Pass) -> str | None:
@@ -127,7 +125,7 @@ def _utilization(label: str, name: str) -> Callable[[_Pass], str | None]:
 
     def rule(p: _Pass) -> str | None:
         value, percent = getattr(p.signals, name), getattr(p.spec, name)
-        # Compared as fractions: 0.8 * 100 is 80.00000000000001 in floating point.
+        # Compared as fractions: 0.07 * 100 is 7.000000000000001 in floating point.
         return f"{label} {value:.0%} > {percent}%" if value is not None and value > percent / 100 else None
 
     return rule
@@ -146,8 +144,8 @@ class _Rule:
     check: Callable[[_Pass], str | None]
 
 
-# Listed worst first; within a severity the likelier root cause first, since the reason lists the
-# findings in this order.
+# Listed worst first (a test keeps it so); within a severity the likelier root cause first, since the
+# Healthy condition's reason lists the findings in this order.
 RULES: tuple[_Rule, ...] = (
     # The caller pauses or alerts on it (onConfigurationError); here it only marks the flow down.
     _Rule("ConsumerConfigurationError", Severity.p1, ErrorClass.configuration, _configuration_errors),
@@ -178,10 +176,9 @@ def assess(
     if signals is None:
         return HealthAssessment(Severity.none, ())
     facts = _Pass(spec, signals, ready_replicas, desired_replicas, scaling_limited, now)
-    findings = [
+    findings = tuple(
         Finding(rule.signal, rule.severity, rule.error_class, message)
-        for rule in RULES
+        for rule in RULES  # listed worst first, so the findings are too
         if (message := rule.check(facts)) is not None
-    ]
-    findings.sort(key=lambda f: -_RANK[f.severity])  # stable: table order within a severity
-    return HealthAssessment(findings[0].severity if findings else Severity.none, tuple(findings))
+    )
+    return HealthAssessment(findings[0].severity if findings else Severity.none, findings)

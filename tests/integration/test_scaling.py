@@ -1,0 +1,139 @@
+"""Scaling consumer Deployments from a real Prometheus, against the real control plane."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.support.cluster_fixtures import eventually
+from tests.support.exporter import MetricsExporter
+from tests.support.prometheus import LocalPrometheus
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+POLL = 2  # seconds; the test Prometheus scrapes every second
+SCRAPE = 1
+
+
+def flow_manifest(name: str, queue: str, scaling: dict) -> str:
+    return json.dumps({
+        "apiVersion": "flowkeeper.io/v1alpha1",
+        "kind": "IntegrationFlow",
+        "metadata": {"name": name},
+        "spec": {
+            "consumer": {"deployment": name},
+            "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue},
+            "scaling": {"pollInterval": f"{POLL}s", **scaling},
+        },
+    })
+
+
+def depth(exporter: MetricsExporter, queue: str, value: float) -> None:
+    exporter.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue}, value)
+
+
+class Flow:
+    def __init__(self, cluster, namespace: str, name: str) -> None:
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+
+    def replicas(self) -> int:
+        out = self.cluster.kubectl("get", "deployment", self.name, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
+        return int(out.stdout)
+
+    def status(self) -> dict:
+        body = self.cluster.kubectl("get", "iflow", self.name, "-n", self.namespace, "-o", "json").stdout
+        return json.loads(body).get("status", {})
+
+    def condition(self, type_: str) -> dict:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), {})
+
+    def wait_replicas(self, n: int, timeout: float) -> float:
+        started = time.monotonic()
+        eventually(lambda: self.replicas() == n, timeout=timeout, interval=0.1, what=f"{self.name} at {n} replicas")
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def make_flow(cluster, namespace, fresh_exporter, unique):
+    def make(scaling: dict, *, replicas: int = 1, backlog: float = 0, name: str = "consumer") -> tuple[Flow, str]:
+        queue = f"{unique}-{name}"
+        depth(fresh_exporter, queue, backlog)
+        cluster.kubectl("create", "deployment", name, "-n", namespace, "--image=example/consumer:1", f"--replicas={replicas}")
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest(name, queue, scaling))
+        return Flow(cluster, namespace, name), queue
+
+    return make
+
+
+def test_backlog_step_scales_up_within_a_poll_and_down_after_the_window(
+    make_flow, run_operator, namespace, prometheus, fresh_exporter
+) -> None:
+    flow, queue = make_flow({"maxReplicas": 10, "scaleDown": {"stabilizationWindow": "12s"}}, backlog=50)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 50')
+    run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
+    eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
+    assert flow.replicas() == 1
+
+    depth(fresh_exporter, queue, 620)
+    reaction = flow.wait_replicas(7, timeout=POLL + 2 * SCRAPE + 4)
+    status = flow.status()
+    assert status["desiredReplicas"] == 7
+    assert "backlog 620" in status["lastScaleReason"]
+    assert status["signals"]["queueDepth"] == 620
+    print(f"scale-up reaction {reaction:.2f}s")
+
+    depth(fresh_exporter, queue, 0)
+    cleared = time.monotonic()
+    time.sleep(8)  # well inside the 12 s scale-down window
+    assert flow.replicas() == 7
+    flow.wait_replicas(1, timeout=12 + 2 * POLL + 6)
+    assert time.monotonic() - cleared >= 12
+
+
+def test_prometheus_outage_holds_replicas_applies_fallback_and_recovers(
+    cluster, make_flow, run_operator, namespace, exporter, fresh_exporter
+) -> None:
+    # Its own Prometheus, so stopping it does not disturb other tests.
+    with LocalPrometheus([exporter.target]) as own:
+        flow, queue = make_flow({"fallback": {"afterFailures": 3, "replicas": 4}}, replicas=2, backlog=200)
+        own.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 200')
+        run_operator("-n", namespace, f"--prometheus-url={own.url}")
+        eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
+        assert flow.replicas() == 2
+
+        own.stop()
+        unavailable = eventually(
+            lambda: (c := flow.condition("MetricsAvailable")).get("status") == "False" and c, timeout=15, what="MetricsAvailable=False"
+        )
+        assert unavailable["reason"] == "PrometheusUnavailable"
+        assert flow.replicas() in (2, 4)  # held, or already at the fallback: never lower
+        flow.wait_replicas(4, timeout=3 * POLL + 10)
+        assert "pause" not in flow.status()  # an outage is transient: nothing is paused
+
+        own.start()
+        eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=30, what="recovery")
+        assert flow.replicas() >= 2
+
+
+def test_partitions_cap_the_consumers(make_flow, run_operator, namespace, prometheus, fresh_exporter) -> None:
+    flow, queue = make_flow({"maxReplicas": 20, "partitions": 3}, backlog=5000)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 5000')
+    run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
+    flow.wait_replicas(3, timeout=20)
+    limited = eventually(lambda: (c := flow.condition("ScalingLimited")).get("status") == "True" and c, timeout=10, what="ScalingLimited")
+    assert limited["reason"] == "AtPartitions"
+    time.sleep(3 * POLL)
+    assert flow.replicas() == 3
+
+
+def test_missing_metrics_never_scale_down(make_flow, run_operator, namespace, prometheus, fresh_exporter) -> None:
+    flow, queue = make_flow({"minReplicas": 1, "scaleDown": {"stabilizationWindow": "0s"}}, replicas=5, backlog=500)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 500')
+    run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
+    eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
+    fresh_exporter.remove("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue})  # the series vanishes
+    eventually(lambda: flow.condition("MetricsAvailable").get("status") == "False", timeout=20, what="signal missing")
+    time.sleep(3 * POLL)
+    assert flow.replicas() == 5
