@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -138,8 +139,10 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
 
         # Reaction: a backlog step on one flow at a time until its Deployment is scaled.
         reactions = []
+        rng = random.Random(n)
         for k in range(args.reactions):
             name = f"flow-{(k * 37) % n:05d}"
+            time.sleep(rng.uniform(0, args.poll))  # steps land anywhere in the poll cycle, as in life
             exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": f"{namespace}-{name}"}, 1000)
             started = time.monotonic()
             while spec_replicas(cluster, namespace, name) == 1:
