@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import time
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=int, default=5, help="pollInterval of the bench flows, seconds")
     parser.add_argument("--idle-passes", type=int, default=4, help="idle poll intervals measured per size")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
 
     with MetricsExporter() as exporter, LocalPrometheus([exporter.target]) as prometheus, LocalCluster() as cluster:
         cluster.kubectl("apply", "-f", str(CRD))

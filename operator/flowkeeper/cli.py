@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 
@@ -57,6 +59,10 @@ def run(
         log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN,
         log_refkey="k8s",
     )
+    if not verbose:
+        # kopf logs every watch event it hands to a handler; with thousands of flows that drowns
+        # Flowkeeper's own lines. Its warnings and errors still show.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
         standalone=standalone,
         clusterwide=not namespaces,

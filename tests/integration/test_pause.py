@@ -3,29 +3,19 @@ Prometheus and the real operator."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
-from tests.integration.test_scaling import POLL, Flow, depth
 from tests.support.cluster_fixtures import eventually
+from tests.support.flows import POLL, Flow, flow_manifest, set_depth
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
 
 
 def manifest(name: str, queue: str, **spec) -> str:
-    return json.dumps({
-        "apiVersion": "flowkeeper.io/v1alpha1",
-        "kind": "IntegrationFlow",
-        "metadata": {"name": name},
-        "spec": {
-            "consumer": {"deployment": name},
-            "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue, "integration": name},
-            "scaling": {"pollInterval": f"{POLL}s", "maxReplicas": 10, "scaleDown": {"stabilizationWindow": "1h"}},
-            **spec,
-        },
-    })
+    # A long scale-down window keeps replicas where they are, so only pausing moves them.
+    return flow_manifest(name, queue, {"maxReplicas": 10, "scaleDown": {"stabilizationWindow": "1h"}}, **spec)
 
 
 @pytest.fixture
@@ -34,7 +24,7 @@ def paused_setup(cluster, namespace, fresh_exporter, prometheus, unique, run_ope
 
     def make(name: str = "consumer", **spec):
         queue = f"{unique}-{name}"
-        depth(fresh_exporter, queue, 300)
+        set_depth(fresh_exporter, queue, 300)
         cluster.kubectl("create", "deployment", name, "-n", namespace, "--image=example/consumer:1", "--replicas=3")
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(name, queue, **spec))
         prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 300')
@@ -145,3 +135,14 @@ def test_manual_pause_from_spec(paused_setup, cluster, namespace) -> None:
     assert (status["phase"], status["severity"], status["pause"]["reason"]) == ("Paused", "None", "Manual")
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(flow.name, queue, paused=False))
     flow.wait_replicas(3, timeout=15)
+
+
+def test_missing_secret_pauses_and_its_creation_resumes(paused_setup, cluster, namespace, prometheus) -> None:
+    flow, queue, _ = paused_setup()
+    own_server = {"metrics": {"server": {"address": prometheus.url, "bearerTokenSecret": {"name": "prom-token", "key": "token"}}}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(flow.name, queue, **own_server))
+    flow.wait_replicas(0, timeout=20)
+    assert flow.status()["pause"]["reason"] == "SecretNotFound"
+
+    cluster.kubectl("create", "secret", "generic", "prom-token", "-n", namespace, "--from-literal=token=t0ken")
+    flow.wait_replicas(3, timeout=90)  # the adapter caches Secret reads for a minute

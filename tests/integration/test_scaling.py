@@ -2,64 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from tests.support.cluster_fixtures import eventually
-from tests.support.exporter import MetricsExporter
+from tests.support.flows import POLL, SCRAPE, Flow, flow_manifest, set_depth
 from tests.support.prometheus import LocalPrometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
-
-POLL = 2  # seconds; the test Prometheus scrapes every second
-SCRAPE = 1
-
-
-def flow_manifest(name: str, queue: str, scaling: dict) -> str:
-    return json.dumps({
-        "apiVersion": "flowkeeper.io/v1alpha1",
-        "kind": "IntegrationFlow",
-        "metadata": {"name": name},
-        "spec": {
-            "consumer": {"deployment": name},
-            "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue},
-            "scaling": {"pollInterval": f"{POLL}s", **scaling},
-        },
-    })
-
-
-def depth(exporter: MetricsExporter, queue: str, value: float) -> None:
-    exporter.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue}, value)
-
-
-class Flow:
-    def __init__(self, cluster, namespace: str, name: str) -> None:
-        self.cluster, self.namespace, self.name = cluster, namespace, name
-
-    def replicas(self) -> int:
-        out = self.cluster.kubectl("get", "deployment", self.name, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
-        return int(out.stdout)
-
-    def status(self) -> dict:
-        body = self.cluster.kubectl("get", "iflow", self.name, "-n", self.namespace, "-o", "json").stdout
-        return json.loads(body).get("status", {})
-
-    def condition(self, type_: str) -> dict:
-        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), {})
-
-    def wait_replicas(self, n: int, timeout: float) -> float:
-        started = time.monotonic()
-        eventually(lambda: self.replicas() == n, timeout=timeout, interval=0.1, what=f"{self.name} at {n} replicas")
-        return time.monotonic() - started
-
 
 @pytest.fixture
 def make_flow(cluster, namespace, fresh_exporter, unique):
     def make(scaling: dict, *, replicas: int = 1, backlog: float = 0, name: str = "consumer") -> tuple[Flow, str]:
         queue = f"{unique}-{name}"
-        depth(fresh_exporter, queue, backlog)
+        set_depth(fresh_exporter, queue, backlog)
         cluster.kubectl("create", "deployment", name, "-n", namespace, "--image=example/consumer:1", f"--replicas={replicas}")
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest(name, queue, scaling))
         return Flow(cluster, namespace, name), queue
@@ -76,7 +33,7 @@ def test_backlog_step_scales_up_within_a_poll_and_down_after_the_window(
     eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
     assert flow.replicas() == 1
 
-    depth(fresh_exporter, queue, 620)
+    set_depth(fresh_exporter, queue, 620)
     reaction = flow.wait_replicas(7, timeout=POLL + 2 * SCRAPE + 4)
     status = flow.status()
     assert status["desiredReplicas"] == 7
@@ -84,7 +41,7 @@ def test_backlog_step_scales_up_within_a_poll_and_down_after_the_window(
     assert status["signals"]["queueDepth"] == 620
     print(f"scale-up reaction {reaction:.2f}s")
 
-    depth(fresh_exporter, queue, 0)
+    set_depth(fresh_exporter, queue, 0)
     cleared = time.monotonic()
     time.sleep(8)  # well inside the 12 s scale-down window
     assert flow.replicas() == 7

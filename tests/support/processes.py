@@ -1,6 +1,7 @@
 """Starting and stopping the real programs the tests need (etcd, kube-apiserver, Prometheus, ...),
 so that none outlives the test session: each runs in its own process group, dies with its parent
-(PR_SET_PDEATHSIG), and is stopped by SIGTERM then SIGKILL."""
+(PR_SET_PDEATHSIG with SIGKILL: an orphaned apiserver would wait for its etcd forever), and is
+stopped by SIGTERM then SIGKILL."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def free_port() -> int:
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     os.setpgrp()
     try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass
 
@@ -63,20 +64,32 @@ class Process:
         except FileNotFoundError:
             return ""
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen is None:
-            return
-        if self.popen.poll() is None:
+    def terminate(self) -> None:
+        """Asks the program to stop (SIGTERM to its process group) without waiting."""
+        if self.popen is not None and self.popen.poll() is None:
             try:
                 os.killpg(self.popen.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(timeout)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None:
+            return
+        self.terminate()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout)
         self.popen = None
+
+
+def stop_all(processes: list[Process], timeout: float = 10.0) -> None:
+    """Stops several programs at once: all are asked first, so their shutdowns overlap."""
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.stop(timeout)
 
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str, process: Process | None = None) -> None:

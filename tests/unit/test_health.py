@@ -219,3 +219,12 @@ def test_severity_is_the_worst_finding_and_findings_are_sorted(
     # Unknown signals never produce findings: with everything None only the replica facts remain.
     if all(v is None for v in values.values()):
         assert health.healthy
+
+
+def test_no_ready_consumers_waits_out_the_grace_period() -> None:
+    signals = FlowSignals(observed_at=NOW, queue_depth=10)
+    spec = HealthSpec(not_ready_grace="1m")
+    starting = assess(spec, signals, ready_replicas=0, desired_replicas=2, scaling_limited=False, now=NOW, not_ready_since=NOW - 30)
+    assert starting.healthy
+    stuck = assess(spec, signals, ready_replicas=0, desired_replicas=2, scaling_limited=False, now=NOW, not_ready_since=NOW - 61)
+    assert stuck.reason == "NoReadyConsumers"

@@ -292,6 +292,11 @@ class HealthSpec(ApiModel):
     heartbeat_window: Duration = Field(
         default="5m", description="Unhealthy when no message was processed within this window while work waits."
     )
+    not_ready_grace: Duration = Field(
+        default="1m",
+        description="How long the flow may have no ready consumers while work waits before it counts as down "
+        "(pods starting, a rollout, activation from zero).",
+    )
     error_ratio: float = Field(default=0.01, ge=0, le=1, description="Unhealthy above this fraction of failed messages.")
     throughput_deviation: float = Field(
         default=0.3, ge=0, le=10, description="Unhealthy when throughput is more than this fraction away from its baseline."

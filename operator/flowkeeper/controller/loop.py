@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 import uuid
 from collections import Counter
@@ -23,6 +24,11 @@ from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.controller")
+
+def retry_delay(failures: int, rng: random.Random, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with jitter: 1-3 s, 2-6 s, 4-12 s, ..., at most 3x the cap."""
+    return min(cap, base * 2 ** (failures - 1)) * rng.uniform(1.0, 3.0) if failures else 0.0
+
 
 def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
     """A merge patch from current to desired status: keys that went away are sent as null."""
@@ -46,6 +52,8 @@ class FlowController:
         self.namespaces = namespaces
         self.clock = clock
         self.memory: dict[str, FlowMemory] = {}
+        self.api_failures: dict[str, int] = {}  # flow key -> failed writes in a row
+        self.random = random.Random()
         self.passes = 0
 
     async def run_forever(self, stopped: asyncio.Event | None = None) -> None:
@@ -121,6 +129,8 @@ class FlowController:
     def _forget_deleted_flows(self) -> None:
         for key in self.memory.keys() - self.store.flows.keys():
             del self.memory[key]
+        for key in self.api_failures.keys() - self.store.flows.keys():
+            del self.api_failures[key]
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
         metrics.record_flow_phases(counts)
 
@@ -142,6 +152,15 @@ class FlowController:
                 await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
                 log.info(event.message, extra={**context, "stage": "event", "reason": event.reason})
         except FlowkeeperError as exc:
-            # Transient trouble (conflict, 5xx) is retried at the flow's next pass; nothing is lost.
-            log.warning(str(exc), extra={**context, "outcome": exc.error_class.value, "reason": exc.reason})
-            self.store.mark_due(flow.key, self.clock() + 2.0)
+            # Transient trouble (conflict, throttling, 5xx) is retried with exponential backoff and
+            # jitter, so a struggling API server is not hammered by every flow at once.
+            failures = self.api_failures.get(flow.key, 0) + 1
+            self.api_failures[flow.key] = failures
+            delay = retry_delay(failures, self.random)
+            log.warning(
+                str(exc),
+                extra={**context, "outcome": exc.error_class.value, "reason": exc.reason, "retry_in": round(delay, 1)},
+            )
+            self.store.mark_due(flow.key, self.clock() + delay)
+        else:
+            self.api_failures.pop(flow.key, None)

@@ -52,6 +52,7 @@ class _Pass:
     desired_replicas: int
     scaling_limited: bool
     now: float
+    not_ready_since: float | None  # since when no consumer is ready; None: unknown, judged as long ago
 
     @property
     def waiting(self) -> float | None:
@@ -71,6 +72,9 @@ def _configuration_errors(p: _Pass) -> str | None:
 
 def _no_ready_consumers(p: _Pass) -> str | None:
     if p.waiting is None or p.ready_replicas > 0 or p.desired_replicas == 0:
+        return None
+    # Pods starting or rolling out are not an outage: only a lasting absence is.
+    if p.not_ready_since is not None and p.now - p.not_ready_since < to_seconds(p.spec.not_ready_grace):
         return None
     return f"0 of {p.desired_replicas} consumers ready while {p.waiting:.0f} messages wait"
 
@@ -172,10 +176,11 @@ def assess(
     desired_replicas: int,
     scaling_limited: bool,
     now: float,
+    not_ready_since: float | None = None,
 ) -> HealthAssessment:
     if signals is None:
         return HealthAssessment(Severity.none, ())
-    facts = _Pass(spec, signals, ready_replicas, desired_replicas, scaling_limited, now)
+    facts = _Pass(spec, signals, ready_replicas, desired_replicas, scaling_limited, now, not_ready_since)
     findings = tuple(
         Finding(rule.signal, rule.severity, rule.error_class, message)
         for rule in RULES  # listed worst first, so the findings are too

@@ -42,6 +42,7 @@ class FlowMemory:
 
     scaling: ScalingMemory = field(default_factory=ScalingMemory)
     resumed_at: float | None = None
+    not_ready_since: float | None = None  # since when no consumer is ready while some are wanted
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,9 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     _record_metrics(out, inputs, decision)
     _record_scaling_limit(out, spec, decision)
 
+    none_ready = deployment.ready_replicas == 0 and decision.desired_replicas > 0
+    not_ready_since = (memory.not_ready_since or now) if none_ready else None
+    memory = replace(memory, not_ready_since=not_ready_since)
     health = assess(
         spec.health,
         None if inputs.failure else inputs.signals,
@@ -167,6 +171,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         desired_replicas=decision.desired_replicas,
         scaling_limited=decision.limited_by is not None,
         now=now,
+        not_ready_since=not_ready_since,
     )
     _record_health(out, inputs, health, alert=cause)
     severity = "P1" if cause else health.severity

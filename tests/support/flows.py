@@ -1,0 +1,53 @@
+"""Helpers for tests that run flows end to end: manifests, and a handle on one flow and its Deployment."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.support.cluster_fixtures import eventually
+from tests.support.exporter import MetricsExporter
+
+POLL = 2  # pollInterval of test flows, seconds; the test Prometheus scrapes every second
+SCRAPE = 1
+
+
+def flow_manifest(name: str, queue: str, scaling: dict[str, Any] | None = None, **spec: Any) -> str:
+    """A RabbitMQ flow consuming `queue` with Deployment `name`; `spec` adds or replaces fields."""
+    return json.dumps({
+        "apiVersion": "flowkeeper.io/v1alpha1",
+        "kind": "IntegrationFlow",
+        "metadata": {"name": name},
+        "spec": {
+            "consumer": {"deployment": name},
+            "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue, "integration": name},
+            "scaling": {"pollInterval": f"{POLL}s", **(scaling or {})},
+            **spec,
+        },
+    })
+
+
+def set_depth(exporter: MetricsExporter, queue: str, value: float) -> None:
+    exporter.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue}, value)
+
+
+class Flow:
+    def __init__(self, cluster, namespace: str, name: str) -> None:
+        self.cluster, self.namespace, self.name = cluster, namespace, name
+
+    def replicas(self) -> int:
+        out = self.cluster.kubectl("get", "deployment", self.name, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
+        return int(out.stdout)
+
+    def status(self) -> dict:
+        body = self.cluster.kubectl("get", "iflow", self.name, "-n", self.namespace, "-o", "json").stdout
+        return json.loads(body).get("status", {})
+
+    def condition(self, type_: str) -> dict:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), {})
+
+    def wait_replicas(self, n: int, timeout: float) -> float:
+        started = time.monotonic()
+        eventually(lambda: self.replicas() == n, timeout=timeout, interval=0.1, what=f"{self.name} at {n} replicas")
+        return time.monotonic() - started
