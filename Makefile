@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit crds check-crds cluster cluster-down demo bench clean
+.PHONY: help setup test unit crds cluster cluster-down bin-dir demo bench clean
 
 help:
 	@echo "make demo         local control plane + Prometheus + RabbitMQ + operator, scaling a flow you can watch"
@@ -12,6 +12,7 @@ help:
 	@echo "make crds         regenerate crds/ from the API models"
 	@echo "make cluster      start the local control plane in the background (prints export KUBECONFIG=...)"
 	@echo "make cluster-down stop it"
+	@echo "make bin-dir      print the folder with kubectl and the control-plane binaries"
 	@echo "make bench        benchmarks; writes bench/results.json"
 
 setup:
@@ -33,6 +34,9 @@ cluster: setup
 	for i in $$(seq 1 240); do [ -s $$ready ] && break; sleep 0.5; done; \
 	if [ -s $$ready ]; then echo "export KUBECONFIG=$$(cat $$ready)"; rm -f $$ready; \
 	else echo "the local cluster did not start; see $${TMPDIR:-/tmp}/flowkeeper-cluster.log"; exit 1; fi
+
+bin-dir: setup
+	@bash tests/cluster/build-binaries.sh k8s
 
 cluster-down:
 	@$(PY) -m tests.support.cluster down
