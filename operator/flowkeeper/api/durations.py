@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Annotated
 
@@ -15,6 +16,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 Duration = Annotated[str, Field(pattern=DURATION_PATTERN, max_length=32)]
 
 
+@functools.lru_cache(maxsize=1024)  # a handful of distinct texts, parsed for every flow in every pass
 def to_seconds(duration: str) -> float:
     """'1h30m' -> 5400.0. Raises ValueError for text the CRD pattern would have refused."""
     if not re.fullmatch(DURATION_PATTERN, duration):
