@@ -28,17 +28,20 @@ How it runs, and why:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import secrets
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 import urllib.request
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import pika
-import pika.exceptions
 
 from tests.support.processes import Process, free_port, wait_until
 
@@ -47,6 +50,8 @@ DEFAULT_SCRIPTS_DIR = Path("/usr/lib/rabbitmq/bin")
 PLUGINS = ("rabbitmq_management", "rabbitmq_prometheus")
 LOOPBACK = "127.0.0.1"
 LOOPBACK_ERLANG = "{127,0,0,1}"
+# Persistent, like the orders of a real flow: they survive a restart of the broker (stop(), start()).
+PERSISTENT = pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent)
 
 
 def scripts_dir() -> Path:
@@ -67,9 +72,59 @@ def _find_epmd() -> str:
     return found
 
 
-def _cleanup(processes: list[Process], workdir: Path) -> None:
-    for process in processes:  # the broker first: epmd must outlive the node registered in it
-        process.stop(timeout=30)
+def _start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks (field 22 of /proc/PID/stat): with the pid, an identity
+    that a recycled pid cannot fake. None once the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])  # the name may hold spaces and parentheses
+
+
+def _process_tree(root: int) -> set[tuple[int, int]]:
+    """(pid, start time) of `root` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        started = _start_time(pid)
+        if started is not None:
+            tree.add((pid, started))
+            todo.extend(children.get(pid, ()))
+    return tree
+
+
+def _stop_with_descendants(process: Process, *, graceful: bool) -> None:
+    """Stops the process group, then whatever the program started outside it. Erlang's port helpers
+    (erl_child_setup, inet_gethost, the disk monitor's shell) run in sessions of their own: they leave
+    by themselves once the VM is gone, but not always at once, and "stopped" must mean gone."""
+    if process.popen is None:
+        return
+    tree = _process_tree(process.popen.pid)
+    if not graceful and process.running:
+        os.killpg(process.popen.pid, signal.SIGKILL)
+    process.stop(timeout=30)
+    deadline = time.monotonic() + 5
+    while (alive := {(pid, t) for pid, t in tree if _start_time(pid) == t}) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for pid, _ in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _cleanup(broker: Process, epmd: Process, workdir: Path) -> None:
+    # The data goes away with the folder: no need for a clean shutdown, which takes about 6 s (5 of
+    # them waiting inside the stop of the `rabbit` application, whatever the broker holds).
+    _stop_with_descendants(broker, graceful=False)
+    epmd.stop()  # after the broker: epmd must outlive the node registered in it
     shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -87,7 +142,7 @@ class LocalRabbitMQ:
         # Logs go to stdout ("-"), so the process log is what wait_until shows when start-up fails.
         self.broker = Process("rabbitmq", [str(self.scripts / "rabbitmq-server")], self.workdir, self.env)
         # Backstops for a run that dies before close(): at exit, or when this object goes away.
-        self._finalizer = weakref.finalize(self, _cleanup, [self.broker, self.epmd], self.workdir)
+        self._finalizer = weakref.finalize(self, _cleanup, self.broker, self.epmd, self.workdir)
         atexit.register(self._finalizer)
 
     def _write_files(self) -> None:
@@ -190,11 +245,13 @@ class LocalRabbitMQ:
         return self.broker.running
 
     def stop(self) -> None:
-        """Stops the broker (SIGTERM: a clean shutdown), then epmd. Data stays until close()."""
-        self.broker.stop(timeout=30)
+        """A clean shutdown (SIGTERM; about 6 s), then epmd; nothing of it left running. The data
+        stays: start() again brings the same node back with its durable queues and messages."""
+        _stop_with_descendants(self.broker, graceful=True)
         self.epmd.stop()
 
     def close(self) -> None:
+        """Stops everything at once (SIGKILL: the data goes too) and removes the folder."""
         self._finalizer()
 
     def __enter__(self) -> LocalRabbitMQ:
@@ -219,61 +276,69 @@ def declare_queue(parameters: pika.ConnectionParameters, queue: str, *, dead_let
     """A durable queue; with `dead_letter_queue`, messages rejected without requeue go there (through
     the default exchange, whose routing key is the queue name)."""
     arguments = None
-    connection = pika.BlockingConnection(parameters)
-    try:
+    with pika.BlockingConnection(parameters) as connection:
         channel = connection.channel()
         if dead_letter_queue:
             channel.queue_declare(dead_letter_queue, durable=True)
             arguments = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dead_letter_queue}
         channel.queue_declare(queue, durable=True, arguments=arguments)
-    finally:
-        connection.close()
 
 
-def publish(
-    parameters: pika.ConnectionParameters,
-    queue: str,
-    count: int,
-    *,
-    body: bytes | None = None,
-    channel: pika.adapters.blocking_connection.BlockingChannel | None = None,
-) -> int:
-    """Publishes `count` messages to `queue` and returns how many the broker confirmed: all of them,
-    or an exception. Publisher confirms make the count exact, which the "no message lost" check needs.
-    Pass an open, confirming `channel` (see `confirming_channel`) to publish in batches without
-    reconnecting."""
-    if channel is None:
-        connection = pika.BlockingConnection(parameters)
+class Publisher:
+    """An AMQP connection that publishes persistent messages to one queue, in transactions: a
+    committed batch is on the broker, so `published` is exact (the "no message lost" check needs it),
+    at about 5 000 messages/s here where one confirm per message manages 600."""
+
+    def __init__(self, parameters: pika.ConnectionParameters, queue: str, *, batch: int = 500) -> None:
+        self.queue, self.batch, self.published = queue, batch, 0
+        self._connection = pika.BlockingConnection(parameters)
         try:
-            return publish(parameters, queue, count, body=body, channel=confirming_channel(connection))
-        finally:
-            connection.close()
-    for number in range(count):
-        channel.basic_publish("", queue, body if body is not None else b"message %d" % number, mandatory=True)
-    return count
+            self._channel = self._connection.channel()
+            # A message to a missing queue would vanish without an error (the default exchange drops
+            # what it cannot route), and the count would lie: refuse a missing queue up front.
+            self._channel.queue_declare(queue, passive=True)
+            self._channel.tx_select()
+        except BaseException:
+            self._connection.close()
+            raise
+
+    def send(self, count: int, body: Callable[[int], bytes] | None = None) -> int:
+        """Publishes `count` messages (body(n) for the n-th of this publisher, from 0) and returns
+        `count` once all are committed."""
+        make_body = body or (lambda number: b"message %d" % number)
+        for offset in range(0, count, self.batch):
+            size = min(self.batch, count - offset)
+            for number in range(self.published, self.published + size):
+                self._channel.basic_publish("", self.queue, make_body(number), PERSISTENT)
+            self._channel.tx_commit()
+            self.published += size
+        return count
+
+    def close(self) -> None:
+        if self._connection.is_open:
+            self._connection.close()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def confirming_channel(connection: pika.BlockingConnection) -> pika.adapters.blocking_connection.BlockingChannel:
-    """A channel whose basic_publish returns once the broker has the message, and raises
-    UnroutableError (mandatory, no such queue) or NackError otherwise."""
-    channel = connection.channel()
-    channel.confirm_delivery()
-    return channel
+def publish(parameters: pika.ConnectionParameters, queue: str, count: int, body: Callable[[int], bytes] | None = None) -> int:
+    """Publishes `count` persistent messages to the existing `queue`, as fast as the broker takes them."""
+    with Publisher(parameters, queue) as publisher:
+        return publisher.send(count, body)
 
 
 def depth(parameters: pika.ConnectionParameters, queue: str) -> int:
     """Messages ready in `queue` (a passive declare: exact and immediate, unlike the statistics, which
     lag by up to collect_statistics_interval). Messages delivered and not yet acked are not counted."""
-    connection = pika.BlockingConnection(parameters)
-    try:
+    with pika.BlockingConnection(parameters) as connection:
         return connection.channel().queue_declare(queue, passive=True).method.message_count
-    finally:
-        connection.close()
 
 
 def purge(parameters: pika.ConnectionParameters, queue: str) -> int:
-    connection = pika.BlockingConnection(parameters)
-    try:
+    """Empties `queue`; returns how many messages it dropped."""
+    with pika.BlockingConnection(parameters) as connection:
         return connection.channel().queue_purge(queue).method.message_count
-    finally:
-        connection.close()

@@ -1,0 +1,62 @@
+"""The demo's chart: backlog (and dead letters) above, replicas (desired, ready) below, on one time
+axis, with the stretches the flow was paused shaded and the story's marks drawn as vertical lines.
+
+Drawn on a bare matplotlib Figure (the Agg canvas, no pyplot): no display needed, no global state.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from examples.demo.timeline import Timeline
+
+PAUSE_COLOR = "tab:red"
+
+
+def write_chart(
+    timeline: Timeline, path: Path, *, title: str = "Flowkeeper: backlog and replicas", max_replicas: int | None = None
+) -> Path:
+    """Writes the chart as a PNG to `path` and returns it."""
+    samples = timeline.samples
+    t = [s.t for s in samples]
+    figure = Figure(figsize=(10, 6), dpi=100, layout="constrained")
+    backlog_axes, replica_axes = figure.subplots(2, 1, sharex=True, height_ratios=(3, 2))
+    figure.suptitle(title)
+
+    # None (not read) becomes a gap in the line, not a drop to 0.
+    def series(values: list[int | None]) -> list[float]:
+        return [float("nan") if v is None else v for v in values]
+
+    backlog_axes.plot(t, series([s.backlog for s in samples]), color="tab:blue", label="backlog")
+    backlog_axes.plot(t, series([s.dead_letters for s in samples]), color="tab:orange", label="dead letters")
+    backlog_axes.set_ylabel("messages")
+    backlog_axes.set_ylim(bottom=0)
+
+    # Replicas change in steps: draw them as steps, held until the next sample.
+    replica_axes.step(t, series([s.desired for s in samples]), where="post", color="tab:purple", linestyle="--", label="desired")
+    replica_axes.step(t, series([s.ready for s in samples]), where="post", color="tab:green", label="ready")
+    if max_replicas is not None:
+        replica_axes.axhline(max_replicas, color="grey", linestyle=":", label=f"max ({max_replicas})")
+    replica_axes.set_ylabel("replicas")
+    replica_axes.set_xlabel("seconds")
+    replica_axes.set_ylim(bottom=0)
+    replica_axes.yaxis.get_major_locator().set_params(integer=True)
+
+    end = t[-1] if t else 0.0
+    for number, (paused, resumed) in enumerate(timeline.pauses()):
+        for axes in (backlog_axes, replica_axes):
+            axes.axvspan(paused, end if resumed is None else resumed, color=PAUSE_COLOR, alpha=0.12,
+                         label="paused" if number == 0 and axes is backlog_axes else None)
+    for mark in timeline.marks:
+        for axes in (backlog_axes, replica_axes):
+            axes.axvline(mark.t, color="grey", linewidth=0.8)
+        backlog_axes.annotate(mark.label, (mark.t, 1), xycoords=("data", "axes fraction"), rotation=90,
+                              xytext=(3, -3), textcoords="offset points", va="top", fontsize=8, color="dimgrey")
+
+    for axes in (backlog_axes, replica_axes):
+        axes.grid(alpha=0.3)
+        axes.legend(loc="upper right", fontsize=8)
+    figure.savefig(path, format="png")
+    return path
