@@ -142,3 +142,10 @@ def test_manual_pause_from_git() -> None:
     assert result.status["pause"]["reason"] == "Manual"
     unpaused = run(flow_with(result.status, generation=2), deployment(replicas=0, ready=0), signals(), now=NOW + 10)
     assert unpaused.scale_to == 3
+
+
+def test_hitting_the_replica_cap_is_a_warning() -> None:
+    result = run(flow_with(scaling={"maxReplicas": 2, "pollInterval": "10s"}), deployment(replicas=2, ready=2), signals(queue_depth=5000.0))
+    limited = condition(result.status, "ScalingLimited")
+    assert (limited["status"], limited["reason"]) == ("True", "AtMaxReplicas")
+    assert ("Warning", "AtMaxReplicas") in [(e.type, e.reason) for e in result.events]

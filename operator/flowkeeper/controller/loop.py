@@ -101,7 +101,7 @@ class FlowController:
             flow_plan = plan(inputs, now=now)
             self.memory[flow.key] = flow_plan.memory
             await self._apply(flow, flow_plan, pass_id)
-        self._forget_deleted_flows()
+        self._after_pass()
         self.passes += 1
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
         metrics.PASS_FLOWS.observe(len(flows))
@@ -126,7 +126,8 @@ class FlowController:
             metrics.PROMETHEUS_ERRORS.labels(error_class=failure.error_class.value, reason=failure.reason).inc()
         return result
 
-    def _forget_deleted_flows(self) -> None:
+    def _after_pass(self) -> None:
+        """Forgets flows that are gone, and publishes the flows-by-phase gauge."""
         for key in self.memory.keys() - self.store.flows.keys():
             del self.memory[key]
         for key in self.api_failures.keys() - self.store.flows.keys():

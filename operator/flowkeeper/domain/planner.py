@@ -93,7 +93,8 @@ class _Builder:
         previous = cond.get_condition(self.conditions, type_)
         wire = "Unknown" if status is None else str(bool(status))
         if event and (previous is None or previous.get("status") != wire or previous.get("reason") != reason):
-            positive = status is True if type_ != cond.PAUSED else status is False
+            # For Paused and ScalingLimited, True is the bad news.
+            positive = status is False if type_ in (cond.PAUSED, cond.SCALING_LIMITED) else status is True
             self.event("Normal" if positive else "Warning", reason, message)
         self.conditions = cond.set_condition(
             self.conditions, type_, status, reason, message, generation=self.flow.generation, now=self.now
