@@ -1,0 +1,104 @@
+"""Each health signal, driven through a real Prometheus, moves the flow to its severity, Healthy
+reason and phase, posts one Event for the transition, and goes back when it clears. Windows are set
+short per flow (spec.health), which tests the mechanism; the defaults are the same code."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from tests.support.cluster_fixtures import eventually
+from tests.support.flows import Flow, flow_manifest, set_depth
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+NAME = "consumer"
+
+
+@dataclass(frozen=True)
+class Case:
+    reason: str
+    severity: str
+    phase: str
+    drive: Callable  # (exporter, queue, namespace) -> None
+    clear: Callable
+    health: dict | None = None
+
+
+def _processed(e, success: float, error: float = 0.0) -> None:
+    e.set_rate("flowkeeper_messages_processed_total", {"integration": NAME, "status": "success"}, success)
+    if error:
+        e.set_rate("flowkeeper_messages_processed_total", {"integration": NAME, "status": "error"}, error)
+    else:
+        e.remove("flowkeeper_messages_processed_total", {"integration": NAME, "status": "error"})
+
+
+def _cpu(e, namespace: str, used: float) -> None:
+    pod, replicaset = f"{NAME}-5d9f-a", f"{NAME}-5d9f"
+    labels = {"namespace": namespace, "pod": pod, "container": "consumer"}
+    e.set_rate("container_cpu_usage_seconds_total", labels, used)
+    e.set("kube_pod_container_resource_requests", {**labels, "resource": "cpu", "unit": "core"}, 1.0)
+    e.set("kube_pod_owner", {"namespace": namespace, "pod": pod, "owner_kind": "ReplicaSet", "owner_name": replicaset, "owner_is_controller": "true"}, 1)
+    e.set("kube_replicaset_owner", {"namespace": namespace, "replicaset": replicaset, "owner_kind": "Deployment", "owner_name": NAME}, 1)
+
+
+def _dead_letters(e, queue: str, n: float) -> None:
+    e.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": f"{queue}.dlq"}, n)
+
+
+CASES = [
+    Case("ErrorRatioHigh", "P2", "Degraded",
+         drive=lambda e, q, ns: _processed(e, 9, 1), clear=lambda e, q, ns: _processed(e, 10)),
+    Case("DeadLetters", "P3", "Degraded",
+         drive=lambda e, q, ns: _dead_letters(e, q, 3), clear=lambda e, q, ns: _dead_letters(e, q, 0)),
+    Case("HeartbeatLost", "P1", "Down",
+         drive=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() - 600),
+         clear=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() + 3600)),
+    Case("QueueGrowing", "P2", "Degraded",
+         drive=lambda e, q, ns: e.set_rate("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": q}, 2, start=50),
+         clear=lambda e, q, ns: set_depth(e, q, 50), health={"queueGrowthWindow": "6s"}),
+    Case("CpuHigh", "P2", "Degraded",
+         drive=lambda e, q, ns: _cpu(e, ns, 0.95), clear=lambda e, q, ns: _cpu(e, ns, 0.2)),
+]
+
+
+def flowkeeper_events(kubectl_json, namespace: str, reason_part: str) -> list[dict]:
+    items = kubectl_json("get", "events", "-n", namespace)["items"]
+    return [e for e in items if e.get("source", {}).get("component") == "flowkeeper" and reason_part in e["reason"]]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.reason for c in CASES])
+def test_signal_moves_the_flow_and_back(
+    case: Case, cluster, namespace, prometheus, fresh_exporter, unique, run_operator, kubectl_json
+) -> None:
+    queue = f"{unique}-orders"
+    set_depth(fresh_exporter, queue, 50)
+    _dead_letters(fresh_exporter, queue, 0)
+    _processed(fresh_exporter, 10)
+    fresh_exporter.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() + 3600)
+    cluster.kubectl("create", "deployment", NAME, "-n", namespace, "--image=example/consumer:1")
+    source = {"broker": "rabbitmq", "vhost": "/", "queue": queue, "deadLetterQueue": f"{queue}.dlq", "integration": NAME}
+    manifest = flow_manifest(NAME, queue, {"queueDepthPerReplica": 100000}, source=source, health=case.health or {})
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 50')
+    run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=5s")
+    flow = Flow(cluster, namespace, NAME)
+    eventually(lambda: flow.condition("Healthy").get("status") == "True", timeout=40, what="healthy at first")
+
+    case.drive(fresh_exporter, queue, namespace)
+    unhealthy = eventually(
+        lambda: (c := flow.condition("Healthy")).get("status") == "False" and case.reason in c["reason"] and c,
+        timeout=40, what=f"Healthy=False {case.reason}",
+    )
+    status = flow.status()
+    assert (status["severity"], status["phase"]) == (case.severity, case.phase), (status, unhealthy)
+    time.sleep(6)  # three more passes: still one Event for this transition
+    assert len(flowkeeper_events(kubectl_json, namespace, case.reason)) == 1
+
+    case.clear(fresh_exporter, queue, namespace)
+    eventually(lambda: flow.condition("Healthy").get("status") == "True", timeout=40, what="healthy again")
+    status = flow.status()
+    assert (status["severity"], status["phase"]) == ("None", "Running")
