@@ -4,6 +4,7 @@ short per flow (spec.health), which tests the mechanism; the defaults are the sa
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ class Case:
     drive: Callable  # (exporter, queue, namespace) -> None
     clear: Callable
     health: dict | None = None
+    history_s: float = 0  # seconds of normal signals before the drive, for baselines
 
 
 def _processed(e, success: float, error: float = 0.0) -> None:
@@ -45,6 +47,27 @@ def _cpu(e, namespace: str, used: float) -> None:
     e.set("kube_replicaset_owner", {"namespace": namespace, "replicaset": replicaset, "owner_kind": "Deployment", "owner_name": NAME}, 1)
 
 
+def _memory(e, namespace: str, used_bytes: float) -> None:
+    pod, replicaset = f"{NAME}-5d9f-a", f"{NAME}-5d9f"
+    labels = {"namespace": namespace, "pod": pod, "container": "consumer"}
+    e.set("container_memory_working_set_bytes", labels, used_bytes)
+    e.set("kube_pod_container_resource_limits", {**labels, "resource": "memory", "unit": "byte"}, 1000.0)
+    e.set("kube_pod_owner", {"namespace": namespace, "pod": pod, "owner_kind": "ReplicaSet", "owner_name": replicaset, "owner_is_controller": "true"}, 1)
+    e.set("kube_replicaset_owner", {"namespace": namespace, "replicaset": replicaset, "owner_kind": "Deployment", "owner_name": NAME}, 1)
+
+
+def _latency(e, seconds: float) -> None:
+    e.set_rate("flowkeeper_processing_seconds_count", {"integration": NAME}, 10)
+    e.set_rate("flowkeeper_processing_seconds_sum", {"integration": NAME}, 10 * seconds)
+
+
+def _no_ready_consumers(cluster, namespace: str, stuck: bool) -> None:
+    """Pods that cannot be scheduled (a node selector nothing matches), replacing the ready one."""
+    selector = {"nowhere": "true"} if stuck else None
+    patch = {"spec": {"strategy": {"type": "Recreate", "rollingUpdate": None}, "template": {"spec": {"nodeSelector": selector}}}}
+    cluster.kubectl("patch", "deployment", NAME, "-n", namespace, "--type=merge", "-p", json.dumps(patch))
+
+
 def _dead_letters(e, queue: str, n: float) -> None:
     e.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": f"{queue}.dlq"}, n)
 
@@ -62,7 +85,17 @@ CASES = [
          clear=lambda e, q, ns: set_depth(e, q, 50), health={"queueGrowthWindow": "6s"}),
     Case("CpuHigh", "P2", "Degraded",
          drive=lambda e, q, ns: _cpu(e, ns, 0.95), clear=lambda e, q, ns: _cpu(e, ns, 0.2)),
+    Case("MemoryHigh", "P2", "Degraded",
+         drive=lambda e, q, ns: _memory(e, ns, 950), clear=lambda e, q, ns: _memory(e, ns, 300)),
+    Case("ThroughputOffBaseline", "P2", "Degraded",
+         drive=lambda e, q, ns: _processed(e, 2), clear=lambda e, q, ns: _processed(e, 10),
+         health={"baselineWindow": "20s"}, history_s=22),
+    Case("LatencyHigh", "P2", "Degraded",
+         drive=lambda e, q, ns: _latency(e, 0.5), clear=lambda e, q, ns: _latency(e, 0.1),
+         health={"baselineWindow": "20s"}, history_s=22),
 ]
+
+NO_READY = Case("NoReadyConsumers", "P1", "Down", drive=None, clear=None, health={"notReadyGrace": "4s"})
 
 
 def flowkeeper_events(kubectl_json, namespace: str, reason_part: str) -> list[dict]:
@@ -70,14 +103,19 @@ def flowkeeper_events(kubectl_json, namespace: str, reason_part: str) -> list[di
     return [e for e in items if e.get("source", {}).get("component") == "flowkeeper" and reason_part in e["reason"]]
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.reason for c in CASES])
+@pytest.mark.parametrize("case", [*CASES, NO_READY], ids=[c.reason for c in [*CASES, NO_READY]])
 def test_signal_moves_the_flow_and_back(
     case: Case, cluster, namespace, prometheus, fresh_exporter, unique, run_operator, kubectl_json
 ) -> None:
+    if case is NO_READY:  # driven through the Deployment, not Prometheus
+        case = Case(case.reason, case.severity, case.phase,
+                    drive=lambda e, q, ns: _no_ready_consumers(cluster, ns, True),
+                    clear=lambda e, q, ns: _no_ready_consumers(cluster, ns, False), health=case.health)
     queue = f"{unique}-orders"
     set_depth(fresh_exporter, queue, 50)
     _dead_letters(fresh_exporter, queue, 0)
     _processed(fresh_exporter, 10)
+    _latency(fresh_exporter, 0.1)
     fresh_exporter.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() + 3600)
     cluster.kubectl("create", "deployment", NAME, "-n", namespace, "--image=example/consumer:1")
     source = {"broker": "rabbitmq", "vhost": "/", "queue": queue, "deadLetterQueue": f"{queue}.dlq", "integration": NAME}
@@ -87,6 +125,7 @@ def test_signal_moves_the_flow_and_back(
     run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=5s")
     flow = Flow(cluster, namespace, NAME)
     eventually(lambda: flow.condition("Healthy").get("status") == "True", timeout=40, what="healthy at first")
+    time.sleep(case.history_s)
 
     case.drive(fresh_exporter, queue, namespace)
     unhealthy = eventually(
