@@ -57,7 +57,9 @@ def _cleanup(process: Process, workdir: Path) -> None:
 
 
 class LocalPrometheus:
-    def __init__(self, targets: Sequence[str], *, scrape_interval: str = "1s", port: int | None = None) -> None:
+    def __init__(
+        self, targets: Sequence[str], *, scrape_interval: str = "1s", port: int | None = None, data_dir: Path | None = None
+    ) -> None:
         self.binary = find_tool("prometheus")
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="flowkeeper-prometheus-"))
@@ -68,10 +70,11 @@ class LocalPrometheus:
             [
                 self.binary,
                 f"--config.file={self.config_file}",
-                f"--storage.tsdb.path={self.workdir / 'data'}",
+                # data_dir: a TSDB made beforehand (e.g. backfilled with promtool) to query history.
+                f"--storage.tsdb.path={data_dir or self.workdir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-lifecycle",  # /-/reload after set_targets()
-                "--storage.tsdb.retention.time=1h",
+                "--storage.tsdb.retention.time=3h",
                 "--log.level=warn",
             ],
             self.workdir,
