@@ -149,3 +149,10 @@ def test_hitting_the_replica_cap_is_a_warning() -> None:
     limited = condition(result.status, "ScalingLimited")
     assert (limited["status"], limited["reason"]) == ("True", "AtMaxReplicas")
     assert ("Warning", "AtMaxReplicas") in [(e.type, e.reason) for e in result.events]
+
+
+def test_unhealthy_condition_points_to_the_runbook() -> None:
+    result = run(flow_with(runbookUrl="https://runbooks.example.com/orders"), deployment(replicas=1, ready=1), signals(dead_letter_depth=4.0))
+    healthy = condition(result.status, "Healthy")
+    assert healthy["reason"] == "DeadLetters"
+    assert healthy["message"].endswith("runbook: https://runbooks.example.com/orders")

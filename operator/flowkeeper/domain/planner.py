@@ -102,7 +102,7 @@ class _Builder:
 
     def event(self, type_: str, reason: str, message: str) -> None:
         runbook = self.flow.spec.runbook_url if self.flow.spec else None
-        if type_ == "Warning" and runbook:
+        if type_ == "Warning" and runbook and runbook not in message:
             message = f"{message} (runbook: {runbook})"
         self.events.append(Event(type_, reason, message))
 
@@ -321,7 +321,9 @@ def _record_health(out: _Builder, inputs: Inputs, health: HealthAssessment, aler
     elif inputs.failure is not None or inputs.signals is None:
         out.condition(cond.HEALTHY, None, "SignalsUnknown", "the flow's signals could not be read")
     else:
-        out.condition(cond.HEALTHY, health.healthy, health.reason, health.message, event=True)
+        runbook = inputs.flow.spec.runbook_url if inputs.flow.spec else None
+        message = health.message if health.healthy or not runbook else f"{health.message}; runbook: {runbook}"
+        out.condition(cond.HEALTHY, health.healthy, health.reason, message, event=True)
 
 
 def _phase(severity: str, decision: ScalingDecision, deployment: DeploymentRecord, scale_to: int | None) -> str:
