@@ -16,3 +16,24 @@ def test_retry_delay_grows_with_jitter_and_is_capped() -> None:
     assert all(8.0 <= retry_delay(4, rng) <= 24.0 for _ in range(20))
     assert all(retry_delay(30, rng) <= 180.0 for _ in range(20))
     assert retry_delay(0, rng) == 0.0
+
+
+def test_failed_reads_back_off_with_jitter_and_recover() -> None:
+    from flowkeeper.adapters.prometheus import PassResult
+    from flowkeeper.controller.loop import FlowController
+    from flowkeeper.controller.store import ClusterStore
+    from flowkeeper.domain.errors import ErrorClass
+    from flowkeeper.domain.signals import SignalsFailure
+    from tests.unit.test_store import flow
+
+    store = ClusterStore(lambda: 1000.0)
+    store.flow_event("ADDED", flow(poll="10s"))
+    controller = FlowController(store, gateway=None)
+    down = PassResult(signals={}, failures={"ns/f": SignalsFailure(ErrorClass.transient, "PrometheusUnavailable", "refused")}, queries=1, seconds=0)
+    waits = []
+    for _ in range(4):
+        controller._back_off_failed_reads(down, 1000.0)
+        waits.append(store.seconds_until_next(1000.0))
+    assert 10 <= waits[0] <= 15 and 20 <= waits[1] <= 30 and 40 <= waits[2] <= 60 and 40 <= waits[3] <= 60
+    controller._back_off_failed_reads(PassResult(signals={}, failures={}, queries=1, seconds=0), 1000.0)
+    assert controller.read_failures == {}

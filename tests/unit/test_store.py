@@ -97,3 +97,13 @@ def test_deleted_flow_is_never_due_again() -> None:
     store.flow_event("ADDED", flow())
     store.flow_event("DELETED", flow())
     assert store.take_due(clock.now + 100) == []
+
+
+def test_reschedule_can_push_a_flow_later() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.take_due(clock.now)  # next due on the grid: 1010
+    store.reschedule("ns/f", 1025.0)
+    assert store.take_due(1015.0) == []
+    assert [f.name for f in store.take_due(1025.0)] == ["f"]

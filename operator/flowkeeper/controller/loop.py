@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from flowkeeper.api.durations import to_seconds
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
@@ -53,6 +54,7 @@ class FlowController:
         self.clock = clock
         self.memory: dict[str, FlowMemory] = {}
         self.api_failures: dict[str, int] = {}  # flow key -> failed writes in a row
+        self.read_failures: dict[str, int] = {}  # flow key -> transient signal reads failed in a row
         self.random = random.Random()
         self.passes = 0
 
@@ -101,6 +103,7 @@ class FlowController:
             flow_plan = plan(inputs, now=now)
             self.memory[flow.key] = flow_plan.memory
             await self._apply(flow, flow_plan, pass_id)
+        self._back_off_failed_reads(read, now)
         self._after_pass()
         self.passes += 1
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
@@ -125,6 +128,23 @@ class FlowController:
         for failure in result.failures.values():
             metrics.PROMETHEUS_ERRORS.labels(error_class=failure.error_class.value, reason=failure.reason).inc()
         return result
+
+    def _back_off_failed_reads(self, read: PassResult | None, now: float) -> None:
+        """A flow whose signals could not be read (Prometheus down, timing out) is asked less often,
+        with jitter, so a struggling Prometheus is not hit by every flow in step: 1, 2, then up to 4
+        poll intervals, each stretched by up to half. Replicas hold meanwhile (never scaled down)."""
+        failed = read.failures if read else {}
+        for key in list(self.read_failures):
+            if key not in failed:
+                del self.read_failures[key]
+        for key, failure in failed.items():
+            flow = self.store.flows.get(key)
+            if failure.error_class.value != "transient" or flow is None or flow.spec is None:
+                continue
+            failures = self.read_failures.get(key, 0) + 1
+            self.read_failures[key] = failures
+            poll = to_seconds(flow.spec.scaling.poll_interval)
+            self.store.reschedule(key, now + poll * min(2 ** (failures - 1), 4) * self.random.uniform(1.0, 1.5))
 
     def _after_pass(self) -> None:
         """Forgets flows that are gone, and publishes the flows-by-phase gauge."""

@@ -84,6 +84,12 @@ class ClusterStore:
         heapq.heappush(self._heap, (when, key))
         self.wakeup.set()
 
+    def reschedule(self, key: str, at: float) -> None:
+        """Moves a flow's next pass to `at`, later or earlier (mark_due only ever brings it forward)."""
+        if key in self.flows:
+            self._due[key] = at
+            heapq.heappush(self._heap, (at, key))
+
     def take_due(self, now: float) -> list[FlowRecord]:
         """Flows whose time has come; each is scheduled again after its own poll interval."""
         due: list[FlowRecord] = []
