@@ -15,7 +15,11 @@ def main() -> None:
 
 @main.command()
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable). Default: all.")
-@click.option("--standalone", is_flag=True, help="No peering with other replicas (one replica, or tests).")
+@click.option("--standalone", is_flag=True, help="No leader election: this replica always acts (one replica, or tests).")
+@click.option("--lease-name", default="flowkeeper", show_default=True, help="Lease that elects the active replica.")
+@click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True, help="Namespace of the Lease (default: $POD_NAMESPACE).")
+@click.option("--identity", envvar="POD_NAME", default=None, help="This replica's name in the Lease (default: $POD_NAME, else the host name).")
+@click.option("--lease-duration", type=click.IntRange(2, 300), default=15, show_default=True, help="Seconds a standby waits after the leader's last renewal.")
 @click.option("--liveness", "liveness_endpoint", default=None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz.")
 @click.option("--log-format", type=click.Choice(["json", "plain"]), default="json", show_default=True)
 @click.option("--metrics-port", type=int, default=8080, show_default=True, envvar="FLOWKEEPER_METRICS_PORT", help="Port of the operator's own /metrics; 0 disables it.")
@@ -28,6 +32,10 @@ def main() -> None:
 def run(
     namespaces: tuple[str, ...],
     standalone: bool,
+    lease_name: str,
+    lease_namespace: str,
+    identity: str | None,
+    lease_duration: int,
     liveness_endpoint: str | None,
     log_format: str,
     metrics_port: int,
@@ -42,7 +50,9 @@ def run(
     import kopf
 
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
-    from flowkeeper.config import OperatorConfig
+    import socket
+
+    from flowkeeper.config import LeaseConfig, OperatorConfig
 
     config = OperatorConfig(
         namespaces=tuple(namespaces),
@@ -52,6 +62,9 @@ def run(
         prometheus_ca_file=prometheus_ca_file,
         prometheus_timeout=prometheus_timeout,
         rate_window=rate_window,
+        lease=None if standalone else LeaseConfig(
+            name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration
+        ),
     )
 
     kopf.configure(
@@ -64,7 +77,8 @@ def run(
         # Flowkeeper's own lines. Its warnings and errors still show.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kopf.run(
-        standalone=standalone,
+        # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
+        standalone=True,
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,

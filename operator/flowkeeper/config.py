@@ -14,3 +14,13 @@ class OperatorConfig:
     prometheus_timeout: float = 5.0
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
+    # Leader election over a Lease (None: no election, this replica always acts)
+    lease: LeaseConfig | None = None
+
+
+@dataclass(frozen=True)
+class LeaseConfig:
+    name: str = "flowkeeper"
+    namespace: str = "default"
+    identity: str = ""
+    duration: float = 15.0  # seconds a standby waits after the last renewal it saw

@@ -45,8 +45,8 @@ def kubectl_json(cluster: LocalCluster) -> Callable[..., Any]:
 def run_operator(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
-    def start(*args: str) -> OperatorProcess:
-        operator = OperatorProcess(cluster.env, tmp_path, *args, name=f"flowkeeper-{len(started)}").start()
+    def start(*args: str, standalone: bool = True) -> OperatorProcess:
+        operator = OperatorProcess(cluster.env, tmp_path, *args, name=f"flowkeeper-{len(started)}", standalone=standalone).start()
         started.append(operator)
         return operator
 

@@ -72,6 +72,13 @@ class Process:
             except ProcessLookupError:
                 pass
 
+    def kill(self) -> None:
+        """Ends the program abruptly (SIGKILL): no shutdown code of its own runs, as when a node dies."""
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        self.popen = None
+
     def stop(self, timeout: float = 10.0) -> None:
         if self.popen is None:
             return

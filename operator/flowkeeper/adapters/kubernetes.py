@@ -1,4 +1,5 @@
-"""The only place that writes to the Kubernetes API: flow status, Deployment scale, Secrets read.
+"""The only place that talks to the Kubernetes API: flow status, Deployment scale, Events, Secrets
+read, and the leader-election Lease.
 
 Errors are turned into the classes the controller answers to: a missing object is a configuration
 problem of the flow; conflicts, throttling and 5xx are transient and retried on the next pass.
@@ -19,6 +20,7 @@ from kubernetes.client.exceptions import ApiException
 
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.domain.errors import ConfigurationError, FlowkeeperError, TransientError
+from flowkeeper.domain.leadership import LeaseRecord
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.kubernetes")
@@ -52,6 +54,7 @@ class KubernetesGateway:
         self._custom = k8s.CustomObjectsApi(api_client)
         self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
+        self._coordination = k8s.CoordinationV1Api(api_client)
         self.instance = socket.gethostname()
 
     def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -134,3 +137,39 @@ class KubernetesGateway:
         if data is None:
             raise ConfigurationError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretKeyNotFound")
         return base64.b64decode(data).decode()
+
+    def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
+        try:
+            response = self._coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise _classify(exc, f"Lease {namespace}/{name}") from exc
+        lease = json.loads(response.data)
+        spec = lease.get("spec") or {}
+        return LeaseRecord(
+            holder=spec.get("holderIdentity"),
+            renew_time=spec.get("renewTime"),
+            acquire_time=spec.get("acquireTime"),
+            duration_seconds=int(spec.get("leaseDurationSeconds") or 0),
+            transitions=int(spec.get("leaseTransitions") or 0),
+            version=lease["metadata"].get("resourceVersion"),
+        )
+
+    def write_lease(self, namespace: str, name: str, spec: dict[str, Any], version: str | None) -> None:
+        """Creates the Lease (version None) or replaces it at `version`: a replica that lost a race
+        gets a conflict, never a silent overwrite. renewTime, and acquireTime when unset, are now."""
+        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": name, "namespace": namespace, **({"resourceVersion": version} if version else {})},
+            "spec": {**spec, "acquireTime": spec.get("acquireTime") or now, "renewTime": now},
+        }
+        try:
+            if version is None:
+                self._coordination.create_namespaced_lease(namespace, body)
+            else:
+                self._coordination.replace_namespaced_lease(name, namespace, body)
+        except ApiException as exc:
+            raise _classify(exc, f"Lease {namespace}/{name}") from exc

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
+from flowkeeper.controller.leadership import AlwaysLeader
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
@@ -46,12 +47,14 @@ class FlowController:
         signals: PrometheusSignals | None = None,
         namespaces: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
+        leader=None,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.signals = signals  # None: no Prometheus configured, flows are only checked for readiness
         self.namespaces = namespaces
         self.clock = clock
+        self.leader = leader or AlwaysLeader()  # standbys keep the store warm but plan and write nothing
         self.memory: dict[str, FlowMemory] = {}
         self.api_failures: dict[str, int] = {}  # flow key -> failed writes in a row
         self.read_failures: dict[str, int] = {}  # flow key -> transient signal reads failed in a row
@@ -69,9 +72,19 @@ class FlowController:
                 await asyncio.wait_for(self.store.wakeup.wait(), timeout=1.0 if wait is None else min(wait, 1.0))
             except asyncio.TimeoutError:
                 pass
+            if not self.leader.is_leading():
+                self._forget_plans()
+                continue
             due = self.store.take_due(self.clock())
             if due:
                 await self.run_pass(due)
+
+    def _forget_plans(self) -> None:
+        """What a standby knew from an earlier term may be stale by the time it leads again; the
+        state that matters (pause, replicas to restore) lives in the flows' status anyway."""
+        self.memory.clear()
+        self.api_failures.clear()
+        self.read_failures.clear()
 
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
@@ -92,6 +105,10 @@ class FlowController:
         read = await self._read_signals(flows)
         now = self.clock()
         for flow in flows:
+            if not self.leader.is_leading():
+                # Lost the lease mid-pass: the new leader plans these flows; put them back as due.
+                self.store.mark_due(flow.key, now)
+                continue
             inputs = Inputs(
                 flow=flow,
                 deployment=self.store.deployment_of(flow),

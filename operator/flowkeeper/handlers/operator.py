@@ -14,7 +14,9 @@ from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
 from flowkeeper.adapters.prometheus import PrometheusSignals
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.config import OperatorConfig
+from flowkeeper.controller.leadership import LeaderElector
 from flowkeeper.controller.loop import FlowController
+from flowkeeper.domain.leadership import LeaseTiming
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.observability import metrics
 
@@ -41,8 +43,6 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
-    # Peering for HA: the active replica runs the loop, the others wait (see docs/operations.md).
-    settings.peering.name = "flowkeeper"
 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     if config.metrics_port:
@@ -59,22 +59,28 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
             rate_window=config.rate_window,
             secret_reader=lambda namespace, ref: gateway.read_secret_key(namespace, ref.name, ref.key),
         )
-    controller = FlowController(store, gateway, signals, namespaces=config.namespaces)
+    leader = None
+    memo.stopped = asyncio.Event()
+    memo.tasks = []
+    if config.lease is not None:
+        lease = config.lease
+        leader = LeaderElector(gateway, lease.namespace, lease.name, lease.identity, LeaseTiming.for_duration(lease.duration))
+        memo.tasks.append(asyncio.create_task(leader.run(memo.stopped), name="flowkeeper-leader"))
+        log.info("waiting for the lease", extra={"stage": "leader", "lease": f"{lease.namespace}/{lease.name}", "identity": lease.identity})
+    controller = FlowController(store, gateway, signals, namespaces=config.namespaces, leader=leader)
     memo.store = store
     memo.controller = controller
     memo.signals = signals
-    memo.stopped = asyncio.Event()
-    memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
+    memo.tasks.append(asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop"))
 
 
 @kopf.on.cleanup()
 async def stop(memo: kopf.Memo, **_: Any) -> None:
+    # The loop and the elector see the flag and finish: the elector hands the lease back on its way out.
     memo.stopped.set()
-    memo.loop_task.cancel()
-    try:
-        await memo.loop_task
-    except asyncio.CancelledError:
-        pass
+    done, pending = await asyncio.wait(memo.tasks, timeout=10)
+    for task in pending:
+        task.cancel()
     if memo.signals is not None:
         memo.signals.close()
 

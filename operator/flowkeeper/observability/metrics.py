@@ -29,6 +29,9 @@ API_WRITES = Counter("flowkeeper_kubernetes_writes_total", "Writes to the Kubern
 API_ERRORS = Counter(
     "flowkeeper_kubernetes_errors_total", "Failed Kubernetes API calls, by error class and reason.", ["error_class", "reason"], registry=REGISTRY
 )
+LEADER = Gauge(
+    "flowkeeper_leader", "1 on the replica that holds the lease and acts, 0 on standbys.", registry=REGISTRY
+)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:
