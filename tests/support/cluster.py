@@ -171,9 +171,19 @@ class LocalCluster:
         """Environment for a child (kubectl, the operator) that should talk to this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def env_for_service_account(self, namespace: str, name: str) -> dict[str, str]:
+        """Environment whose kubeconfig carries a token of ServiceAccount namespace/name, issued by
+        the TokenRequest API like the kubelet mounts one into a Pod: requests run with its RBAC."""
+        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+        path = self.workdir / f"kubeconfig-{namespace}-{name}"
+        path.write_text(yaml.safe_dump(kubeconfig(self.server, self.pki, user=f"{namespace}-{name}", token=token)))
+        return {**os.environ, "KUBECONFIG": str(path)}
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
-            [self._bin("kubectl"), *args], input=input, text=True, capture_output=True, env=self.env, timeout=timeout
+            [self._bin("kubectl"), *args], input=input, text=True, capture_output=True, env=env or self.env, timeout=timeout
         )
         if check and result.returncode != 0:
             raise RuntimeError(f"kubectl {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from flowkeeper.domain.errors import ErrorClass
 from flowkeeper.domain.flow import deployment_from_body, flow_from_body
 from flowkeeper.domain.planner import RESUME_ANNOTATION, FlowMemory, Inputs, plan
@@ -116,6 +118,16 @@ def test_invalid_query_pauses_and_a_missing_secret_too() -> None:
         failure=SignalsFailure(ErrorClass.configuration, "SecretNotFound", "Secret ns/prom-token not found"),
     )
     assert secret.status["pause"]["reason"] == "SecretNotFound"
+
+
+@pytest.mark.parametrize("reason", ["SecretNotFound", "SecretKeyNotFound", "SecretForbidden"])
+def test_a_secret_that_cannot_be_read_pauses_until_it_can(reason: str) -> None:
+    # Created, given the key, or granted to the operator's RBAC: the next pass resumes by itself.
+    failure = SignalsFailure(ErrorClass.configuration, reason, "Secret ns/prom-token: cannot be used")
+    paused = run(flow_with(), deployment(replicas=2, ready=2), None, failure=failure)
+    assert paused.status["pause"]["reason"] == reason and paused.scale_to == 0
+    back = run(flow_with(paused.status), deployment(replicas=0, ready=0), signals(), now=NOW + 30)
+    assert "pause" not in back.status and back.scale_to == 2
 
 
 def test_prometheus_down_pauses_nothing_and_holds_replicas() -> None:

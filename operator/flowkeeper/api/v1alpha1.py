@@ -392,7 +392,7 @@ class Signals(ApiModel):
 class PauseState(ApiModel):
     """Why and since when the flow is paused, and what to restore on resume."""
 
-    reason: str = Field(description="Why the flow is paused: Manual, TargetNotFound, InvalidQuery, SecretNotFound, ConsumerConfigurationError.")
+    reason: str = Field(description="Why the flow is paused: Manual, TargetNotFound, InvalidQuery, SecretNotFound, SecretKeyNotFound, SecretForbidden, ConsumerConfigurationError.")
     since: str = Field(description="When the pause began.", json_schema_extra={"format": "date-time"})
     replicas_before: int | None = Field(
         default=None, ge=0, description="Replicas the consumers had before the pause; restored on resume. Unset when never known."

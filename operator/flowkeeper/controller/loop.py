@@ -173,22 +173,28 @@ class FlowController:
         metrics.record_flow_phases(counts)
 
     async def _apply(self, flow: FlowRecord, flow_plan: Plan, pass_id: str) -> None:
+        """Writes what the plan changed. Every action logs the same fields: flow, namespace, pass_id
+        (the correlation id of the pass), stage, reason and outcome (applied, or the error class)."""
         context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
+        stage = "scale"
         try:
             if flow_plan.scale_to is not None and flow.spec is not None:
                 await asyncio.to_thread(
                     self.gateway.scale_deployment, flow.namespace, flow.spec.consumer.deployment, flow_plan.scale_to
                 )
-                log.info("scaled", extra={**context, "stage": "scale", "replicas": flow_plan.scale_to})
                 current = self.store.deployment_of(flow)
                 direction = "up" if current is None or flow_plan.scale_to > current.spec_replicas else "down"
                 metrics.SCALE_ACTIONS.labels(direction=direction).inc()
+                reason = flow_plan.status.get("lastScaleReason", "")
+                log.info("scaled", extra={**context, "stage": stage, "replicas": flow_plan.scale_to, "reason": reason, "outcome": "applied"})
+            stage = "status"
             if flow_plan.status_changed(flow.status):
                 patch = status_patch(flow_plan.status, flow.status)
                 await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)
+            stage = "event"
             for event in flow_plan.events:
                 await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
-                log.info(event.message, extra={**context, "stage": "event", "reason": event.reason})
+                log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
         except FlowkeeperError as exc:
             # Transient trouble (conflict, throttling, 5xx) is retried with exponential backoff and
             # jitter, so a struggling API server is not hammered by every flow at once.
@@ -197,7 +203,7 @@ class FlowController:
             delay = retry_delay(failures, self.random)
             log.warning(
                 str(exc),
-                extra={**context, "outcome": exc.error_class.value, "reason": exc.reason, "retry_in": round(delay, 1)},
+                extra={**context, "stage": stage, "outcome": exc.error_class.value, "reason": exc.reason, "retry_in": round(delay, 1)},
             )
             self.store.mark_due(flow.key, self.clock() + delay)
         else:

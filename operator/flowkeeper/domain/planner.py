@@ -24,8 +24,8 @@ from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 RESUME_ANNOTATION = "flowkeeper.io/resume"
 # Causes that can be seen to go away by looking again; a consumer's configuration errors cannot (its
 # consumers are stopped while paused), so that pause waits for a fix: new pod template, new spec, or
-# the resume annotation.
-SELF_CLEARING = {"TargetNotFound", "SecretNotFound", "InvalidQuery"}
+# the resume annotation. A Secret the operator may not read clears when its RBAC is granted.
+SELF_CLEARING = {"TargetNotFound", "SecretNotFound", "SecretKeyNotFound", "SecretForbidden", "InvalidQuery"}
 
 
 @dataclass(frozen=True)
