@@ -26,6 +26,7 @@ unit: setup
 
 crds: setup
 	.venv/bin/flowkeeper crd > crds/flowkeeper.io_integrationflows.yaml
+	cp crds/flowkeeper.io_integrationflows.yaml charts/flowkeeper/crds/flowkeeper.io_integrationflows.yaml
 
 cluster: setup
 	@mkdir -p $${TMPDIR:-/tmp}

@@ -23,6 +23,9 @@ class AlwaysLeader:
 
     identity = "standalone"
 
+    def __init__(self) -> None:
+        metrics.LEADER.set(1)
+
     def is_leading(self) -> bool:
         return True
 

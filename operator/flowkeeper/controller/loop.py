@@ -23,7 +23,7 @@ from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult, PrometheusSignals
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan
-from flowkeeper.observability import metrics
+from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper.controller")
 
@@ -101,8 +101,13 @@ class FlowController:
 
     async def run_pass(self, flows: list[FlowRecord]) -> None:
         pass_id = uuid.uuid4().hex[:12]
+        with tracing.pass_span(pass_id, len(flows)):
+            await self._run_pass(pass_id, flows)
+
+    async def _run_pass(self, pass_id: str, flows: list[FlowRecord]) -> None:
         started = time.monotonic()
-        read = await self._read_signals(flows)
+        with tracing.action_span("read_signals", "", ""):
+            read = await self._read_signals(flows)
         now = self.clock()
         for flow in flows:
             if not self.leader.is_leading():
@@ -179,21 +184,25 @@ class FlowController:
         stage = "scale"
         try:
             if flow_plan.scale_to is not None and flow.spec is not None:
-                await asyncio.to_thread(
-                    self.gateway.scale_deployment, flow.namespace, flow.spec.consumer.deployment, flow_plan.scale_to
-                )
-                current = self.store.deployment_of(flow)
-                direction = "up" if current is None or flow_plan.scale_to > current.spec_replicas else "down"
+                # The direction from before the write: the watch may update the store while we wait.
+                before = self.store.deployment_of(flow)
+                direction = "up" if before is None or flow_plan.scale_to > before.spec_replicas else "down"
+                with tracing.action_span(stage, flow.namespace, flow.name):
+                    await asyncio.to_thread(
+                        self.gateway.scale_deployment, flow.namespace, flow.spec.consumer.deployment, flow_plan.scale_to
+                    )
                 metrics.SCALE_ACTIONS.labels(direction=direction).inc()
                 reason = flow_plan.status.get("lastScaleReason", "")
                 log.info("scaled", extra={**context, "stage": stage, "replicas": flow_plan.scale_to, "reason": reason, "outcome": "applied"})
             stage = "status"
             if flow_plan.status_changed(flow.status):
                 patch = status_patch(flow_plan.status, flow.status)
-                await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)
+                with tracing.action_span(stage, flow.namespace, flow.name):
+                    await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)
             stage = "event"
             for event in flow_plan.events:
-                await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
+                with tracing.action_span(stage, flow.namespace, flow.name):
+                    await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
                 log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
         except FlowkeeperError as exc:
             # Transient trouble (conflict, throttling, 5xx) is retried with exponential backoff and

@@ -18,7 +18,7 @@ from flowkeeper.controller.leadership import LeaderElector
 from flowkeeper.controller.loop import FlowController
 from flowkeeper.domain.leadership import LeaseTiming
 from flowkeeper.controller.store import ClusterStore
-from flowkeeper.observability import metrics
+from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper")
 
@@ -43,10 +43,15 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # No scanning of CRDs and Namespaces: Flowkeeper's resources and namespaces are fixed, and
+    # least-privilege RBAC grants neither (namespaced installs get no cluster-wide verbs at all).
+    settings.scanning.disabled = True
 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
+    if tracing.configure():  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/observability.md)
+        log.info("tracing to OTLP", extra={"stage": "startup"})
     store = ClusterStore(clock=time.time)
     gateway = KubernetesGateway(load_client_config())
     signals = None
@@ -81,6 +86,7 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     done, pending = await asyncio.wait(memo.tasks, timeout=10)
     for task in pending:
         task.cancel()
+    tracing.shutdown()
     if memo.signals is not None:
         memo.signals.close()
 

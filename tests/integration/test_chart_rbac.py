@@ -1,0 +1,166 @@
+"""The chart's RBAC against the real RBAC-enabled apiserver: `helm template` output is applied, and the
+operator runs with the chart's ServiceAccount identity (a TokenRequest token, as a Pod gets one) and
+the chart's own container arguments. Everything Flowkeeper does works; anything else is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.chart import render_chart
+from tests.support.cluster_fixtures import eventually
+from tests.support.flows import Flow, flow_manifest, set_depth
+from tests.support.operator import OperatorProcess
+from tests.support.processes import free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
+
+RELEASE = "flowkeeper"
+
+
+@pytest.fixture
+def namespaces(cluster):
+    """A release namespace, a watched one and one the operator must keep out of."""
+    suffix = uuid.uuid4().hex[:6]
+    names = {role: f"{role}-{suffix}" for role in ("release", "team", "other")}
+    for name in names.values():
+        cluster.kubectl("create", "namespace", name)
+    yield names
+    for name in names.values():
+        cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def install(cluster):
+    """Applies the rendered chart (the CRD is already installed, as `helm install` does from crds/);
+    cluster-scoped objects are deleted afterwards, namespaced ones go with their namespace."""
+    applied: list[dict] = []
+
+    def apply(release_namespace: str, *set_args: str) -> list[dict]:
+        documents = render_chart(RELEASE, release_namespace, *set_args)
+        for document in documents:
+            if document["kind"] not in ("ClusterRole", "ClusterRoleBinding"):
+                document["metadata"].setdefault("namespace", release_namespace)  # what `helm install -n` does
+        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": documents}))
+        applied.extend(documents)
+        return documents
+
+    yield apply
+    for document in applied:
+        if document["kind"] in ("ClusterRole", "ClusterRoleBinding"):
+            cluster.kubectl("delete", document["kind"], document["metadata"]["name"], "--ignore-not-found", check=False)
+
+
+def operator_arguments(documents: list[dict], release_namespace: str) -> list[str]:
+    """The container arguments of the chart's Deployment, as the kubelet would expand them; the ports
+    are moved to free ones so several operators can run on one machine."""
+    deployment = next(d for d in documents if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    values = {"POD_NAMESPACE": release_namespace, "POD_NAME": f"{RELEASE}-0"}
+    args = [re.sub(r"\$\((\w+)\)", lambda m: values[m.group(1)], arg) for arg in container["args"]]
+    assert args[0] == "run"
+    assert any(a.startswith("--lease-namespace=") for a in args), args
+    args = [a for a in args[1:] if not a.startswith("--metrics-port=")]  # OperatorProcess picks a free one
+    return [re.sub(r"^--liveness=http://0\.0\.0\.0:\d+", f"--liveness=http://127.0.0.1:{free_port()}", a) for a in args]
+
+
+def refused(cluster, env, *args: str) -> bool:
+    result = cluster.kubectl(*args, env=env, check=False)
+    return result.returncode != 0 and "forbidden" in result.stderr.lower()
+
+
+def allowed(cluster, env, *args: str) -> bool:
+    return cluster.kubectl("auth", "can-i", *args, env=env, check=False).stdout.strip() == "yes"
+
+
+def test_namespaced_install_can_do_its_job_and_nothing_else(
+    cluster, install, namespaces, prometheus, fresh_exporter, unique, tmp_path: Path
+) -> None:
+    release, team, other = namespaces["release"], namespaces["team"], namespaces["other"]
+    documents = install(
+        release, f"watchNamespaces={{{team}}}", "rbac.secretNames={prom-token}", "leaderElection.leaseDuration=5"
+    )
+    assert not [d for d in documents if d["kind"].startswith("Cluster")], "a namespaced install grants nothing cluster-wide"
+    env = cluster.env_for_service_account(release, RELEASE)
+
+    # The flows: one scaled from the operator's Prometheus, one reading its own server with a granted
+    # Secret, one whose Deployment is missing (paused), one whose Secret was not granted.
+    queue = f"{unique}-rbac"
+    set_depth(fresh_exporter, queue, 620)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 620')
+    for name in ("consumer", "with-secret", "ungranted-secret"):
+        cluster.kubectl("create", "deployment", name, "-n", team, "--image=example/consumer:1", "--replicas=1")
+    cluster.kubectl("create", "secret", "generic", "prom-token", "-n", team, "--from-literal=token=t0ken")
+    cluster.kubectl("create", "secret", "generic", "other-token", "-n", team, "--from-literal=token=t0ken")
+    server = lambda secret: {"metrics": {"server": {"address": prometheus.url, "bearerTokenSecret": {"name": secret, "key": "token"}}}}  # noqa: E731
+    manifests = [
+        flow_manifest("consumer", queue, {"maxReplicas": 10}),
+        flow_manifest("with-secret", queue, {"maxReplicas": 10}, **server("prom-token")),
+        flow_manifest("ungranted-secret", queue, {"maxReplicas": 10}, **server("other-token")),
+        flow_manifest("no-deployment", queue, {"maxReplicas": 10}, consumer={"deployment": "missing"}),
+    ]
+    for manifest in manifests:
+        cluster.kubectl("apply", "-n", team, "-f", "-", input=manifest)
+
+    args = operator_arguments(documents, release)
+    with OperatorProcess(env, tmp_path, *args, f"--prometheus-url={prometheus.url}", standalone=False) as operator:
+        flows = {name: Flow(cluster, team, name) for name in ("consumer", "with-secret", "ungranted-secret", "no-deployment")}
+        flows["consumer"].wait_replicas(7, timeout=30)  # list/watch, read metrics, patch /scale
+        flows["with-secret"].wait_replicas(7, timeout=30)  # and the granted Secret was read
+        eventually(lambda: flows["consumer"].condition("Ready").get("status"), what="status written")
+        eventually(lambda: flows["no-deployment"].status().get("pause", {}).get("reason") == "TargetNotFound", what="pause")
+        ungranted = eventually(lambda: flows["ungranted-secret"].status().get("pause"), what="the flow with an ungranted Secret")
+        print("flow with an ungranted Secret:", ungranted)
+        assert ungranted["reason"] == "SecretForbidden" and "forbidden" in ungranted["message"].lower()
+        assert flows["ungranted-secret"].replicas() == 0
+        events = json.loads(cluster.kubectl("get", "events", "-n", team, "-o", "json").stdout)["items"]
+        assert any(e["reason"] == "Scaled" and e["involvedObject"]["name"] == "consumer" for e in events)
+        lease = json.loads(cluster.kubectl("get", "lease", RELEASE, "-n", release, "-o", "json").stdout)
+        assert lease["spec"]["holderIdentity"] == f"{RELEASE}-0"
+        assert operator.metric("flowkeeper_leader") == 1
+        messages = [json.loads(line)["message"] for line in operator.log().splitlines() if line.startswith("{")]
+        refusals = [m for m in messages if "forbidden" in m.lower()]
+        assert refusals and all("other-token" in m for m in refusals), refusals  # nothing else was refused
+
+    # ... and no more: Secrets it was not granted, deleting or creating workloads, editing flows' specs,
+    # any other namespace, anything cluster-wide.
+    assert allowed(cluster, env, "get", "secret/prom-token", "-n", team)
+    assert refused(cluster, env, "get", "secret", "other-token", "-n", team)
+    assert refused(cluster, env, "get", "secrets", "-n", team)
+    assert refused(cluster, env, "delete", "deployment", "consumer", "-n", team)
+    assert refused(cluster, env, "create", "deployment", "intruder", "-n", team, "--image=x")
+    assert refused(cluster, env, "delete", "integrationflow", "consumer", "-n", team)
+    assert refused(cluster, env, "patch", "integrationflow", "consumer", "-n", team, "--type=merge", "-p", '{"spec":{"paused":true}}')
+    assert refused(cluster, env, "get", "integrationflows", "-n", other)
+    assert refused(cluster, env, "get", "deployments", "-n", other)
+    assert refused(cluster, env, "scale", "deployment", "consumer", "-n", other, "--replicas=2")
+    assert refused(cluster, env, "get", "integrationflows", "-A")
+    assert refused(cluster, env, "get", "pods", "-n", team)
+    assert not allowed(cluster, env, "create", "events", "-n", other)
+    assert not allowed(cluster, env, "delete", "lease", RELEASE, "-n", release)
+
+
+def test_cluster_wide_install_reads_every_namespace_and_still_deletes_nothing(cluster, install, namespaces) -> None:
+    release, team = namespaces["release"], namespaces["team"]
+    documents = install(release)
+    kinds = {d["kind"] for d in documents}
+    assert {"ClusterRole", "ClusterRoleBinding", "ServiceAccount", "Deployment", "Service"} <= kinds
+    cluster.kubectl("create", "deployment", "consumer", "-n", team, "--image=example/consumer:1", "--replicas=1")
+    env = cluster.env_for_service_account(release, RELEASE)
+
+    assert cluster.kubectl("get", "integrationflows", "-A", env=env).returncode == 0
+    assert cluster.kubectl("get", "deployments", "-A", env=env).returncode == 0
+    assert cluster.kubectl("scale", "deployment", "consumer", "-n", team, "--replicas=2", env=env).returncode == 0
+    assert allowed(cluster, env, "patch", "integrationflows.flowkeeper.io", "--subresource=status", "-n", team)
+    assert not allowed(cluster, env, "patch", "integrationflows.flowkeeper.io", "-n", team)
+    assert allowed(cluster, env, "create", "events", "-n", team)
+    assert refused(cluster, env, "get", "secrets", "-n", team)  # no Secret names given, no Secrets at all
+    assert refused(cluster, env, "delete", "deployment", "consumer", "-n", team)
+    assert refused(cluster, env, "patch", "deployment", "consumer", "-n", team, "--type=merge", "-p", '{"spec":{"paused":true}}')
+    assert refused(cluster, env, "get", "pods", "-A")
+    assert refused(cluster, env, "get", "nodes")
+    assert refused(cluster, env, "get", "leases", "-n", team)  # its lease lives in its own namespace only
