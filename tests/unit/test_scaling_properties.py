@@ -127,6 +127,16 @@ def test_more_backlog_never_gives_fewer_replicas(
     assert bigger.desired_replicas >= less.desired_replicas
 
 
+def test_a_drain_rate_that_overflows_asks_for_the_cap_not_for_nothing() -> None:
+    # Found by the property above: with a near-zero rate, backlog / capacity overflows to inf for
+    # the larger backlog; dropping that target gave the larger backlog fewer replicas.
+    spec = ScalingSpec(minReplicas=0, maxReplicas=2, queueDepthPerReplica=1, drainWithin="30s")
+    tiny = FlowSignals(observed_at=NOW, queue_depth=1e-308, throughput=2.2250738585e-313)
+    less = run(spec, tiny, 0, ScalingMemory(), 1)
+    bigger = run(spec, replace(tiny, queue_depth=1.0), 0, ScalingMemory(), 1)
+    assert less.desired_replicas == bigger.desired_replicas == 2
+
+
 unusable = st.one_of(
     st.none(),
     fresh_signals(st.none()),

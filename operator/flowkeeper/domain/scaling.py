@@ -223,16 +223,25 @@ def _backlog_target(spec: ScalingSpec, queue_depth: float, current: int) -> _Tar
     return _fit(spec, queue_depth / per_replica, current, f"backlog {_num(queue_depth)}", reference)
 
 
+MAX_TARGET = 1e9  # a replica count no spec allows; saturates overflowing targets
+
+
 def _drain_target(
     spec: ScalingSpec, queue_depth: float, throughput: float | None, current: int, ready: int
 ) -> _Target | None:
     if spec.drain_within is None or throughput is None or throughput <= 0 or ready <= 0:
         return None
-    each = throughput / ready  # measured on ready consumers: starting ones process nothing yet
-    capacity = each * to_seconds(spec.drain_within)  # messages one consumer drains in time
-    needed = queue_depth / capacity if capacity > 0 else math.inf
-    if not math.isfinite(needed):  # "drainWithin: 0s", or a rate so small it underflows
+    seconds = to_seconds(spec.drain_within)
+    if seconds <= 0:  # "drainWithin: 0s" asks for nothing measurable
         return None
+    each = throughput / ready  # measured on ready consumers: starting ones process nothing yet
+    capacity = each * seconds  # messages one consumer drains in time
+    if queue_depth <= 0:
+        needed = 0.0
+    else:
+        # A rate so small that the division overflows asks for as many as allowed (the cap applies),
+        # the same answer a slightly larger rate gives: more backlog never asks for fewer.
+        needed = min(queue_depth / capacity if capacity > 0 else math.inf, MAX_TARGET)
     reference = f"{current} replicas x {each:.3g}/s x {spec.drain_within}"
     return _fit(spec, needed, current, f"backlog {_num(queue_depth)}", reference)
 
