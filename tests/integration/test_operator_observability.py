@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.cluster_fixtures import eventually
 from tests.support.flows import Flow, flow_manifest, set_depth
+from tests.support.otlp import OtlpReceiver, spans_posted
 from tests.support.prometheus import LocalPrometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -39,8 +40,14 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return records
 
 
+@pytest.fixture
+def otlp_receiver():
+    with OtlpReceiver() as receiver:
+        yield receiver
+
+
 def test_prometheus_scrapes_the_operator_metrics_and_its_logs_are_structured(
-    cluster, namespace, prometheus, fresh_exporter, unique, run_operator
+    cluster, namespace, prometheus, fresh_exporter, unique, run_operator, otlp_receiver
 ) -> None:
     # A flow with a backlog (scales 1 -> 5), and one whose Deployment does not exist (pauses, P1).
     queue = f"{unique}-orders"
@@ -50,7 +57,7 @@ def test_prometheus_scrapes_the_operator_metrics_and_its_logs_are_structured(
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("ghost", f"{unique}-ghost"))
     prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == {BACKLOG}')
 
-    operator = run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
+    operator = run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url})
     orders, ghost = Flow(cluster, namespace, "orders"), Flow(cluster, namespace, "ghost")
     orders.wait_replicas(5, timeout=30)
     eventually(lambda: ghost.status().get("pause", {}).get("reason") == "TargetNotFound", timeout=20, what="ghost paused")
@@ -116,3 +123,14 @@ def test_prometheus_scrapes_the_operator_metrics_and_its_logs_are_structured(
     reasons = {(r["flow"], r["reason"]) for r in events}
     assert ("orders", "Scaled") in reasons, reasons
     assert ("ghost", "TargetNotFound") in reasons, reasons
+
+    # --- traces: the operator was given an OTLP endpoint; its shutdown flushed the last spans
+    posted = [span for _, span in spans_posted(otlp_receiver)]
+    passes_traced = {span.span_id: span for span in posted if span.name == "flowkeeper.pass"}
+    assert passes_traced, f"no pass span among {sorted({s.name for s in posted})}"
+    scale_spans = [
+        span for span in posted
+        if span.name == "flowkeeper.scale" and {a.key: a.value.string_value for a in span.attributes}.get("flowkeeper.flow") == "orders"
+    ]
+    assert scale_spans and scale_spans[0].parent_span_id in passes_traced, "the scale is not a child of a pass span"
+    assert {"flowkeeper.read_signals", "flowkeeper.status", "flowkeeper.event"} <= {span.name for span in posted}

@@ -45,8 +45,11 @@ def kubectl_json(cluster: LocalCluster) -> Callable[..., Any]:
 def run_operator(cluster: LocalCluster, tmp_path: Path) -> Iterator[Callable[..., OperatorProcess]]:
     started: list[OperatorProcess] = []
 
-    def start(*args: str, standalone: bool = True) -> OperatorProcess:
-        operator = OperatorProcess(cluster.env, tmp_path, *args, name=f"flowkeeper-{len(started)}", standalone=standalone).start()
+    def start(*args: str, standalone: bool = True, env: dict[str, str] | None = None) -> OperatorProcess:
+        """`env` adds variables (e.g. OTEL_*) to the cluster's environment."""
+        operator = OperatorProcess(
+            {**cluster.env, **(env or {})}, tmp_path, *args, name=f"flowkeeper-{len(started)}", standalone=standalone
+        ).start()
         started.append(operator)
         return operator
 

@@ -28,6 +28,13 @@ def test_missing_deployment_is_not_ready_with_one_warning() -> None:
     assert not again.status_changed(first.status)
 
 
+def test_a_new_flow_that_is_fine_posts_no_event() -> None:
+    # Thousands of flows applied at once must not mean thousands of "TargetFound" Events.
+    first = run(flow(), deployment(replicas=2, ready=2), now=100)
+    assert condition(first.status, "Ready")["status"] == "True"
+    assert first.events == ()
+
+
 def test_deployment_found_turns_ready() -> None:
     missing = run(flow(), None, now=100)
     found = run({**flow(), "status": missing.status}, deployment(replicas=2, ready=1), now=200)

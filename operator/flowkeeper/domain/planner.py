@@ -92,9 +92,15 @@ class _Builder:
     def condition(self, type_: str, status: bool | None, reason: str, message: str, *, event: bool = False) -> None:
         previous = cond.get_condition(self.conditions, type_)
         wire = "Unknown" if status is None else str(bool(status))
-        if event and (previous is None or previous.get("status") != wire or previous.get("reason") != reason):
-            # For Paused and ScalingLimited, True is the bad news.
-            positive = status is False if type_ in (cond.PAUSED, cond.SCALING_LIMITED) else status is True
+        # For Paused and ScalingLimited, True is the bad news.
+        positive = status is False if type_ in (cond.PAUSED, cond.SCALING_LIMITED) else status is True
+        if previous is None:
+            # A new flow that is simply fine gets no Event: with thousands of flows applied at once,
+            # "TargetFound" for each would be noise and API load. Bad news is told at once.
+            changed = not positive
+        else:
+            changed = previous.get("status") != wire or previous.get("reason") != reason
+        if event and changed:
             self.event("Normal" if positive else "Warning", reason, message)
         self.conditions = cond.set_condition(
             self.conditions, type_, status, reason, message, generation=self.flow.generation, now=self.now
