@@ -53,6 +53,7 @@ def test_one_replica_acts_the_other_takes_over_and_nothing_is_scaled_twice(
     time.sleep(2 * POLL)  # the standby has had time to act, were it going to
     assert (first.metric("flowkeeper_leader"), second.metric("flowkeeper_leader")) == (1, 0)
     assert second.metric("flowkeeper_kubernetes_writes_total") == 0, "the standby wrote to the cluster"
+    assert (first.metric("flowkeeper_flows"), second.metric("flowkeeper_flows")) == (1, 0)  # flows counted once
     assert first.metric("flowkeeper_scale_actions_total") == 1
     assert lease_holder(cluster, namespace) == "replica-a"
 

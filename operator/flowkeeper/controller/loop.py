@@ -85,6 +85,7 @@ class FlowController:
         self.memory.clear()
         self.api_failures.clear()
         self.read_failures.clear()
+        metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
 
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
