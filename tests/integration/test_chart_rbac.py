@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -122,6 +123,10 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
         lease = json.loads(cluster.kubectl("get", "lease", RELEASE, "-n", release, "-o", "json").stdout)
         assert lease["spec"]["holderIdentity"] == f"{RELEASE}-0"
         assert operator.metric("flowkeeper_leader") == 1
+        # The chart's liveness probe answers, and includes the loop's own heartbeat.
+        liveness = next(a for a in args if a.startswith("--liveness=")).removeprefix("--liveness=")
+        probe = json.loads(urllib.request.urlopen(liveness, timeout=5).read())
+        assert 0 <= probe["loop"] < 5, probe
         messages = [json.loads(line)["message"] for line in operator.log().splitlines() if line.startswith("{")]
         refusals = [m for m in messages if "forbidden" in m.lower()]
         assert refusals and all("other-token" in m for m in refusals), refusals  # nothing else was refused

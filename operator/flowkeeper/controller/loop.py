@@ -60,12 +60,18 @@ class FlowController:
         self.read_failures: dict[str, int] = {}  # flow key -> transient signal reads failed in a row
         self.random = random.Random()
         self.passes = 0
+        self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
+
+    def seconds_since_iteration(self) -> float:
+        """How long the loop has not come round: a loop stuck in a pass or a dead task grows this."""
+        return time.monotonic() - self.last_iteration
 
     async def run_forever(self, stopped: asyncio.Event | None = None) -> None:
         stopped = stopped or asyncio.Event()
         await self._seed(stopped)
         log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows)})
         while not stopped.is_set():
+            self.last_iteration = time.monotonic()
             wait = self.store.seconds_until_next(self.clock())
             self.store.wakeup.clear()
             try:
@@ -90,6 +96,7 @@ class FlowController:
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
         while not stopped.is_set():
+            self.last_iteration = time.monotonic()
             try:
                 flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
                 deployments = await asyncio.to_thread(self.gateway.list_objects, "deployments", self.namespaces)

@@ -76,7 +76,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.store = store
     memo.controller = controller
     memo.signals = signals
-    memo.tasks.append(asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop"))
+    memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
+    memo.tasks.append(memo.loop_task)
 
 
 @kopf.on.cleanup()
@@ -89,6 +90,23 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     tracing.shutdown()
     if memo.signals is not None:
         memo.signals.close()
+
+
+# A pass that takes longer than this is stuck, not slow (10 000 flows take seconds; every Prometheus
+# query has its own timeout): the liveness probe fails and the kubelet restarts the replica.
+LOOP_STALL_SECONDS = 180.0
+
+
+@kopf.on.probe(id="loop")
+def loop_alive(memo: kopf.Memo, **_: Any) -> float:
+    """Part of `--liveness`: fails (HTTP 500) when the shared loop died or stopped coming round,
+    which kopf's own probe, alive as long as kopf is, would not notice."""
+    if memo.loop_task.done() and not memo.stopped.is_set():
+        raise kopf.PermanentError(f"the controller loop ended: {memo.loop_task.exception() if not memo.loop_task.cancelled() else 'cancelled'}")
+    age = memo.controller.seconds_since_iteration()
+    if age > LOOP_STALL_SECONDS:
+        raise kopf.PermanentError(f"the controller loop has not come round for {age:.0f}s")
+    return round(age, 1)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)

@@ -1,0 +1,62 @@
+"""The liveness probe fails when the shared loop died or stopped coming round (kopf's own would not)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import kopf
+import pytest
+
+from flowkeeper.controller.loop import FlowController
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.handlers.operator import LOOP_STALL_SECONDS, loop_alive
+
+
+def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 0.0):
+    """Runs the probe against a real loop task running `loop_body`, after it had its chance to run."""
+
+    async def scenario():
+        memo = kopf.Memo()
+        memo.controller = FlowController(ClusterStore(clock=time.time), gateway=None)
+        memo.controller.last_iteration = time.monotonic() - last_iteration_ago
+        memo.stopped = asyncio.Event()
+        memo.loop_task = asyncio.create_task(loop_body())
+        await asyncio.sleep(0.01)
+        if stopped:
+            memo.stopped.set()
+        try:
+            return loop_alive(memo=memo)
+        finally:
+            memo.loop_task.cancel()
+
+    return asyncio.run(scenario())
+
+
+async def running_forever() -> None:
+    await asyncio.sleep(3600)
+
+
+async def crashing() -> None:
+    raise RuntimeError("boom")
+
+
+def test_a_loop_that_comes_round_is_alive() -> None:
+    assert probe_with(running_forever, last_iteration_ago=2.0) == pytest.approx(2.0, abs=0.5)
+
+
+def test_a_stuck_loop_fails_the_probe() -> None:
+    with pytest.raises(kopf.PermanentError, match="not come round"):
+        probe_with(running_forever, last_iteration_ago=LOOP_STALL_SECONDS + 1)
+
+
+def test_a_dead_loop_fails_the_probe_with_its_error() -> None:
+    with pytest.raises(kopf.PermanentError, match="boom"):
+        probe_with(crashing)
+
+
+def test_a_loop_that_ended_because_the_operator_stops_is_not_a_failure() -> None:
+    async def finished() -> None:
+        return None
+
+    assert probe_with(finished, stopped=True) == pytest.approx(0.0, abs=0.5)
