@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 
 import click
 
@@ -50,8 +51,6 @@ def run(
     import kopf
 
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
-    import socket
-
     from flowkeeper.config import LeaseConfig, OperatorConfig
 
     config = OperatorConfig(

@@ -16,8 +16,8 @@ from flowkeeper.api import v1alpha1 as api
 from flowkeeper.config import OperatorConfig
 from flowkeeper.controller.leadership import LeaderElector
 from flowkeeper.controller.loop import FlowController
-from flowkeeper.domain.leadership import LeaseTiming
 from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain.leadership import LeaseTiming
 from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper")
@@ -84,7 +84,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
 async def stop(memo: kopf.Memo, **_: Any) -> None:
     # The loop and the elector see the flag and finish: the elector hands the lease back on its way out.
     memo.stopped.set()
-    done, pending = await asyncio.wait(memo.tasks, timeout=10)
+    _, pending = await asyncio.wait(memo.tasks, timeout=10)
     for task in pending:
         task.cancel()
     tracing.shutdown()
