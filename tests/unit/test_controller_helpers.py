@@ -1,6 +1,10 @@
+import asyncio
 import random
+import time
 
-from flowkeeper.controller.loop import retry_delay, status_patch
+from flowkeeper.controller.loop import FlowController, retry_delay, status_patch
+from flowkeeper.controller.store import ClusterStore
+from tests.unit.test_store import deployment, flow
 
 
 def test_status_patch_sends_changes_and_nulls_for_removed_keys() -> None:
@@ -37,3 +41,33 @@ def test_failed_reads_back_off_with_jitter_and_recover() -> None:
     assert 10 <= waits[0] <= 15 and 20 <= waits[1] <= 30 and 40 <= waits[2] <= 60 and 40 <= waits[3] <= 60
     controller._back_off_failed_reads(PassResult(signals={}, failures={}, queries=1, seconds=0), 1000.0)
     assert controller.read_failures == {}
+
+
+class BrokenGateway:
+    """Lists one flow and its Deployment, then fails every write with an error nobody expects."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def list_objects(self, kind, namespaces):
+        return [flow(poll="1s")] if kind == "flows" else [deployment()]
+
+    def patch_flow_status(self, *args):
+        self.writes += 1
+        raise RuntimeError("a bug in a client library")
+
+
+def test_a_pass_that_fails_unexpectedly_does_not_end_the_loop(caplog) -> None:
+    gateway = BrokenGateway()
+    controller = FlowController(ClusterStore(clock=time.time), gateway)
+
+    async def run_for_a_while() -> None:
+        stopped = asyncio.Event()
+        loop = asyncio.create_task(controller.run_forever(stopped))
+        await asyncio.sleep(2.5)
+        stopped.set()
+        await asyncio.wait_for(loop, 5)  # ends because it was told to, not because of the error
+
+    asyncio.run(run_for_a_while())
+    assert gateway.writes >= 2, "the loop stopped after the first failed pass"
+    assert "pass failed" in caplog.text and "a bug in a client library" in caplog.text

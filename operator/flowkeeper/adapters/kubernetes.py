@@ -9,12 +9,14 @@ The client is built by the caller and passed in, so nothing talks to a cluster a
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import json
 import logging
 import socket
 from typing import Any
 
+import urllib3.exceptions
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
@@ -36,6 +38,21 @@ def _classify(exc: ApiException, what: str) -> FlowkeeperError:
         error = TransientError(f"{what}: HTTP {exc.status} {exc.reason}", reason="KubernetesApiError")
     metrics.API_ERRORS.labels(error_class=error.error_class.value, reason=error.reason).inc()
     return error
+
+
+@contextlib.contextmanager
+def _api_errors(what: str):
+    """Every call goes through here: HTTP errors become their class (_classify), and an API server
+    that cannot be reached (refused, reset, timed out, TLS) is transient, never an exception that
+    escapes into the loop."""
+    try:
+        yield
+    except ApiException as exc:
+        raise _classify(exc, what) from exc
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        error = TransientError(f"{what}: API server unreachable ({type(exc).__name__})", reason="KubernetesUnreachable")
+        metrics.API_ERRORS.labels(error_class=error.error_class.value, reason=error.reason).inc()
+        raise error from exc
 
 
 def load_client_config() -> k8s.ApiClient:
@@ -71,10 +88,8 @@ class KubernetesGateway:
             ),
         }
         per_namespace, cluster_wide = calls[kind]
-        try:
+        with _api_errors(f"list {kind}"):
             results = [per_namespace(ns) for ns in namespaces] if namespaces else [cluster_wide()]
-        except ApiException as exc:
-            raise _classify(exc, f"list {kind}") from exc
         items: list[dict[str, Any]] = []
         for result in results:
             body = json.loads(result.data) if hasattr(result, "data") else result
@@ -83,21 +98,17 @@ class KubernetesGateway:
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Merge-patches status; conditions are sent whole (merge-patch replaces lists)."""
-        try:
+        with _api_errors(f"status of IntegrationFlow {namespace}/{name}"):
             self._custom.patch_namespaced_custom_object_status(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
             )
             metrics.API_WRITES.labels(kind="status").inc()
-        except ApiException as exc:
-            raise _classify(exc, f"status of IntegrationFlow {namespace}/{name}") from exc
 
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
         """Changes only spec.replicas, through the /scale subresource."""
-        try:
+        with _api_errors(f"scale of Deployment {namespace}/{name}"):
             self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
             metrics.API_WRITES.labels(kind="scale").inc()
-        except ApiException as exc:
-            raise _classify(exc, f"scale of Deployment {namespace}/{name}") from exc
 
     def post_event(self, reference: dict[str, str], type_: str, reason: str, message: str) -> None:
         """A core/v1 Event on the flow, as `kubectl describe` and `kubectl get events` show them."""
@@ -122,17 +133,16 @@ class KubernetesGateway:
             count=1,
         )
         try:
-            self._core.create_namespaced_event(reference["namespace"], event)
+            with _api_errors(f"Event on {reference['namespace']}/{reference['name']}"):
+                self._core.create_namespaced_event(reference["namespace"], event)
             metrics.API_WRITES.labels(kind="event").inc()
-        except ApiException as exc:
+        except FlowkeeperError as exc:
             # An Event that cannot be posted is logged, never allowed to stop the flow's reconciliation.
-            log.warning("event not posted: %s", exc.reason, extra={"reason": reason, "flow": reference["name"]})
+            log.warning("event not posted: %s", exc, extra={"reason": reason, "flow": reference["name"]})
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
-        try:
+        with _api_errors(f"Secret {namespace}/{name}"):
             secret = self._core.read_namespaced_secret(name, namespace)
-        except ApiException as exc:
-            raise _classify(exc, f"Secret {namespace}/{name}") from exc
         data = (secret.data or {}).get(key)
         if data is None:
             raise ConfigurationError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretKeyNotFound")
@@ -140,11 +150,12 @@ class KubernetesGateway:
 
     def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
         try:
-            response = self._coordination.read_namespaced_lease(name, namespace, _preload_content=False)
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise _classify(exc, f"Lease {namespace}/{name}") from exc
+            with _api_errors(f"Lease {namespace}/{name}"):
+                response = self._coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+        except ConfigurationError as exc:
+            if exc.reason == "NotFound":
+                return None  # not created yet: the first replica creates it
+            raise
         lease = json.loads(response.data)
         spec = lease.get("spec") or {}
         return LeaseRecord(
@@ -166,10 +177,8 @@ class KubernetesGateway:
             "metadata": {"name": name, "namespace": namespace, **({"resourceVersion": version} if version else {})},
             "spec": {**spec, "acquireTime": spec.get("acquireTime") or now, "renewTime": now},
         }
-        try:
+        with _api_errors(f"Lease {namespace}/{name}"):
             if version is None:
                 self._coordination.create_namespaced_lease(namespace, body)
             else:
                 self._coordination.replace_namespaced_lease(name, namespace, body)
-        except ApiException as exc:
-            raise _classify(exc, f"Lease {namespace}/{name}") from exc

@@ -63,6 +63,8 @@ class LeaderElector:
                 await self.try_once()
             except FlowkeeperError as exc:
                 log.warning("lease not updated", extra={"stage": "leader", "reason": exc.reason, "outcome": "retry"})
+            except Exception:  # noqa: BLE001 - a dead elector would leave this replica a standby for good
+                log.exception("lease not updated", extra={"stage": "leader", "outcome": "retry"})
             self._report(was_leading)
             try:
                 await asyncio.wait_for(stopped.wait(), timeout=self.timing.retry)

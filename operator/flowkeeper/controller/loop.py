@@ -83,7 +83,11 @@ class FlowController:
                 continue
             due = self.store.take_due(self.clock())
             if due:
-                await self.run_pass(due)
+                try:
+                    await self.run_pass(due)
+                except Exception:  # noqa: BLE001 - one bad pass must not end the loop for every flow
+                    # The flows were already scheduled again by take_due; the next pass retries them.
+                    log.exception("pass failed", extra={"stage": "pass", "outcome": "error", "flows": len(due)})
 
     def _forget_plans(self) -> None:
         """What a standby knew from an earlier term may be stale by the time it leads again; the
