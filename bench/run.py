@@ -23,7 +23,6 @@ import signal
 import statistics
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 from tests.support.cluster import REPO, LocalCluster
@@ -63,11 +62,6 @@ def apply_in_chunks(cluster: LocalCluster, items: list[dict], chunk: int = 200) 
     for start in range(0, len(items), chunk):
         body = {"apiVersion": "v1", "kind": "List", "items": items[start:start + chunk]}
         cluster.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(body), timeout=300)
-
-
-def operator_metric(operator: OperatorProcess, name: str) -> float:
-    text = urllib.request.urlopen(operator.metrics_url, timeout=10).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name) and not line.startswith("#"))
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,13 +124,13 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         # Idle: nothing changes, so a pass must write nothing.
         passes_before = len(full_passes(operator, n))
         writes_before = cluster.write_requests("integrationflows") + cluster.write_requests("deployments", "scale")
-        queries_before = operator_metric(operator, "flowkeeper_prometheus_queries_total")
+        queries_before = operator.metric("flowkeeper_prometheus_queries_total")
         cpu_before = cpu_seconds(pid)
         time.sleep(args.idle_passes * args.poll + 0.5)
         cpu_used = cpu_seconds(pid) - cpu_before
         passes = full_passes(operator, n)[passes_before:]
         writes = cluster.write_requests("integrationflows") + cluster.write_requests("deployments", "scale") - writes_before
-        queries = operator_metric(operator, "flowkeeper_prometheus_queries_total") - queries_before
+        queries = operator.metric("flowkeeper_prometheus_queries_total") - queries_before
         idle_passes = max(len(passes), 1)
 
         # Reaction: a backlog step on one flow at a time until its Deployment is scaled.

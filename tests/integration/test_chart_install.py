@@ -4,18 +4,16 @@ the local control plane."""
 from __future__ import annotations
 
 import json
-import subprocess
 import uuid
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import find_binary
+from tests.support.chart import CHART
+from tests.support.chart import helm as run_helm
 from tests.support.flows import flow_manifest
 
 pytestmark = [pytest.mark.cluster]
-
-CHART = Path(__file__).resolve().parents[2] / "charts" / "flowkeeper"
 
 
 def test_install_upgrade_uninstall_as_documented(cluster, tmp_path: Path) -> None:
@@ -23,9 +21,7 @@ def test_install_upgrade_uninstall_as_documented(cluster, tmp_path: Path) -> Non
     env = {**cluster.env, **{f"HELM_{kind}_HOME": str(tmp_path / kind.lower()) for kind in ("CACHE", "CONFIG", "DATA")}}
 
     def helm(*args: str) -> str:
-        result = subprocess.run([find_binary("helm", cluster.bin_dir), *args], env=env, text=True, capture_output=True, timeout=120)
-        assert result.returncode == 0, f"helm {' '.join(args)}:\n{result.stderr}"
-        return result.stdout
+        return run_helm(*args, env=env)
 
     def deployment() -> dict:
         return json.loads(cluster.kubectl("get", "deployment", "flowkeeper", "-n", namespace, "-o", "json").stdout)

@@ -45,10 +45,11 @@ def kube_version() -> str:
     raise LookupError(f"no K8S_VERSION in {VERSIONS}")
 
 
-def helm(*args: str, timeout: float = 120) -> str:
-    """Runs helm with these arguments and returns its standard output; HelmError when it fails."""
+def helm(*args: str, timeout: float = 120, env: dict[str, str] | None = None) -> str:
+    """Runs helm with these arguments (and `env`, e.g. a cluster's KUBECONFIG) and returns its standard
+    output; HelmError when it fails."""
     argv = [helm_binary(), *args]
-    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+    result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=env)
     if result.returncode != 0:
         raise HelmError(list(args), result.stderr)
     return result.stdout

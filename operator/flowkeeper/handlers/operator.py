@@ -50,8 +50,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     if config.metrics_port:
         metrics.serve(config.metrics_port)
-    if tracing.configure():  # only when OTEL_EXPORTER_OTLP_ENDPOINT is set (docs/observability.md)
-        log.info("tracing to OTLP", extra={"stage": "startup"})
+    tracing.configure()  # on only when OTEL_EXPORTER_OTLP_ENDPOINT is set; logs which (docs/observability.md)
     store = ClusterStore(clock=time.time)
     gateway = KubernetesGateway(load_client_config())
     signals = None
