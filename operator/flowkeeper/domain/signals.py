@@ -27,6 +27,9 @@ class FlowSignals:
     memory_utilization: float | None = None  # consumer memory, fraction of limits
     # Signals whose query failed in a way that is the flow's fault (bad override query): name -> message.
     invalid_queries: dict[str, str] = field(default_factory=dict)
+    # Signals that have no value this pass although they were asked for, and why (a query that timed
+    # out, a value that cannot be true): FlowSignals field name -> reason for people.
+    unread: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # NaN and infinities from Prometheus mean "no value": normalise them once, here.
@@ -38,6 +41,23 @@ class FlowSignals:
     @property
     def has_backlog_signal(self) -> bool:
         return self.queue_depth is not None
+
+
+# The spec field a user writes to override each signal: messages name it, never the internal name.
+OVERRIDE_FIELDS = {
+    "queue_depth": "spec.metrics.queueDepth",
+    "dead_letter_depth": "spec.metrics.deadLetterDepth",
+    "throughput": "spec.metrics.throughput",
+    "error_ratio": "spec.metrics.errorRatio",
+    "configuration_errors": "spec.metrics.configurationErrors",
+    "latency_seconds": "spec.metrics.latencySeconds",
+    "last_success_timestamp": "spec.metrics.lastSuccessTimestamp",
+    "cpu_utilization": "spec.metrics.cpuUtilization",
+}
+
+# Configuration failures that the operator's own policy causes (a Prometheus server or overrides the
+# operator does not allow): reported on the flow, replicas held, never a reason to pause it.
+NOT_PAUSING = frozenset({"MetricsServerNotAllowed", "MetricsOverridesNotAllowed"})
 
 
 @dataclass(frozen=True)
