@@ -29,6 +29,9 @@ def main() -> None:
 @click.option("--prometheus-ca-file", envvar="FLOWKEEPER_PROMETHEUS_CA_FILE", help="CA bundle (PEM) to verify Prometheus' TLS certificate.")
 @click.option("--prometheus-timeout", type=float, default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT", help="Seconds per query.")
 @click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
+@click.option("--request-timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True, envvar="FLOWKEEPER_REQUEST_TIMEOUT", help="Seconds for every Kubernetes API call.")
+@click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
+@click.option("--write-concurrency", type=click.IntRange(1, 256), default=16, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
 @click.option("--verbose", is_flag=True, help="Debug logs.")
 def run(
     namespaces: tuple[str, ...],
@@ -45,6 +48,9 @@ def run(
     prometheus_ca_file: str | None,
     prometheus_timeout: float,
     rate_window: str,
+    request_timeout: float,
+    conflict_hold_off: float,
+    write_concurrency: int,
     verbose: bool,
 ) -> None:
     """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
@@ -61,6 +67,9 @@ def run(
         prometheus_ca_file=prometheus_ca_file,
         prometheus_timeout=prometheus_timeout,
         rate_window=rate_window,
+        request_timeout=request_timeout,
+        conflict_hold_off=conflict_hold_off,
+        write_concurrency=write_concurrency,
         lease=None if standalone else LeaseConfig(
             name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration
         ),

@@ -14,6 +14,9 @@ class OperatorConfig:
     prometheus_timeout: float = 5.0
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
+    request_timeout: float = 30.0  # seconds for every Kubernetes API call
+    conflict_hold_off: float = 300.0  # seconds without replica writes after another writer changed them
+    write_concurrency: int = 16  # flows written at once
     # Leader election over a Lease (None: no election, this replica always acts)
     lease: LeaseConfig | None = None
 

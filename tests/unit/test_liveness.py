@@ -13,15 +13,18 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.handlers.operator import LOOP_STALL_SECONDS, loop_alive
 
 
-def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 0.0):
+def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 0.0, leader=None):
     """Runs the probe against a real loop task running `loop_body`, after it had its chance to run."""
 
     async def scenario():
         memo = kopf.Memo()
-        memo.controller = FlowController(ClusterStore(clock=time.time), gateway=None)
+        memo.controller = FlowController(ClusterStore(), gateway=None)
         memo.controller.last_iteration = time.monotonic() - last_iteration_ago
         memo.stopped = asyncio.Event()
-        memo.loop_task = asyncio.create_task(loop_body())
+        memo.loop_task = asyncio.create_task(loop_body(), name="flowkeeper-loop")
+        memo.tasks = [memo.loop_task]
+        memo.leader = leader
+        memo.lease_duration, memo.request_timeout = 15.0, 30.0
         await asyncio.sleep(0.01)
         if stopped:
             memo.stopped.set()
@@ -60,3 +63,20 @@ def test_a_loop_that_ended_because_the_operator_stops_is_not_a_failure() -> None
         return None
 
     assert probe_with(finished, stopped=True) == pytest.approx(0.0, abs=0.5)
+
+
+class SilentElector:
+    """An elector whose lease call hangs: it has not tried the lease for a long time."""
+
+    def __init__(self, silent_for: float) -> None:
+        self.silent_for = silent_for
+
+    def seconds_since_attempt(self) -> float:
+        return self.silent_for
+
+
+def test_a_stuck_elector_fails_the_probe() -> None:
+    # Regression: a hung lease call kept a replica a standby forever, and liveness did not see it.
+    assert probe_with(running_forever, leader=SilentElector(5.0)) == pytest.approx(0.0, abs=0.5)
+    with pytest.raises(kopf.PermanentError, match="elector"):
+        probe_with(running_forever, leader=SilentElector(2 * 15 + 2 * 30 + 1))

@@ -5,9 +5,11 @@ from __future__ import annotations
 from flowkeeper.controller.store import ClusterStore
 
 
-def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str = "10s") -> dict:
+def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str = "10s", *, uid: str | None = None,
+         version: int = 1, created: str = "2026-01-01T00:00:00Z", namespace: str = "ns") -> dict:
     return {
-        "metadata": {"namespace": "ns", "name": name, "uid": "u", "generation": generation},
+        "metadata": {"namespace": namespace, "name": name, "uid": uid or f"uid-{namespace}-{name}", "generation": generation,
+                     "resourceVersion": str(version), "creationTimestamp": created},
         "spec": {
             "consumer": {"deployment": deployment},
             "source": {"broker": "rabbitmq", "queue": "q"},
@@ -16,9 +18,12 @@ def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str 
     }
 
 
-def deployment(name: str = "d", replicas: int = 1, ready: int = 1, image: str = "a") -> dict:
+def deployment(name: str = "d", replicas: int = 1, ready: int = 1, image: str = "a", *, version: int = 1,
+               manager: str | None = None, uid: str | None = None) -> dict:
+    managed = [{"manager": manager, "operation": "Update", "fieldsV1": {"f:spec": {"f:replicas": {}}}}] if manager else []
     return {
-        "metadata": {"namespace": "ns", "name": name},
+        "metadata": {"namespace": "ns", "name": name, "uid": uid or f"uid-d-{name}", "resourceVersion": str(version),
+                     "managedFields": managed},
         "spec": {"replicas": replicas, "template": {"spec": {"containers": [{"image": image}]}}},
         "status": {"replicas": replicas, "readyReplicas": ready},
     }
@@ -74,10 +79,10 @@ def test_deployment_changes_make_their_flow_due() -> None:
     store.take_due(clock.now)
     store.deployment_event("ADDED", deployment())
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
-    store.deployment_event("MODIFIED", deployment(image="b"))  # a new pod template: a fix deployed
+    store.deployment_event("MODIFIED", deployment(image="b", version=2))  # a new pod template: a fix deployed
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
-    store.deployment_event("DELETED", deployment(image="b"))
-    assert store.deployment_of(store.flows["ns/f"]) is None
+    store.deployment_event("DELETED", deployment(image="b", version=3))
+    assert store.deployment_of(store.flows["uid-ns-f"]) is None
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
 
 
@@ -104,6 +109,118 @@ def test_reschedule_can_push_a_flow_later() -> None:
     store = ClusterStore(clock)
     store.flow_event("ADDED", flow())
     store.take_due(clock.now)  # next due on the grid: 1010
-    store.reschedule("ns/f", 1025.0)
+    store.retry_at("uid-ns-f", 1025.0)
     assert store.take_due(1015.0) == []
     assert [f.name for f in store.take_due(1025.0)] == ["f"]
+
+
+def test_a_retry_is_not_brought_forward_by_events() -> None:
+    # Regression: a backoff was undone by the next event or grid slot (rescheduling only moved earlier).
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.take_due(clock.now)
+    store.retry_at("uid-ns-f", 1040.0)
+    store.deployment_event("ADDED", deployment())  # would make the flow due at once
+    store.flow_event("MODIFIED", flow(generation=2, version=2))
+    assert store.take_due(1039.0) == []
+    assert [f.generation for f in store.take_due(1040.0)] == [2]
+
+
+def test_a_flow_deleted_while_the_startup_list_was_in_flight_does_not_come_back() -> None:
+    # Regression: the LIST's copy of a flow the watch had already seen deleted came back as a ghost.
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.flow_event("DELETED", flow())
+    store.deployment_event("ADDED", deployment())
+    store.deployment_event("DELETED", deployment())
+    store.seed([flow()], [deployment()])
+    assert store.flows == {} and store.deployments == {}
+    assert store.take_due(clock.now + 100) == []
+
+
+def test_a_flow_recreated_under_the_same_name_is_a_new_flow() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow(uid="old"))
+    store.flow_event("DELETED", flow(uid="old"))
+    store.flow_event("ADDED", flow(uid="new"))
+    assert list(store.flows) == ["new"]
+    assert [d.path for d in store.deleted] == ["ns/f"] and store.deleted[0].uid == "old"
+
+
+def test_a_watch_event_older_than_our_write_is_ignored() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow(version=5))
+    written = flow(version=7)
+    written["status"] = {"phase": "Paused", "pause": {"replicasBefore": 3}}
+    store.status_written("uid-ns-f", written)
+    store.flow_event("MODIFIED", flow(version=6))  # lagging watch: status not there yet
+    assert store.flows["uid-ns-f"].status["pause"] == {"replicasBefore": 3}
+
+
+def test_a_write_response_never_brings_back_a_deleted_flow() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.flow_event("DELETED", flow())
+    store.status_written("uid-ns-f", flow(version=9))
+    assert store.flows == {}
+
+
+def test_the_oldest_claim_owns_a_scale_target() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow("young", created="2026-02-01T00:00:00Z"))
+    store.flow_event("ADDED", flow("old", created="2026-01-01T00:00:00Z"))
+    store.flow_event("ADDED", flow("elsewhere", deployment="other"))
+    young = store.flows["uid-ns-young"]
+    assert store.owner_of(young).name == "old"
+    assert store.owner_of(store.flows["uid-ns-elsewhere"]).name == "elsewhere"
+    store.take_due(clock.now)
+    store.flow_event("DELETED", flow("old", created="2026-01-01T00:00:00Z"))
+    assert store.owner_of(young).name == "young"
+    assert [f.name for f in store.take_due(clock.now + 1)] == ["young"]  # told at once it owns it now
+
+
+def test_the_store_refuses_changes_from_another_thread() -> None:
+    # Regression: plain `def` handlers ran in kopf's thread pool and changed the store mid-pass.
+    import threading
+
+    store = ClusterStore(Clock())
+    store.flow_event("ADDED", flow())
+    errors: list[Exception] = []
+
+    def from_a_worker() -> None:
+        try:
+            store.flow_event("ADDED", flow("other"))
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=from_a_worker)
+    worker.start()
+    worker.join()
+    assert errors and "other" not in {f.name for f in store.flows.values()}
+
+
+def test_a_zero_poll_interval_that_slipped_past_the_schema_does_not_stop_scheduling() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    body = flow()
+    body["spec"]["scaling"]["pollInterval"] = "0s"
+    store.flow_event("ADDED", body)
+    due = store.take_due(clock.now)  # divided by zero before
+    assert [f.name for f in due] == ["f"] or store.flows["uid-ns-f"].spec is None
+    assert store.seconds_until_next(clock.now) is not None
+
+
+def test_the_handlers_that_feed_the_store_are_coroutines() -> None:
+    # kopf runs plain functions in a thread pool; coroutines run on the loop that owns the store.
+    import inspect
+
+    from flowkeeper.handlers import operator as handlers
+
+    assert inspect.iscoroutinefunction(handlers.flow_changed)
+    assert inspect.iscoroutinefunction(handlers.deployment_changed)

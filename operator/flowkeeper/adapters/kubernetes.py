@@ -2,7 +2,10 @@
 read, and the leader-election Lease.
 
 Errors are turned into the classes the controller answers to: a missing object is a configuration
-problem of the flow; conflicts, throttling and 5xx are transient and retried on the next pass.
+problem of the flow; a conflict (409) says the object changed since it was read (re-plan); a refused
+body (422) is permanent; throttling and 5xx are transient and retried with backoff. Every call has a
+request timeout: a half-open connection must not hang a pass or keep the elector a standby forever.
+Every write names the field manager `flowkeeper`, so managedFields tell its writes from others'.
 The client is built by the caller and passed in, so nothing talks to a cluster at import time.
 """
 
@@ -21,7 +24,8 @@ from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
 from flowkeeper.api import v1alpha1 as api
-from flowkeeper.domain.errors import ConfigurationError, FlowkeeperError, TransientError
+from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError, TransientError
+from flowkeeper.domain.flow import FIELD_MANAGER
 from flowkeeper.domain.leadership import LeaseRecord
 from flowkeeper.observability import metrics
 
@@ -34,10 +38,21 @@ def _classify(exc: ApiException, what: str) -> FlowkeeperError:
         error = ConfigurationError(f"{what}: not found", reason="NotFound")
     elif exc.status in (401, 403):
         error = ConfigurationError(f"{what}: forbidden ({exc.reason})", reason="Forbidden")
+    elif exc.status == 409:
+        error = ConflictError(f"{what}: changed since it was read", reason="Conflict")
+    elif exc.status in (400, 422):
+        error = RejectedError(f"{what}: refused by the API server (HTTP {exc.status}): {_api_message(exc)}", reason="Invalid")
     else:
         error = TransientError(f"{what}: HTTP {exc.status} {exc.reason}", reason="KubernetesApiError")
     metrics.API_ERRORS.labels(error_class=error.error_class.value, reason=error.reason).inc()
     return error
+
+
+def _api_message(exc: ApiException) -> str:
+    try:
+        return str(json.loads(exc.body or "{}").get("message", ""))[:500]
+    except (ValueError, AttributeError):
+        return ""
 
 
 @contextlib.contextmanager
@@ -67,24 +82,27 @@ def load_client_config() -> k8s.ApiClient:
 
 
 class KubernetesGateway:
-    def __init__(self, api_client: k8s.ApiClient) -> None:
+    def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0) -> None:
         self._custom = k8s.CustomObjectsApi(api_client)
         self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self._coordination = k8s.CoordinationV1Api(api_client)
         self.instance = socket.gethostname()
+        # (connect, read) seconds for every call; a LIST of thousands of objects gets the read part.
+        self._timeout = (min(5.0, request_timeout), request_timeout)
 
     def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
         """Every IntegrationFlow ("flows") or Deployment ("deployments") in the namespaces (all when
         empty), as plain dicts like watch events carry them."""
+        t = self._timeout
         calls = {
             "flows": (
-                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL),
-                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL),
+                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, _request_timeout=t),
+                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, _request_timeout=t),
             ),
             "deployments": (
-                lambda ns: self._apps.list_namespaced_deployment(ns, _preload_content=False),
-                lambda: self._apps.list_deployment_for_all_namespaces(_preload_content=False),
+                lambda ns: self._apps.list_namespaced_deployment(ns, _preload_content=False, _request_timeout=t),
+                lambda: self._apps.list_deployment_for_all_namespaces(_preload_content=False, _request_timeout=t),
             ),
         }
         per_namespace, cluster_wide = calls[kind]
@@ -96,53 +114,55 @@ class KubernetesGateway:
             items.extend(body.get("items", []))
         return items
 
-    def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
-        """Merge-patches status; conditions are sent whole (merge-patch replaces lists)."""
+    def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+        """Merge-patches status at `resource_version` (a 409 when the flow changed since it was read);
+        conditions are sent whole (merge-patch replaces lists). Returns the flow as stored."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         with _api_errors(f"status of IntegrationFlow {namespace}/{name}"):
-            self._custom.patch_namespaced_custom_object_status(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, {"status": status}
+            stored = self._custom.patch_namespaced_custom_object_status(
+                api.GROUP, api.VERSION, namespace, api.PLURAL, name, body,
+                field_manager=FIELD_MANAGER, _request_timeout=self._timeout,
             )
-            metrics.API_WRITES.labels(kind="status").inc()
+        metrics.API_WRITES.labels(kind="status").inc()
+        return stored
 
-    def scale_deployment(self, namespace: str, name: str, replicas: int) -> None:
-        """Changes only spec.replicas, through the /scale subresource."""
+    def scale(self, namespace: str, name: str, replicas: int, resource_version: str | None) -> tuple[int, str]:
+        """Changes only spec.replicas, through the /scale subresource, at `resource_version` (a 409 when
+        someone else changed the Deployment since it was read). Returns (spec.replicas, resourceVersion)."""
+        body: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         with _api_errors(f"scale of Deployment {namespace}/{name}"):
-            self._apps.patch_namespaced_deployment_scale(name, namespace, {"spec": {"replicas": replicas}})
-            metrics.API_WRITES.labels(kind="scale").inc()
+            response = self._apps.patch_namespaced_deployment_scale(
+                name, namespace, body, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
+            )
+        metrics.API_WRITES.labels(kind="scale").inc()
+        stored = json.loads(response.data)
+        return int(stored.get("spec", {}).get("replicas") or 0), str(stored["metadata"].get("resourceVersion", ""))
 
-    def post_event(self, reference: dict[str, str], type_: str, reason: str, message: str) -> None:
-        """A core/v1 Event on the flow, as `kubectl describe` and `kubectl get events` show them."""
-        now = dt.datetime.now(dt.timezone.utc)
-        event = k8s.CoreV1Event(
-            metadata=k8s.V1ObjectMeta(generate_name=f"{reference['name']}.", namespace=reference["namespace"]),
-            involved_object=k8s.V1ObjectReference(
-                api_version=reference["apiVersion"],
-                kind=reference["kind"],
-                name=reference["name"],
-                namespace=reference["namespace"],
-                uid=reference.get("uid"),
-            ),
-            type=type_,
-            reason=reason,
-            message=message[:1024],
-            source=k8s.V1EventSource(component="flowkeeper"),
-            reporting_component="flowkeeper.io/operator",
-            reporting_instance=self.instance,
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
-        try:
-            with _api_errors(f"Event on {reference['namespace']}/{reference['name']}"):
-                self._core.create_namespaced_event(reference["namespace"], event)
-            metrics.API_WRITES.labels(kind="event").inc()
-        except FlowkeeperError as exc:
-            # An Event that cannot be posted is logged, never allowed to stop the flow's reconciliation.
-            log.warning("event not posted: %s", exc, extra={"reason": reason, "flow": reference["name"]})
+    def create_event(self, event: dict[str, Any]) -> str:
+        """Posts a core/v1 Event (as `kubectl describe` and `kubectl get events` show them); returns its name."""
+        namespace = event["metadata"]["namespace"]
+        with _api_errors(f"Event in {namespace}"):
+            response = self._core.create_namespaced_event(
+                namespace, event, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
+            )
+        metrics.API_WRITES.labels(kind="event").inc()
+        return str(json.loads(response.data)["metadata"]["name"])
+
+    def patch_event(self, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """Counts a repeat on an existing Event (count, lastTimestamp), as client-go's recorder does."""
+        with _api_errors(f"Event {namespace}/{name}"):
+            self._core.patch_namespaced_event(
+                name, namespace, patch, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
+            )
+        metrics.API_WRITES.labels(kind="event").inc()
 
     def read_secret_key(self, namespace: str, name: str, key: str) -> str:
         with _api_errors(f"Secret {namespace}/{name}"):
-            secret = self._core.read_namespaced_secret(name, namespace)
+            secret = self._core.read_namespaced_secret(name, namespace, _request_timeout=self._timeout)
         data = (secret.data or {}).get(key)
         if data is None:
             raise ConfigurationError(f"Secret {namespace}/{name} has no key {key!r}", reason="SecretKeyNotFound")
@@ -151,7 +171,7 @@ class KubernetesGateway:
     def read_lease(self, namespace: str, name: str) -> LeaseRecord | None:
         try:
             with _api_errors(f"Lease {namespace}/{name}"):
-                response = self._coordination.read_namespaced_lease(name, namespace, _preload_content=False)
+                response = self._coordination.read_namespaced_lease(name, namespace, _preload_content=False, _request_timeout=self._timeout)
         except ConfigurationError as exc:
             if exc.reason == "NotFound":
                 return None  # not created yet: the first replica creates it
@@ -179,6 +199,6 @@ class KubernetesGateway:
         }
         with _api_errors(f"Lease {namespace}/{name}"):
             if version is None:
-                self._coordination.create_namespaced_lease(namespace, body)
+                self._coordination.create_namespaced_lease(namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout)
             else:
-                self._coordination.replace_namespaced_lease(name, namespace, body)
+                self._coordination.replace_namespaced_lease(name, namespace, body, field_manager=FIELD_MANAGER, _request_timeout=self._timeout)

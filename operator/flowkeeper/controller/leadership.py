@@ -29,6 +29,9 @@ class AlwaysLeader:
     def is_leading(self) -> bool:
         return True
 
+    def seconds_since_attempt(self) -> float:
+        return 0.0
+
 
 class LeaderElector:
     def __init__(
@@ -49,7 +52,11 @@ class LeaderElector:
         self.observation = Observation()
         self.renewed_at: float | None = None  # local time of our last successful write while leading
         self.changed = asyncio.Event()  # set on every gain or loss, so the loop wakes at once
+        self.last_attempt = clock()  # when run() last tried the lease: the liveness probe watches it
         metrics.LEADER.set(0)
+
+    def seconds_since_attempt(self) -> float:
+        return self.clock() - self.last_attempt
 
     def is_leading(self) -> bool:
         # Stop acting as soon as renewals have failed for renew_deadline: a standby waits a whole
@@ -58,6 +65,7 @@ class LeaderElector:
 
     async def run(self, stopped: asyncio.Event) -> None:
         while not stopped.is_set():
+            self.last_attempt = self.clock()
             was_leading = self.is_leading()
             try:
                 await self.try_once()

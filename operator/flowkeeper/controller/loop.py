@@ -1,8 +1,9 @@
 """The one loop that serves every flow: take the flows that are due, read their signals in one batched
-pass, plan each flow (pure), and apply only what changed.
+pass, plan each flow (pure, isolated), and hand the plans to the executor, the only writer.
 
 One loop for all flows instead of a timer per object: kopf timers are a task per object and patch
 the object after every run, which is what makes per-object operators crawl at a few thousand flows.
+Scheduling and windows run on the monotonic clock; only timestamps users read are wall time.
 """
 
 from __future__ import annotations
@@ -14,50 +15,53 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
 
+from flowkeeper.adapters.prometheus import FlowTarget, PassResult
 from flowkeeper.api.durations import to_seconds
+from flowkeeper.controller.events import EventRecorder
+from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
+from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord
-from flowkeeper.adapters.prometheus import FlowTarget, PassResult, PrometheusSignals
-from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan
+from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
 from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper.controller")
 
-def retry_delay(failures: int, rng: random.Random, base: float = 1.0, cap: float = 60.0) -> float:
-    """Exponential backoff with jitter: 1-3 s, 2-6 s, 4-12 s, ..., at most 3x the cap."""
-    return min(cap, base * 2 ** (failures - 1)) * rng.uniform(1.0, 3.0) if failures else 0.0
-
-
-def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from current to desired status: keys that went away are sent as null."""
-    patch = {k: v for k, v in desired.items() if current.get(k) != v}
-    patch.update({k: None for k in current if k not in desired})
-    return patch
+HEARTBEAT_SECONDS = 5.0  # the loop comes round at least this often, also as a standby (liveness)
+YIELD_EVERY = 200  # flows planned between two yields to the event loop (watch events keep flowing)
 
 
 class FlowController:
     def __init__(
         self,
         store: ClusterStore,
-        gateway,
-        signals: PrometheusSignals | None = None,
+        gateway: ClusterGateway,
+        signals: SignalSource | None = None,
         namespaces: tuple[str, ...] = (),
         clock: Callable[[], float] = time.time,
-        leader=None,
+        monotonic: Callable[[], float] = time.monotonic,
+        leader: Leader | None = None,
+        operator_ref: dict[str, str] | None = None,
+        conflict_hold_off: float | None = None,
+        write_concurrency: int = 16,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.signals = signals  # None: no Prometheus configured, flows are only checked for readiness
         self.namespaces = namespaces
         self.clock = clock
+        self.monotonic = monotonic
         self.leader = leader or AlwaysLeader()  # standbys keep the store warm but plan and write nothing
-        self.memory: dict[str, FlowMemory] = {}
-        self.api_failures: dict[str, int] = {}  # flow key -> failed writes in a row
-        self.read_failures: dict[str, int] = {}  # flow key -> transient signal reads failed in a row
+        self.recorder = EventRecorder(gateway, instance=(operator_ref or {}).get("name", "flowkeeper"), clock=monotonic)
+        self.executor = Executor(gateway, store, self.recorder, self.leader, concurrency=write_concurrency, clock=monotonic)
+        self.operator_ref = operator_ref  # the operator's own Pod: operator-wide trouble is told there, once
+        self.conflict_hold_off = conflict_hold_off
+        self.memory: dict[str, FlowMemory] = {}  # by flow UID
+        self.read_failures: dict[str, int] = {}  # flow UID -> transient signal reads failed in a row
+        self.prometheus_down = False
         self.random = random.Random()
         self.passes = 0
         self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
@@ -72,16 +76,18 @@ class FlowController:
         log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows)})
         while not stopped.is_set():
             self.last_iteration = time.monotonic()
-            wait = self.store.seconds_until_next(self.clock())
-            self.store.wakeup.clear()
-            try:
-                await asyncio.wait_for(self.store.wakeup.wait(), timeout=1.0 if wait is None else min(wait, 1.0))
-            except asyncio.TimeoutError:
-                pass
             if not self.leader.is_leading():
                 self._forget_plans()
+                # A standby does nothing until the lease can change hands: no work, no CPU.
+                await _wait_any([stopped, self._leader_changed()], HEARTBEAT_SECONDS)
                 continue
-            due = self.store.take_due(self.clock())
+            await self._report_deletions()
+            wait = self.store.seconds_until_next(self.monotonic())
+            self.store.wakeup.clear()
+            await _wait_any([self.store.wakeup, stopped, self._leader_changed()], min(HEARTBEAT_SECONDS if wait is None else wait, HEARTBEAT_SECONDS))
+            if not self.leader.is_leading():
+                continue
+            due = self.store.take_due(self.monotonic())
             if due:
                 try:
                     await self.run_pass(due)
@@ -89,13 +95,22 @@ class FlowController:
                     # The flows were already scheduled again by take_due; the next pass retries them.
                     log.exception("pass failed", extra={"stage": "pass", "outcome": "error", "flows": len(due)})
 
+    def _leader_changed(self) -> asyncio.Event | None:
+        """The elector's gain-or-loss signal, cleared here: the loop is its only reader."""
+        changed: asyncio.Event | None = getattr(self.leader, "changed", None)
+        if changed is not None and changed.is_set():
+            changed.clear()
+        return changed
+
     def _forget_plans(self) -> None:
         """What a standby knew from an earlier term may be stale by the time it leads again; the
         state that matters (pause, replicas to restore) lives in the flows' status anyway."""
-        self.memory.clear()
-        self.api_failures.clear()
-        self.read_failures.clear()
+        if self.memory or self.read_failures:
+            self.memory.clear()
+            self.read_failures.clear()
+            self.executor.failures.clear()
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
+        self.store.deleted.clear()
 
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
@@ -120,48 +135,106 @@ class FlowController:
         started = time.monotonic()
         with tracing.action_span("read_signals", "", ""):
             read = await self._read_signals(flows)
-        now = self.clock()
-        for flow in flows:
-            if not self.leader.is_leading():
-                # Lost the lease mid-pass: the new leader plans these flows; put them back as due.
-                self.store.mark_due(flow.key, now)
-                continue
-            inputs = Inputs(
-                flow=flow,
-                deployment=self.store.deployment_of(flow),
-                signals=read.signals.get(flow.key) if read else None,
-                failure=read.failures.get(flow.key) if read else None,
-                metrics_enabled=self.signals is not None,
-                memory=self.memory.get(flow.key, FlowMemory()),
-            )
-            flow_plan = plan(inputs, now=now)
-            self.memory[flow.key] = flow_plan.memory
-            await self._apply(flow, flow_plan, pass_id)
-        self._back_off_failed_reads(read, now)
+        outage = await self._note_outage(flows, read)
+        now, mono = self.clock(), self.monotonic()
+        applying = []
+        for i, taken in enumerate(flows):
+            if i and i % YIELD_EVERY == 0:
+                await asyncio.sleep(0)
+            # Planned from the store as it is now, after the read: the watch may have moved on meanwhile.
+            flow = self.store.flows.get(taken.uid)
+            if flow is None:
+                continue  # deleted during the read
+            deployment = self.store.deployment_of(flow)
+            flow_plan = self._plan(flow, deployment, read, outage, now, mono)
+            applying.append(self.executor.apply(flow, deployment, flow_plan, pass_id))
+        await asyncio.gather(*applying)
+        self._back_off_failed_reads(read, mono)
         self._after_pass()
         self.passes += 1
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
         metrics.PASS_FLOWS.observe(len(flows))
-        log.info(
+        # Routine: at DEBUG. What a pass changed is logged by the executor at INFO.
+        log.debug(
             "pass done",
-            extra={
-                "pass_id": pass_id,
-                "stage": "pass",
-                "flows": len(flows),
-                "queries": read.queries if read else 0,
-                "seconds": round(time.monotonic() - started, 4),
-            },
+            extra={"pass_id": pass_id, "stage": "pass", "flows": len(flows), "queries": read.queries if read else 0,
+                   "seconds": round(time.monotonic() - started, 4)},
         )
+
+    def _plan(self, flow: FlowRecord, deployment, read: PassResult | None, outage: bool, now: float, mono: float) -> Plan:
+        inputs = Inputs(
+            flow=flow,
+            deployment=deployment,
+            signals=read.signals.get(flow.uid) if read else None,
+            failure=read.failures.get(flow.uid) if read else None,
+            metrics_enabled=self.signals is not None,
+            memory=self.memory.get(flow.uid, FlowMemory()),
+            monotonic=mono,
+            owner=self.store.owner_of(flow),
+            outage=outage,
+            **({"conflict_hold_off": self.conflict_hold_off} if self.conflict_hold_off is not None else {}),
+        )
+        try:
+            flow_plan = plan(inputs, now=now)
+        except Exception as exc:  # noqa: BLE001 - one flow's bad number is that flow's condition, not the pass's
+            log.exception("planning failed", extra={"flow": flow.name, "namespace": flow.namespace, "stage": "plan", "outcome": "error"})
+            flow_plan = plan_failure(inputs, exc, now=now)
+        self.memory[flow.uid] = flow_plan.memory
+        return flow_plan
 
     async def _read_signals(self, flows: list[FlowRecord]) -> PassResult | None:
         if self.signals is None:
             return None
-        targets = [FlowTarget(f.key, f.namespace, f.name, f.spec) for f in flows if f.spec is not None]
+        targets = [FlowTarget(f.uid, f.namespace, f.name, f.spec) for f in flows if f.spec is not None]
         result = await asyncio.to_thread(self.signals.collect, targets)
         metrics.PROMETHEUS_QUERIES.inc(result.queries)
         for failure in result.failures.values():
             metrics.PROMETHEUS_ERRORS.labels(error_class=failure.error_class.value, reason=failure.reason).inc()
         return result
+
+    async def _note_outage(self, flows: list[FlowRecord], read: PassResult | None) -> bool:
+        """The operator's own Prometheus failing for every flow is one incident: a gauge and one Event
+        on the operator's own object when it starts and when it ends, not a Warning per flow."""
+        if read is None:
+            return False
+        on_default = [f.uid for f in flows if f.spec is not None and f.spec.metrics.server is None]
+        if not on_default:
+            return self.prometheus_down
+        failed = [read.failures.get(uid) for uid in on_default]
+        down = all(f is not None and f.error_class.value == "transient" for f in failed)
+        metrics.PROMETHEUS_UP.set(0 if down else 1)
+        if down != self.prometheus_down:
+            self.prometheus_down = down
+            first = next((f for f in failed if f is not None), None)
+            if down:
+                message = f"Prometheus cannot be read for any flow: {first.message if first else ''}; replicas held"
+                log.warning(message, extra={"stage": "signals", "reason": "PrometheusUnavailable", "outcome": "holding"})
+            else:
+                message = "Prometheus answers again"
+                log.info(message, extra={"stage": "signals", "reason": "PrometheusAvailable", "outcome": "recovered"})
+            if self.operator_ref is not None:
+                await self.recorder.record(
+                    self.operator_ref, "Warning" if down else "Normal", "PrometheusUnavailable" if down else "PrometheusAvailable", message
+                )
+        return down
+
+    async def _report_deletions(self) -> None:
+        """A paused flow that is deleted leaves its consumers at 0 (its configuration is still broken:
+        restoring them would consume into it); the Deployment gets a Warning that says so and what
+        to restore, since nobody else will."""
+        deleted, self.store.deleted = self.store.deleted, []
+        for flow in deleted:
+            self.memory.pop(flow.uid, None)
+            self.read_failures.pop(flow.uid, None)
+            record = flow.status.get("pause")
+            deployment = self.store.deployments.get(flow.target_key or "")
+            if not record or deployment is None or deployment.spec_replicas != 0:
+                continue
+            before = record.get("replicasBefore")
+            restore = f"; restore with `kubectl scale deployment/{deployment.name} --replicas={before}`" if before else ""
+            message = f"IntegrationFlow {flow.path} was deleted while paused ({record.get('reason')}): consumers left at 0{restore}"
+            log.warning(message, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "delete", "reason": "PausedFlowDeleted"})
+            await self.recorder.record(deployment.reference, "Warning", "PausedFlowDeleted", message)
 
     def _back_off_failed_reads(self, read: PassResult | None, now: float) -> None:
         """A flow whose signals could not be read (Prometheus down, timing out) is asked less often,
@@ -177,55 +250,24 @@ class FlowController:
                 continue
             failures = self.read_failures.get(key, 0) + 1
             self.read_failures[key] = failures
-            poll = to_seconds(flow.spec.scaling.poll_interval)
-            self.store.reschedule(key, now + poll * min(2 ** (failures - 1), 4) * self.random.uniform(1.0, 1.5))
+            poll = max(1.0, to_seconds(flow.spec.scaling.poll_interval))
+            self.store.retry_at(key, now + poll * min(2 ** (failures - 1), 4) * self.random.uniform(1.0, 1.5))
 
     def _after_pass(self) -> None:
         """Forgets flows that are gone, and publishes the flows-by-phase gauge."""
-        for key in self.memory.keys() - self.store.flows.keys():
+        live = self.store.flows.keys()
+        for key in self.memory.keys() - live:
             del self.memory[key]
-        for key in self.api_failures.keys() - self.store.flows.keys():
-            del self.api_failures[key]
+        self.executor.forget(set(live))
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
         metrics.record_flow_phases(counts)
 
-    async def _apply(self, flow: FlowRecord, flow_plan: Plan, pass_id: str) -> None:
-        """Writes what the plan changed. Every action logs the same fields: flow, namespace, pass_id
-        (the correlation id of the pass), stage, reason and outcome (applied, or the error class)."""
-        context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
-        stage = "scale"
-        try:
-            if flow_plan.scale_to is not None and flow.spec is not None:
-                # The direction from before the write: the watch may update the store while we wait.
-                before = self.store.deployment_of(flow)
-                direction = "up" if before is None or flow_plan.scale_to > before.spec_replicas else "down"
-                with tracing.action_span(stage, flow.namespace, flow.name):
-                    await asyncio.to_thread(
-                        self.gateway.scale_deployment, flow.namespace, flow.spec.consumer.deployment, flow_plan.scale_to
-                    )
-                metrics.SCALE_ACTIONS.labels(direction=direction).inc()
-                reason = flow_plan.status.get("lastScaleReason", "")
-                log.info("scaled", extra={**context, "stage": stage, "replicas": flow_plan.scale_to, "reason": reason, "outcome": "applied"})
-            stage = "status"
-            if flow_plan.status_changed(flow.status):
-                patch = status_patch(flow_plan.status, flow.status)
-                with tracing.action_span(stage, flow.namespace, flow.name):
-                    await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch)
-            stage = "event"
-            for event in flow_plan.events:
-                with tracing.action_span(stage, flow.namespace, flow.name):
-                    await asyncio.to_thread(self.gateway.post_event, flow.reference, event.type, event.reason, event.message)
-                log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
-        except FlowkeeperError as exc:
-            # Transient trouble (conflict, throttling, 5xx) is retried with exponential backoff and
-            # jitter, so a struggling API server is not hammered by every flow at once.
-            failures = self.api_failures.get(flow.key, 0) + 1
-            self.api_failures[flow.key] = failures
-            delay = retry_delay(failures, self.random)
-            log.warning(
-                str(exc),
-                extra={**context, "stage": stage, "outcome": exc.error_class.value, "reason": exc.reason, "retry_in": round(delay, 1)},
-            )
-            self.store.mark_due(flow.key, self.clock() + delay)
-        else:
-            self.api_failures.pop(flow.key, None)
+
+async def _wait_any(events: list[asyncio.Event | None], timeout: float) -> None:
+    """Returns when one of the events is set, or after `timeout` seconds."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events if e is not None]
+    try:
+        await asyncio.wait(waiters, timeout=max(0.0, timeout), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waiters:
+            w.cancel()

@@ -1,112 +1,202 @@
-"""The operator's in-memory view of the cluster, fed by watch events (no API reads in a pass).
+"""The operator's in-memory view of the cluster, fed by watch events and by the responses of its own
+writes (no API reads in a pass).
 
-It also schedules: each flow is due every pollInterval, and at once when its spec, its status
-written by someone else, or its consumer Deployment changes.
+One thread touches it: the event loop's. The kopf handlers that feed it are coroutines (a plain
+`def` handler would run in kopf's thread pool and change the dictionaries while a pass iterates
+them), and `check_thread` makes a violation fail loudly instead of corrupting state.
+
+Flows are keyed by UID. A flow deleted while the startup LIST was in flight must not come back from
+that LIST as a ghost: deleted UIDs are remembered (tombstones). A watch event older than what a
+write response already stored is ignored, by resourceVersion.
 """
 
 from __future__ import annotations
 
 import asyncio
-import heapq
-import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import replace
+from collections.abc import Callable
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
-from flowkeeper.domain.flow import DeploymentRecord, FlowRecord, deployment_from_body, flow_from_body
+from flowkeeper.controller.schedule import DueQueue
+from flowkeeper.domain import ownership
+from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord, deployment_from_body, flow_from_body, newer
+
+TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
+
+
+class _Tombstones:
+    def __init__(self, size: int = TOMBSTONES) -> None:
+        self._uids: OrderedDict[str, None] = OrderedDict()
+        self._size = size
+
+    def add(self, uid: str) -> None:
+        self._uids[uid] = None
+        self._uids.move_to_end(uid)
+        while len(self._uids) > self._size:
+            self._uids.popitem(last=False)
+
+    def __contains__(self, uid: str) -> bool:
+        return uid in self._uids
 
 
 class ClusterStore:
-    def __init__(self, clock) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self.flows: dict[str, FlowRecord] = {}
-        self.deployments: dict[str, DeploymentRecord] = {}
-        self._due: dict[str, float] = {}  # flow key -> next time it is due
-        self._heap: list[tuple[float, str]] = []
+        self.flows: dict[str, FlowRecord] = {}  # by UID
+        self.deployments: dict[str, DeploymentRecord] = {}  # by namespace/name
+        self._by_target: dict[str, set[str]] = {}  # scale target namespace/name -> flow UIDs
+        self._gone_flows = _Tombstones()
+        self._gone_deployments = _Tombstones()
+        self.schedule = DueQueue()
         self.wakeup = asyncio.Event()
         self.seeded = False  # no pass runs before the first LIST is in
+        self._thread: int | None = None
+        self.deleted: list[FlowRecord] = []  # flows deleted since the loop last looked (drained by it)
+
+    def check_thread(self) -> None:
+        """Every mutation runs on one thread: the first one that touched the store."""
+        ident = threading.get_ident()
+        if self._thread is None:
+            self._thread = ident
+        elif self._thread != ident:
+            raise RuntimeError("the store was changed from a thread other than the event loop's")
 
     # -- seeded once by a LIST, then fed by watch events
     def seed(self, flows: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
         """Fills in what the watches have not delivered yet, so the first pass sees every Deployment:
-        without it a restarted operator would take a flow's Deployment for missing. Objects the
-        watches already delivered are newer and kept."""
+        without it a restarted operator would take a flow's Deployment for missing. Objects the watches
+        already delivered are newer and kept; objects they saw deleted stay deleted."""
+        self.check_thread()
         for body in deployments:
             record = deployment_from_body(body)
-            self.deployments.setdefault(record.key, record)
+            if record.uid not in self._gone_deployments and record.key not in self.deployments:
+                self.deployments[record.key] = record
         for body in flows:
             record = flow_from_body(body)
-            if record.key not in self.flows:
-                self.flows[record.key] = record
-                self.mark_due(record.key)
+            if record.uid not in self._gone_flows and record.uid not in self.flows:
+                self._put_flow(record)
+                self.mark_due(record.uid)
         self.seeded = True
 
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:
+        self.check_thread()
         record = flow_from_body(body)
         if event_type == "DELETED":
-            self.flows.pop(record.key, None)
-            self._due.pop(record.key, None)
+            self._gone_flows.add(record.uid)
+            removed = self._drop_flow(record.uid)
+            if removed is not None:
+                self.deleted.append(removed)
+                self.wakeup.set()
             return
-        previous = self.flows.get(record.key)
-        self.flows[record.key] = record
+        if record.uid in self._gone_flows:
+            return
+        previous = self.flows.get(record.uid)
+        if previous is not None and not newer(record.resource_version, previous.resource_version):
+            return  # older than what a write response already told us
+        self._put_flow(record)
+        # Status-only updates (our own writes coming back) do not make a flow due.
         if previous is None or previous.generation != record.generation or previous.annotations != record.annotations:
-            self.mark_due(record.key)
+            self.mark_due(record.uid)
 
     def deployment_event(self, event_type: str, body: dict[str, Any]) -> None:
+        self.check_thread()
         record = deployment_from_body(body)
         previous = self.deployments.get(record.key)
         if event_type == "DELETED":
-            self.deployments.pop(record.key, None)
+            self._gone_deployments.add(record.uid)
+            if previous is not None and previous.uid in (record.uid, ""):
+                del self.deployments[record.key]
         else:
+            if record.uid in self._gone_deployments:
+                return
+            if previous is not None and previous.uid == record.uid and not newer(record.resource_version, previous.resource_version):
+                return
             self.deployments[record.key] = record
         if previous != record or event_type == "DELETED":
-            for flow in self.flows_of_deployment(record.namespace, record.name):
-                self.mark_due(flow.key)
+            for uid in self._by_target.get(record.key, ()):
+                self.mark_due(uid)
 
-    def flows_of_deployment(self, namespace: str, name: str) -> list[FlowRecord]:
-        return [
-            f
-            for f in self.flows.values()
-            if f.namespace == namespace and f.spec is not None and f.spec.consumer.deployment == name
-        ]
+    # -- fed by the executor with what the API server answered
+    def status_written(self, uid: str, body: dict[str, Any]) -> None:
+        self.check_thread()
+        if uid not in self.flows:
+            return  # deleted meanwhile: never brought back by our own write
+        record = flow_from_body(body)
+        if newer(record.resource_version, self.flows[uid].resource_version):
+            self._put_flow(record)
 
+    def scale_written(self, key: str, replicas: int, resource_version: str) -> None:
+        self.check_thread()
+        current = self.deployments.get(key)
+        if current is not None and newer(resource_version, current.resource_version):
+            self.deployments[key] = replace(current, spec_replicas=replicas, resource_version=resource_version, replicas_manager=FIELD_MANAGER)
+
+    # -- lookups
     def deployment_of(self, flow: FlowRecord) -> DeploymentRecord | None:
-        if flow.spec is None:
-            return None
-        return self.deployments.get(f"{flow.namespace}/{flow.spec.consumer.deployment}")
+        return None if flow.target_key is None else self.deployments.get(flow.target_key)
 
-    # -- scheduling
-    def mark_due(self, key: str, at: float | None = None) -> None:
-        when = self._clock() if at is None else at
-        if self._due.get(key, float("inf")) <= when:
-            return
-        self._due[key] = when
-        heapq.heappush(self._heap, (when, key))
+    def owner_of(self, flow: FlowRecord) -> FlowRecord | None:
+        """The flow that owns this flow's scale target (the oldest claim), possibly itself."""
+        if flow.target_key is None:
+            return None
+        return ownership.owner(self.flows[uid] for uid in self._by_target.get(flow.target_key, ()))
+
+    def flows_of_target(self, key: str) -> list[FlowRecord]:
+        return [self.flows[uid] for uid in self._by_target.get(key, ())]
+
+    # -- scheduling (monotonic clock)
+    def mark_due(self, uid: str, at: float | None = None) -> None:
+        self.schedule.mark_due(uid, self._clock() if at is None else at)
         self.wakeup.set()
 
-    def reschedule(self, key: str, at: float) -> None:
-        """Moves a flow's next pass to `at`, later or earlier (mark_due only ever brings it forward)."""
-        if key in self.flows:
-            self._due[key] = at
-            heapq.heappush(self._heap, (at, key))
+    def retry_at(self, uid: str, at: float) -> None:
+        if uid in self.flows:
+            self.schedule.retry_at(uid, at)
 
     def take_due(self, now: float) -> list[FlowRecord]:
-        """Flows whose time has come; each is scheduled again after its own poll interval."""
-        due: list[FlowRecord] = []
-        while self._heap and self._heap[0][0] <= now:
-            when, key = heapq.heappop(self._heap)
-            if self._due.get(key) != when or key not in self.flows:
-                continue  # superseded by an earlier mark, or the flow is gone
-            del self._due[key]
-            due.append(self.flows[key])
-        for flow in due:
-            interval = to_seconds(flow.spec.scaling.poll_interval) if flow.spec else 60.0
-            # Next due on the interval's grid, not `now + interval`: flows that share an interval then
-            # fall due together and one batched Prometheus pass serves them all.
-            self.mark_due(flow.key, (math.floor(now / interval) + 1) * interval)
-        return due
+        uids = self.schedule.take_due(now, self._interval_of)
+        return [self.flows[uid] for uid in uids if uid in self.flows]
 
     def seconds_until_next(self, now: float) -> float | None:
-        while self._heap and self._due.get(self._heap[0][1]) != self._heap[0][0]:
-            heapq.heappop(self._heap)
-        return max(0.0, self._heap[0][0] - now) if self._heap else None
+        return self.schedule.seconds_until_next(now)
+
+    def _interval_of(self, uid: str) -> float:
+        flow = self.flows.get(uid)
+        return to_seconds(flow.spec.scaling.poll_interval) if flow is not None and flow.spec is not None else 60.0
+
+    # -- index upkeep
+    def _put_flow(self, record: FlowRecord) -> None:
+        previous = self.flows.get(record.uid)
+        if previous is not None and previous.target_key != record.target_key:
+            self._unindex(previous)
+            self._wake_claimants(previous.target_key)  # its old target may have a new owner now
+        self.flows[record.uid] = record
+        if record.target_key is not None:
+            self._by_target.setdefault(record.target_key, set()).add(record.uid)
+
+    def _drop_flow(self, uid: str) -> FlowRecord | None:
+        record = self.flows.pop(uid, None)
+        self.schedule.forget(uid)
+        if record is not None:
+            self._unindex(record)
+            self._wake_claimants(record.target_key)
+        return record
+
+    def _unindex(self, record: FlowRecord) -> None:
+        if record.target_key is None:
+            return
+        uids = self._by_target.get(record.target_key)
+        if uids is not None:
+            uids.discard(record.uid)
+            if not uids:
+                del self._by_target[record.target_key]
+
+    def _wake_claimants(self, key: str | None) -> None:
+        for uid in self._by_target.get(key or "", ()):
+            self.mark_due(uid)
+

@@ -14,9 +14,12 @@ HEALTHY = "Healthy"
 METRICS_AVAILABLE = "MetricsAvailable"
 PAUSED = "Paused"
 SCALING_LIMITED = "ScalingLimited"
+SCALING_CONFLICT = "ScalingConflict"
 
 # The order conditions are listed in, so the same set always serialises the same way.
-ORDER = (READY, HEALTHY, METRICS_AVAILABLE, PAUSED, SCALING_LIMITED)
+ORDER = (READY, HEALTHY, METRICS_AVAILABLE, PAUSED, SCALING_LIMITED, SCALING_CONFLICT)
+# Conditions whose True is the bad news.
+TRUE_IS_BAD = frozenset({PAUSED, SCALING_LIMITED, SCALING_CONFLICT})
 
 
 def rfc3339(unix_seconds: float) -> str:

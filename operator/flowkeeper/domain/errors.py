@@ -31,3 +31,13 @@ class TransientError(FlowkeeperError):
 
 class ConfigurationError(FlowkeeperError):
     error_class = ErrorClass.configuration
+
+
+class ConflictError(TransientError):
+    """The object changed since it was read (HTTP 409): plan again from what is there now."""
+
+
+class RejectedError(FlowkeeperError):
+    """The API server refused the body itself (HTTP 400/422): sending it again cannot succeed."""
+
+    error_class = ErrorClass.configuration

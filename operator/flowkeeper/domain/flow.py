@@ -1,7 +1,11 @@
-"""What the operator knows about one flow and its consumer Deployment, as plain immutable values.
+"""What the operator knows about one flow and its scale target, as plain immutable values.
 
-The controller builds these from watch events; the planner (domain/planner.py) turns them, with the
-signals of a pass, into the status to record and the action to take.
+The controller builds these from watch events and write responses; the planner (domain/planner.py)
+turns them, with the signals of a pass, into the status to record and the action to take.
+
+Flows are keyed by UID, not namespace/name: a flow deleted and created again under the same name is
+a new flow, and nothing the operator remembered of the old one (scaling history, retries, claims)
+carries over.
 """
 
 from __future__ import annotations
@@ -12,6 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
+
+# The field manager of every write Flowkeeper makes: managedFields then tell its writes from others'.
+FIELD_MANAGER = "flowkeeper"
 
 
 @dataclass(frozen=True)
@@ -24,10 +31,22 @@ class FlowRecord:
     spec_error: str | None
     status: dict[str, Any]  # as on the API server, camelCase
     annotations: dict[str, str]
+    resource_version: str = ""
+    created: str = ""  # metadata.creationTimestamp (RFC 3339): the oldest claim on a target wins
 
     @property
     def key(self) -> str:
+        return self.uid
+
+    @property
+    def path(self) -> str:
+        """namespace/name, for people and logs."""
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def target_key(self) -> str | None:
+        """namespace/name of the scale target, None when the spec does not parse."""
+        return None if self.spec is None else f"{self.namespace}/{self.spec.consumer.deployment}"
 
     @property
     def reference(self) -> dict[str, str]:
@@ -49,10 +68,17 @@ class DeploymentRecord:
     replicas: int  # pods that exist, ready or not
     ready_replicas: int
     template_hash: str  # changes when a fix is deployed (new image, env, config)
+    uid: str = ""
+    resource_version: str = ""
+    replicas_manager: str | None = None  # the field manager that last set spec.replicas (managedFields)
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    @property
+    def reference(self) -> dict[str, str]:
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name, "namespace": self.namespace, "uid": self.uid}
 
 
 def template_hash(template: dict[str, Any] | None) -> str:
@@ -70,13 +96,25 @@ def flow_from_body(body: dict[str, Any]) -> FlowRecord:
     return FlowRecord(
         namespace=metadata.get("namespace", ""),
         name=metadata.get("name", ""),
-        uid=metadata.get("uid", ""),
+        uid=metadata.get("uid", "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}",
         generation=int(metadata.get("generation") or 0),
         spec=spec,
         spec_error=error,
         status=dict(body.get("status") or {}),
         annotations=dict(metadata.get("annotations") or {}),
+        resource_version=str(metadata.get("resourceVersion") or ""),
+        created=str(metadata.get("creationTimestamp") or ""),
     )
+
+
+def replicas_manager(managed_fields: list[dict[str, Any]] | None) -> str | None:
+    """Who last set spec.replicas: the managedFields entry that owns it (writes through /scale are
+    recorded on the parent with subresource "scale", under the same field path)."""
+    for entry in managed_fields or ():
+        spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if "f:replicas" in spec:
+            return str(entry.get("manager") or "")
+    return None
 
 
 def deployment_from_body(body: dict[str, Any]) -> DeploymentRecord:
@@ -88,4 +126,17 @@ def deployment_from_body(body: dict[str, Any]) -> DeploymentRecord:
         replicas=int(status.get("replicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
         template_hash=template_hash(spec.get("template")),
+        uid=str(metadata.get("uid") or ""),
+        resource_version=str(metadata.get("resourceVersion") or ""),
+        replicas_manager=replicas_manager(metadata.get("managedFields")),
     )
+
+
+def newer(candidate: str, current: str) -> bool:
+    """Whether resourceVersion `candidate` is not older than `current`. The API server's versions are
+    etcd revisions, integers that grow (comparable since Kubernetes 1.33); anything else counts as newer
+    so that the watch is never ignored."""
+    try:
+        return int(candidate) >= int(current)
+    except ValueError:
+        return True

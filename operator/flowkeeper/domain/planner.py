@@ -1,11 +1,18 @@
 """The planner: one flow's facts in, the status to record, the replica count to set and the Events
-to post out. Pure: no I/O, the clock is an argument. The controller applies the plan and skips every
-write whose value did not change.
+to post out. Pure: no I/O, the clocks are arguments. The executor applies the plan in the order it
+says and skips every write whose value did not change.
 
 Order of concerns, each answering one class of trouble (docs/health.md):
-1. configuration: pause (consumers to 0, backlog kept in the queue) or alert, and resume when fixed;
-2. capacity: scale (domain/scaling.py), never down on missing metrics;
+0. ownership: a scale target claimed by an older flow is left alone (domain/ownership.py);
+1. configuration: pause (consumers to 0, backlog kept in the queue) or alert, and resume when fixed
+   (domain/pause.py);
+2. capacity: scale (domain/scaling.py), never down on missing or impossible metrics, never against
+   another writer of the replicas (domain/ownership.py);
 3. health: judge the signals (domain/health.py) into a severity, a phase and the Healthy condition.
+
+Two clocks: `now` is wall time, for the timestamps users read (conditions, lastScaleTime); windows
+(stabilization, idleAfter, grace periods, hold-offs) run on `Inputs.monotonic`, so a clock step of
+the machine neither stops nor shortens them.
 """
 
 from __future__ import annotations
@@ -15,17 +22,31 @@ from typing import Any
 
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
 from flowkeeper.domain import conditions as cond
+from flowkeeper.domain import ownership, pause
 from flowkeeper.domain.conditions import rfc3339
 from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
 from flowkeeper.domain.health import HealthAssessment, assess
+from flowkeeper.domain.pause import RESUME_ANNOTATION, Cause
 from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 
-RESUME_ANNOTATION = "flowkeeper.io/resume"
-# Causes that can be seen to go away by looking again; a consumer's configuration errors cannot (its
-# consumers are stopped while paused), so that pause waits for a fix: new pod template, new spec, or
-# the resume annotation. A Secret the operator may not read clears when its RBAC is granted.
-SELF_CLEARING = {"TargetNotFound", "SecretNotFound", "SecretKeyNotFound", "SecretForbidden", "InvalidQuery"}
+__all__ = ["RESUME_ANNOTATION", "Event", "FlowMemory", "Inputs", "Plan", "plan", "plan_failure"]
+
+# Signal names as the status and the spec spell them.
+_STATUS_NAMES = {
+    "queue_depth": "queueDepth",
+    "dead_letter_depth": "deadLetterDepth",
+    "throughput": "throughput",
+    "throughput_baseline": "throughputBaseline",
+    "error_ratio": "errorRatio",
+    "configuration_errors": "configurationErrors",
+    "latency_seconds": "latencySeconds",
+    "latency_baseline": "latencyBaseline",
+    "last_success_timestamp": "lastSuccessTimestamp",
+    "queue_growing_seconds": "queueGrowingSeconds",
+    "cpu_utilization": "cpuUtilization",
+    "memory_utilization": "memoryUtilization",
+}
 
 
 @dataclass(frozen=True)
@@ -37,12 +58,13 @@ class Event:
 
 @dataclass(frozen=True)
 class FlowMemory:
-    """What the planner keeps between passes, in the operator's memory only. Everything that must
-    survive a restart (the pause, replicas before it) is in the flow's status instead."""
+    """What the planner keeps between passes, in the operator's memory only (monotonic times).
+    Everything that must survive a restart (the pause, replicas before it) is in the flow's status."""
 
     scaling: ScalingMemory = field(default_factory=ScalingMemory)
     resumed_at: float | None = None
     not_ready_since: float | None = None  # since when no consumer is ready while some are wanted
+    conflict: ownership.ConflictMemory = field(default_factory=ownership.ConflictMemory)
 
 
 @dataclass(frozen=True)
@@ -55,6 +77,10 @@ class Inputs:
     memory: FlowMemory = field(default_factory=FlowMemory)
     # After a resume, configuration errors counted before the pause still show in rate() windows.
     config_error_grace_seconds: float = 90.0
+    monotonic: float | None = None  # the monotonic clock for windows; None: use `now` (tests)
+    owner: FlowRecord | None = None  # the flow that owns the scale target (the oldest claim)
+    outage: bool = False  # the operator's Prometheus is down for every flow: reported once, not per flow
+    conflict_hold_off: float = ownership.FIRST_HOLD_OFF
 
 
 @dataclass(frozen=True)
@@ -63,6 +89,9 @@ class Plan:
     scale_to: int | None = None
     events: tuple[Event, ...] = ()
     memory: FlowMemory = field(default_factory=FlowMemory)
+    # Write the status before scaling: a pause's record (with the count to restore) must be on the API
+    # server before the consumers go to 0, or a crash in between would lose the count for good.
+    status_first: bool = False
 
     def status_changed(self, current: dict[str, Any]) -> bool:
         return _comparable(self.status) != _comparable(current)
@@ -73,12 +102,6 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in status.items() if v not in (None, [], {})}
 
 
-@dataclass(frozen=True)
-class _Cause:
-    reason: str
-    message: str
-
-
 class _Builder:
     """Accumulates one pass's status, conditions and Events for a flow."""
 
@@ -86,14 +109,15 @@ class _Builder:
         self.flow = flow
         self.now = now
         self.status = dict(flow.status)
+        self.status.pop("metricsFailures", None)  # no longer written: a counter forced a write per pass
         self.conditions = list(self.status.get("conditions") or [])
         self.events: list[Event] = []
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str, *, event: bool = False) -> None:
         previous = cond.get_condition(self.conditions, type_)
         wire = "Unknown" if status is None else str(bool(status))
-        # For Paused and ScalingLimited, True is the bad news.
-        positive = status is False if type_ in (cond.PAUSED, cond.SCALING_LIMITED) else status is True
+        # For Paused, ScalingLimited and ScalingConflict, True is the bad news.
+        positive = status is False if type_ in cond.TRUE_IS_BAD else status is True
         if previous is None:
             # A new flow that is simply fine gets no Event: with thousands of flows applied at once,
             # "TargetFound" for each would be noise and API load. Bad news is told at once.
@@ -106,20 +130,35 @@ class _Builder:
             self.conditions, type_, status, reason, message, generation=self.flow.generation, now=self.now
         )
 
+    def keep(self, type_: str, reason: str, message: str) -> None:
+        """Leaves a condition as it is; sets it Unknown when the flow has none yet."""
+        if cond.get_condition(self.conditions, type_) is None:
+            self.condition(type_, None, reason, message)
+
     def event(self, type_: str, reason: str, message: str) -> None:
         runbook = self.flow.spec.runbook_url if self.flow.spec else None
         if type_ == "Warning" and runbook and runbook not in message:
             message = f"{message} (runbook: {runbook})"
         self.events.append(Event(type_, reason, message))
 
-    def done(self, scale_to: int | None, memory: FlowMemory) -> Plan:
+    def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.flow.generation
-        return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory)
+        return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first)
+
+
+def plan_failure(inputs: Inputs, error: Exception, *, now: float) -> Plan:
+    """The plan for a flow whose planning raised: it says why on the flow and changes nothing else,
+    so one flow's bad number never stops the pass for the others."""
+    out = _Builder(inputs.flow, now)
+    message = f"the flow could not be planned ({type(error).__name__}: {error}); replicas unchanged"
+    out.condition(cond.READY, False, "PlanFailed", message[:1024], event=True)
+    return out.done(None, inputs.memory)
 
 
 def plan(inputs: Inputs, *, now: float) -> Plan:
     flow, deployment = inputs.flow, inputs.deployment
+    mono = now if inputs.monotonic is None else inputs.monotonic
     out = _Builder(flow, now)
     if flow.spec is None:
         out.condition(cond.READY, False, "InvalidSpec", f"the spec does not parse: {flow.spec_error}", event=True)
@@ -129,13 +168,17 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     if deployment is not None:
         out.status.update(replicas=deployment.replicas, readyReplicas=deployment.ready_replicas)
 
-    cause = _configuration_cause(inputs, now)
-    pause_wanted = cause is not None and (spec.paused or spec.on_configuration_error == "Pause")
-    if pause_wanted:
-        return _paused(inputs, out, cause)
+    if inputs.owner is not None and inputs.owner.uid != flow.uid:
+        return _claimed_elsewhere(inputs, out)
+
+    in_grace = inputs.memory.resumed_at is not None and mono - inputs.memory.resumed_at < inputs.config_error_grace_seconds
+    facts = pause.Facts(flow, deployment, inputs.signals, inputs.failure, in_resume_grace=in_grace)
+    cause = pause.configuration_cause(facts)
+    if cause is not None and (spec.paused or spec.on_configuration_error == "Pause"):
+        return _paused(inputs, out, facts, cause)
     scale_to, memory = None, inputs.memory
     if flow.status.get("pause"):
-        scale_to, memory = _resume(inputs, out)
+        scale_to, memory = _resume(inputs, out, mono)
 
     if deployment is None:
         message = f"consumer Deployment {flow.namespace}/{spec.consumer.deployment} not found"
@@ -153,99 +196,88 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     current = scale_to if scale_to is not None else deployment.spec_replicas
     decision = decide(
         spec.scaling,
-        None if inputs.failure else inputs.signals,
+        None if inputs.failure else _on_monotonic_clock(inputs.signals, now, mono),
         current_replicas=current,
         ready_replicas=deployment.ready_replicas,
         memory=memory.scaling,
-        now=now,
+        now=mono,
     )
     memory = replace(memory, scaling=decision.memory)
-    if decision.desired_replicas != current:
-        scale_to = decision.desired_replicas
-        out.event("Normal", "Scaled", f"replicas {current} -> {scale_to}: {decision.reason}")
-        out.status.update(lastScaleTime=rfc3339(now), lastScaleReason=decision.reason)
-    out.status["desiredReplicas"] = decision.desired_replicas
-    _record_metrics(out, inputs, decision)
+    verdict = ownership.judge(flow, deployment, memory.conflict, mono, inputs.conflict_hold_off)
+    memory = replace(memory, conflict=verdict.memory)
+    desired = decision.desired_replicas
+    if verdict.holding and scale_to is None:
+        # Another writer set the count: it stands until the hold-off ends (domain/ownership.py).
+        desired = deployment.spec_replicas
+        out.condition(
+            cond.SCALING_CONFLICT,
+            True,
+            "ForeignWriter",
+            f"spec.replicas of Deployment {deployment.name} was set to {deployment.spec_replicas} by {verdict.manager}; "
+            f"Flowkeeper does not write it for {verdict.memory.hold_off:.0f}s, then corrects it once",
+            event=True,
+        )
+    else:
+        out.condition(cond.SCALING_CONFLICT, False, "NoConflict", "no other writer changed the replicas")
+        if desired != current:
+            scale_to = desired
+            out.event("Normal", "Scaled", f"replicas {current} -> {scale_to}: {decision.reason}")
+            out.status.update(lastScaleTime=rfc3339(now), lastScaleReason=decision.reason)
+    out.status["desiredReplicas"] = desired
+    failures_reached = decision.memory.metrics_failures >= spec.scaling.fallback.after_failures
+    _record_metrics(out, inputs, decision, failures_reached)
     _record_scaling_limit(out, spec, decision)
 
-    none_ready = deployment.ready_replicas == 0 and decision.desired_replicas > 0
-    not_ready_since = (memory.not_ready_since or now) if none_ready else None
+    none_ready = deployment.ready_replicas == 0 and desired > 0
+    not_ready_since = (memory.not_ready_since or mono) if none_ready else None
     memory = replace(memory, not_ready_since=not_ready_since)
     health = assess(
         spec.health,
         None if inputs.failure else inputs.signals,
         ready_replicas=deployment.ready_replicas,
-        desired_replicas=decision.desired_replicas,
+        desired_replicas=desired,
         scaling_limited=decision.limited_by is not None,
         now=now,
-        not_ready_since=not_ready_since,
+        not_ready_since=None if not_ready_since is None else now - (mono - not_ready_since),
     )
-    _record_health(out, inputs, health, alert=cause)
+    _record_health(out, inputs, health, alert=cause, failures_reached=failures_reached)
     severity = "P1" if cause else health.severity
     out.status["severity"] = str(getattr(severity, "value", severity))
-    out.status["phase"] = _phase(out.status["severity"], decision, deployment, scale_to)
+    out.status["phase"] = _phase(out.status["severity"], deployment, scale_to)
     return out.done(scale_to, memory)
+
+
+def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) -> FlowSignals | None:
+    """Signals are stamped with wall time; scaling judges their age on the monotonic clock."""
+    return None if signals is None else replace(signals, observed_at=mono - (now - signals.observed_at))
+
+
+# ------------------------------------------------------------------------------ ownership
+
+
+def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
+    flow, owner = inputs.flow, inputs.owner
+    assert owner is not None and flow.spec is not None
+    out.condition(
+        cond.READY,
+        False,
+        "TargetClaimed",
+        f"Deployment {flow.namespace}/{flow.spec.consumer.deployment} is scaled by IntegrationFlow {owner.path} "
+        "(the oldest claim); this flow does not write it",
+        event=True,
+    )
+    out.status.update(phase="Pending", severity="None")
+    out.status.pop("desiredReplicas", None)
+    return out.done(None, inputs.memory)
 
 
 # ------------------------------------------------------------------------------ configuration & pause
 
 
-def _configuration_cause(inputs: Inputs, now: float) -> _Cause | None:
-    flow, spec, signals = inputs.flow, inputs.flow.spec, inputs.signals
-    assert spec is not None
-    if spec.paused:
-        return _Cause("Manual", "paused by spec.paused")
-    if inputs.deployment is None:
-        return _Cause("TargetNotFound", f"consumer Deployment {flow.namespace}/{spec.consumer.deployment} not found")
-    if inputs.failure is not None and inputs.failure.error_class.value == "configuration":
-        return _Cause(inputs.failure.reason, inputs.failure.message)
-    if signals is not None and signals.invalid_queries:
-        name, message = sorted(signals.invalid_queries.items())[0]
-        return _Cause("InvalidQuery", f"Prometheus rejected the {name} query: {message}")
-    in_grace = inputs.memory.resumed_at is not None and now - inputs.memory.resumed_at < inputs.config_error_grace_seconds
-    if signals is not None and (signals.configuration_errors or 0) > 0 and not in_grace:
-        return _Cause(
-            "ConsumerConfigurationError",
-            f"the consumers report configuration errors ({signals.configuration_errors:.2g}/s)",
-        )
-    pause = flow.status.get("pause")
-    if pause and pause.get("reason") == "ConsumerConfigurationError" and not _fix_deployed(inputs, pause):
-        return _Cause(pause["reason"], pause.get("message", ""))
-    return None
-
-
-def _fix_deployed(inputs: Inputs, pause: dict[str, Any]) -> bool:
-    """A consumer-configuration pause ends when something that could fix it changed."""
+def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause) -> Plan:
     flow, deployment = inputs.flow, inputs.deployment
-    return (
-        (deployment is not None and deployment.template_hash != pause.get("templateHash"))
-        or flow.generation != pause.get("specGeneration")
-        or flow.annotations.get(RESUME_ANNOTATION) != pause.get("resumeRequest")
-    )
-
-
-def _paused(inputs: Inputs, out: _Builder, cause: _Cause) -> Plan:
-    flow, deployment, spec = inputs.flow, inputs.deployment, inputs.flow.spec
-    assert spec is not None
-    previous = flow.status.get("pause") or {}
-    if previous:
-        replicas_before = previous.get("replicasBefore")
-    else:
-        # A Deployment never seen has no count to restore: when it appears it keeps its own.
-        replicas_before = deployment.spec_replicas if deployment else flow.status.get("desiredReplicas")
-    pause = {"reason": cause.reason, "since": previous.get("since") or rfc3339(out.now), "message": cause.message}
-    if replicas_before is not None:
-        pause["replicasBefore"] = replicas_before
-    if deployment is not None:
-        pause["templateHash"] = deployment.template_hash
-    elif previous.get("templateHash"):
-        pause["templateHash"] = previous["templateHash"]
-    pause["specGeneration"] = flow.generation
-    if RESUME_ANNOTATION in flow.annotations:
-        pause["resumeRequest"] = flow.annotations[RESUME_ANNOTATION]
-    out.status["pause"] = pause
-
-    manual = cause.reason == "Manual"
+    out.status["pause"] = pause.pause_record(facts, cause, rfc3339(out.now))
+    manual = cause.reason == pause.MANUAL
     what = "paused by hand" if manual else "paused: consumers stopped, the backlog waits in the queue"
     out.condition(cond.PAUSED, True, cause.reason, f"{what}; {cause.message}", event=True)
     if deployment is None:
@@ -253,45 +285,79 @@ def _paused(inputs: Inputs, out: _Builder, cause: _Cause) -> Plan:
     else:
         out.condition(cond.READY, False, "Paused", what)
     out.status.update(phase="Paused", severity="None" if manual else "P1", desiredReplicas=0)
+    # The backlog and the dead letters are still read while paused: they are what ops look at.
+    if inputs.signals is not None and inputs.failure is None:
+        _record_signal_values(out, inputs.signals)
     scale_to = 0 if deployment is not None and deployment.spec_replicas != 0 else None
     if scale_to is not None:
         out.status.update(lastScaleTime=rfc3339(out.now), lastScaleReason=f"paused ({cause.reason})")
-    return out.done(scale_to, inputs.memory)
+    return out.done(scale_to, inputs.memory, status_first=True)
 
 
-def _resume(inputs: Inputs, out: _Builder) -> tuple[int | None, FlowMemory]:
-    pause = inputs.flow.status["pause"]
-    spec = inputs.flow.spec
-    assert spec is not None
+def _resume(inputs: Inputs, out: _Builder, mono: float) -> tuple[int | None, FlowMemory]:
+    flow = inputs.flow
+    record = flow.status["pause"]
     out.status.pop("pause", None)
     # Autoscaling starts again from the restored count, with fresh stabilization history.
-    memory = FlowMemory(scaling=ScalingMemory(), resumed_at=out.now)
-    before = pause.get("replicasBefore")
-    if before is None or inputs.deployment is None:
-        out.event("Normal", "Resumed", f"cause gone ({pause.get('reason')})")
+    memory = FlowMemory(scaling=ScalingMemory(), resumed_at=mono, conflict=inputs.memory.conflict)
+    restored = pause.replicas_on_resume(flow, inputs.deployment)
+    if restored is None:
+        out.event("Normal", "Resumed", f"cause gone ({record.get('reason')})")
         return None, memory
-    restored = max(spec.scaling.min_replicas, min(spec.scaling.max_replicas, int(before)))
-    out.event("Normal", "Resumed", f"cause gone ({pause.get('reason')}); replicas restored to {restored}")
+    out.event("Normal", "Resumed", f"cause gone ({record.get('reason')}); replicas restored to {restored}")
+    assert inputs.deployment is not None  # replicas_on_resume needs it
     if inputs.deployment.spec_replicas == restored:
         return None, memory
-    out.status.update(lastScaleTime=rfc3339(out.now), lastScaleReason=f"resumed after {pause.get('reason')}")
+    out.status.update(lastScaleTime=rfc3339(out.now), lastScaleReason=f"resumed after {record.get('reason')}")
     return restored, memory
 
 
 # ---------------------------------------------------------------------------------- metrics & health
 
 
-def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision) -> None:
+def _unread_text(unread: dict[str, str]) -> str:
+    return ", ".join(f"{_STATUS_NAMES.get(k, k)} ({why})" for k, why in sorted(unread.items()))
+
+
+def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, failures_reached: bool) -> None:
+    holding = f"replicas held at {decision.desired_replicas}, never scaled down on missing metrics"
     if inputs.failure is not None:
-        out.condition(cond.METRICS_AVAILABLE, False, inputs.failure.reason, f"{inputs.failure.message}; {decision.reason}", event=True)
+        if not failures_reached:
+            # A pass or two without metrics is noise; the condition flips after fallback.afterFailures.
+            out.keep(cond.METRICS_AVAILABLE, "SignalsPending", "the flow's signals have not been read yet")
+            return
+        transient = inputs.failure.error_class.value == "transient"
+        out.condition(
+            cond.METRICS_AVAILABLE, False, inputs.failure.reason, f"{inputs.failure.message}; {holding}",
+            event=not (transient and inputs.outage),
+        )
         return
-    if not decision.metrics_available:
-        out.condition(cond.METRICS_AVAILABLE, False, "NoBacklogSignal", decision.reason, event=True)
-    else:
-        out.condition(cond.METRICS_AVAILABLE, True, "SignalsRead", "the flow's signals were read", event=True)
     signals = inputs.signals
-    if signals is None:
-        return
+    unread = dict(signals.unread) if signals is not None else {}
+    if not decision.metrics_available:
+        if "queue_depth" in unread:
+            # An impossible backlog is a broken exporter or query: said at once, never acted on.
+            out.condition(cond.METRICS_AVAILABLE, False, "ImpossibleValue", f"not used: {_unread_text(unread)}; {holding}", event=True)
+        elif failures_reached:
+            out.condition(cond.METRICS_AVAILABLE, False, "NoBacklogSignal", f"no queueDepth series; {holding}", event=True)
+        else:
+            out.keep(cond.METRICS_AVAILABLE, "SignalsPending", "the flow's backlog has not been read yet")
+    elif unread:
+        out.condition(cond.METRICS_AVAILABLE, True, "SomeSignalsUnread", f"the backlog was read; not read: {_unread_text(unread)}")
+    else:
+        previous = cond.get_condition(out.conditions, cond.METRICS_AVAILABLE) or {}
+        # Recovering from an outage is told once for the operator, not once per flow.
+        quiet = previous.get("reason") in _OUTAGE_REASONS
+        out.condition(cond.METRICS_AVAILABLE, True, "SignalsRead", "the flow's signals were read", event=not quiet)
+    if signals is not None:
+        _record_signal_values(out, signals)
+
+
+# Reasons a whole Prometheus gives when it cannot answer (adapters/prometheus).
+_OUTAGE_REASONS = frozenset({"PrometheusUnavailable", "PrometheusQueryFailed", "PrometheusClientError"})
+
+
+def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:
     values = {
         "queueDepth": signals.queue_depth,
         "deadLetterDepth": signals.dead_letter_depth,
@@ -321,18 +387,21 @@ def _record_scaling_limit(out: _Builder, spec: IntegrationFlowSpec, decision: Sc
         out.condition(cond.SCALING_LIMITED, False, "WithinLimits", "replicas are within their limits")
 
 
-def _record_health(out: _Builder, inputs: Inputs, health: HealthAssessment, alert: _Cause | None) -> None:
+def _record_health(out: _Builder, inputs: Inputs, health: HealthAssessment, alert: Cause | None, failures_reached: bool) -> None:
     if alert is not None:
         out.condition(cond.HEALTHY, False, alert.reason, f"configuration error (onConfigurationError: Alert): {alert.message}", event=True)
     elif inputs.failure is not None or inputs.signals is None:
-        out.condition(cond.HEALTHY, None, "SignalsUnknown", "the flow's signals could not be read")
+        if failures_reached:
+            out.condition(cond.HEALTHY, None, "SignalsUnknown", "the flow's signals could not be read")
+        else:
+            out.keep(cond.HEALTHY, "SignalsUnknown", "the flow's signals have not been read yet")
     else:
         runbook = inputs.flow.spec.runbook_url if inputs.flow.spec else None
         message = health.message if health.healthy or not runbook else f"{health.message}; runbook: {runbook}"
         out.condition(cond.HEALTHY, health.healthy, health.reason, message, event=True)
 
 
-def _phase(severity: str, decision: ScalingDecision, deployment: DeploymentRecord, scale_to: int | None) -> str:
+def _phase(severity: str, deployment: DeploymentRecord, scale_to: int | None) -> str:
     if severity == "P1":
         return "Down"
     if severity in ("P2", "P3"):

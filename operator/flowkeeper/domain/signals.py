@@ -10,6 +10,36 @@ from dataclasses import dataclass, field, fields
 from flowkeeper.domain.errors import ErrorClass
 
 
+# The largest value each kind of signal can really take; above it the number is a broken exporter or
+# query, not a measurement. Generous: the point is to refuse nonsense, not to judge load.
+_LIMITS = {
+    "queue_depth": 1e12,  # messages
+    "dead_letter_depth": 1e12,
+    "throughput": 1e9,  # messages per second
+    "throughput_baseline": 1e9,
+    "error_ratio": 1.0 + 1e-9,  # a ratio of counts (rounding may overshoot 1 by a hair)
+    "configuration_errors": 1e9,  # per second
+    "latency_seconds": 1e7,  # about four months per message
+    "latency_baseline": 1e7,
+    "queue_growing_seconds": 1e9,
+    "cpu_utilization": 1000.0,  # fraction of requests: 100000 %
+    "memory_utilization": 1000.0,  # fraction of limits
+    "last_success_timestamp": 1e11,  # unix seconds, year 5138
+}
+
+
+def impossible(signal: str, value: float) -> str | None:
+    """Why `value` cannot be a real reading of `signal`, or None when it can."""
+    if not math.isfinite(value):
+        return "no value"
+    if value < 0:
+        return f"{value:.6g} is negative"
+    limit = _LIMITS.get(signal)
+    if limit is not None and value > limit:
+        return f"{value:.6g} is impossibly large"
+    return None
+
+
 @dataclass(frozen=True)
 class FlowSignals:
     observed_at: float  # unix seconds when the pass read them
@@ -32,11 +62,20 @@ class FlowSignals:
     unread: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        # NaN and infinities from Prometheus mean "no value": normalise them once, here.
+        # NaN and infinities from Prometheus mean "no value"; a value that cannot be true (a negative
+        # depth from a broken exporter, 1e307 CPU from a bad override) is no value either, and is
+        # named in `unread` so that MetricsAvailable says which signal and why. Normalised once, here.
+        unread = dict(self.unread)
         for f in fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, float) and not math.isfinite(value):
+            if f.name == "observed_at" or isinstance(value, (dict, type(None))):
+                continue
+            why = impossible(f.name, float(value))
+            if why is not None:
                 object.__setattr__(self, f.name, None)
+                if why != "no value":
+                    unread[f.name] = why
+        object.__setattr__(self, "unread", unread)
 
     @property
     def has_backlog_signal(self) -> bool:

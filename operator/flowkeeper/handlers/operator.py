@@ -1,11 +1,15 @@
 """kopf wiring only: settings, watch events into the store, the shared loop started and stopped.
-No scaling or health logic lives here (see domain/ and controller/)."""
+No scaling or health logic lives here (see domain/ and controller/).
+
+The watch handlers are coroutines: kopf runs them on the event loop, the one thread that touches
+the store (a plain `def` would run in kopf's thread pool, racing the loop over the store's state).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import os
 from typing import Any
 
 import kopf
@@ -30,10 +34,17 @@ def _bearer_header(token_file: str | None) -> dict[str, str] | None:
         return {"Authorization": f"Bearer {f.read().strip()}"}
 
 
+def _own_pod() -> dict[str, str] | None:
+    """The operator's own Pod (the chart sets POD_NAME and POD_NAMESPACE): operator-wide Events go there."""
+    name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
+    if not name or not namespace:
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": os.environ.get("POD_UID", "")}
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    # Our own annotation prefix and finalizer name, instead of kopf.zalando.org.
-    settings.persistence.finalizer = f"{api.GROUP}/finalizer"
+    # Our own annotation prefix instead of kopf.zalando.org (kopf writes none for event handlers).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
     # Events for what Flowkeeper does to flows are posted explicitly; kopf's own handler chatter is noise.
@@ -51,8 +62,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     tracing.configure()  # on only when OTEL_EXPORTER_OTLP_ENDPOINT is set; logs which (docs/observability.md)
-    store = ClusterStore(clock=time.time)
-    gateway = KubernetesGateway(load_client_config())
+    store = ClusterStore()
+    gateway = KubernetesGateway(load_client_config(), request_timeout=config.request_timeout)
     signals = None
     if config.prometheus_url:
         signals = PrometheusSignals(
@@ -71,8 +82,14 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         leader = LeaderElector(gateway, lease.namespace, lease.name, lease.identity, LeaseTiming.for_duration(lease.duration))
         memo.tasks.append(asyncio.create_task(leader.run(memo.stopped), name="flowkeeper-leader"))
         log.info("waiting for the lease", extra={"stage": "leader", "lease": f"{lease.namespace}/{lease.name}", "identity": lease.identity})
-    controller = FlowController(store, gateway, signals, namespaces=config.namespaces, leader=leader)
+    controller = FlowController(
+        store, gateway, signals, namespaces=config.namespaces, leader=leader, operator_ref=_own_pod(),
+        conflict_hold_off=config.conflict_hold_off, write_concurrency=config.write_concurrency,
+    )
     memo.store = store
+    memo.leader = leader
+    memo.lease_duration = config.lease.duration if config.lease else 0.0
+    memo.request_timeout = config.request_timeout
     memo.controller = controller
     memo.signals = signals
     memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
@@ -98,22 +115,29 @@ LOOP_STALL_SECONDS = 180.0
 
 @kopf.on.probe(id="loop")
 def loop_alive(memo: kopf.Memo, **_: Any) -> float:
-    """Part of `--liveness`: fails (HTTP 500) when the shared loop died or stopped coming round,
-    which kopf's own probe, alive as long as kopf is, would not notice."""
-    if memo.loop_task.done() and not memo.stopped.is_set():
-        raise kopf.PermanentError(f"the controller loop ended: {memo.loop_task.exception() if not memo.loop_task.cancelled() else 'cancelled'}")
+    """Part of `--liveness`: fails (HTTP 500) when the shared loop or the elector died or stopped
+    coming round, which kopf's own probe, alive as long as kopf is, would not notice."""
+    for task in memo.tasks:
+        if task.done() and not memo.stopped.is_set():
+            raise kopf.PermanentError(f"{task.get_name()} ended: {task.exception() if not task.cancelled() else 'cancelled'}")
     age = memo.controller.seconds_since_iteration()
     if age > LOOP_STALL_SECONDS:
         raise kopf.PermanentError(f"the controller loop has not come round for {age:.0f}s")
+    if memo.leader is not None:
+        # Every lease call times out after request_timeout; an elector silent for much longer is stuck.
+        limit = 2 * memo.lease_duration + 2 * memo.request_timeout
+        silent = memo.leader.seconds_since_attempt()
+        if silent > limit:
+            raise kopf.PermanentError(f"the leader elector has not tried the lease for {silent:.0f}s")
     return round(age, 1)
 
 
 @kopf.on.event(api.GROUP, api.VERSION, api.PLURAL)
-def flow_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def flow_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     # The initial listing comes with type None: those objects are simply there, as if added.
     memo.store.flow_event(event.get("type") or "ADDED", event["object"])
 
 
 @kopf.on.event("apps", "v1", "deployments")
-def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+async def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     memo.store.deployment_event(event.get("type") or "ADDED", event["object"])

@@ -29,6 +29,9 @@ API_WRITES = Counter("flowkeeper_kubernetes_writes_total", "Writes to the Kubern
 API_ERRORS = Counter(
     "flowkeeper_kubernetes_errors_total", "Failed Kubernetes API calls, by error class and reason.", ["error_class", "reason"], registry=REGISTRY
 )
+PROMETHEUS_UP = Gauge(
+    "flowkeeper_prometheus_up", "0 while the operator's own Prometheus cannot be read for any flow, else 1.", registry=REGISTRY
+)
 LEADER = Gauge(
     "flowkeeper_leader", "1 on the replica that holds the lease and acts, 0 on standbys.", registry=REGISTRY
 )

@@ -1,0 +1,152 @@
+"""The executor: the only writer. It applies one flow's plan in the order the plan says, many flows
+at once up to a bound, and stores what the API server answered (write-through), so the next plan
+starts from the truth even when the watch lags.
+
+- Order within a flow: status before scale when the plan says so (a pause's record before the
+  consumers go to 0), else scale then status; Events last, each through the recorder.
+- Optimistic concurrency: status and scale are written at the resourceVersion the plan was made
+  from; a 409 means the object moved on, so the flow is planned again at once from the new state and
+  the rest of its plan is dropped (never a scale to 0 without the pause record before it).
+- Failures: transient ones are retried with exponential backoff and jitter that events cannot bring
+  forward; a body the API server refuses (400/422) is not retried until the flow changes.
+- Nothing is written while this replica is not the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flowkeeper.controller.events import EventRecorder
+from flowkeeper.controller.ports import ClusterGateway, Leader
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain.errors import ConflictError, FlowkeeperError, RejectedError
+from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
+from flowkeeper.domain.planner import Plan
+from flowkeeper.observability import metrics, tracing
+
+log = logging.getLogger("flowkeeper.controller")
+
+PARKED_SECONDS = 3600.0  # a flow whose status the API server refuses is looked at again after this
+
+
+def retry_delay(failures: int, rng: random.Random, base: float = 1.0, cap: float = 60.0) -> float:
+    """Exponential backoff with jitter: 1-3 s, 2-6 s, 4-12 s, ..., at most 3x the cap."""
+    return min(cap, base * 2 ** (failures - 1)) * rng.uniform(1.0, 3.0) if failures else 0.0
+
+
+def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from current to desired status: keys that went away are sent as null."""
+    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    patch.update({k: None for k in current if k not in desired})
+    return patch
+
+
+@dataclass(frozen=True)
+class Outcome:
+    applied: bool
+    stage: str = ""
+    error: FlowkeeperError | None = None
+
+
+class Executor:
+    def __init__(
+        self,
+        gateway: ClusterGateway,
+        store: ClusterStore,
+        recorder: EventRecorder,
+        leader: Leader,
+        *,
+        concurrency: int = 16,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.gateway = gateway
+        self.store = store
+        self.recorder = recorder
+        self.leader = leader
+        self.clock = clock
+        self._slots = asyncio.Semaphore(concurrency)
+        self.failures: dict[str, int] = {}  # flow UID -> failed writes in a row
+        self.random = random.Random()
+
+    async def apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
+        """Applies `plan`, made from `flow` and `deployment` as they were: writes are conditional on
+        their resourceVersions."""
+        async with self._slots:
+            return await self._apply(flow, deployment, plan, pass_id)
+
+    async def _apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
+        context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
+        steps = ("status", "scale") if plan.status_first else ("scale", "status")
+        stage = steps[0]
+        try:
+            for stage in steps:
+                if not self.leader.is_leading():
+                    self.store.mark_due(flow.uid)  # the next leader plans it
+                    return Outcome(False, stage)
+                if stage == "scale":
+                    await self._scale(flow, deployment, plan, context)
+                else:
+                    await self._status(flow, plan)
+            stage = "event"
+            for event in plan.events:
+                with tracing.action_span(stage, flow.namespace, flow.name):
+                    if await self.recorder.record(flow.reference, event.type, event.reason, event.message):
+                        log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
+        except ConflictError as exc:
+            # The flow or its Deployment moved on since the plan was made: plan again from what is there.
+            log.info("re-planning: %s", exc, extra={**context, "stage": stage, "reason": exc.reason, "outcome": "conflict"})
+            self.store.mark_due(flow.uid)
+            return Outcome(False, stage, exc)
+        except RejectedError as exc:
+            log.error(str(exc), extra={**context, "stage": stage, "reason": exc.reason, "outcome": "rejected"})
+            self.store.retry_at(flow.uid, self.clock() + PARKED_SECONDS)
+            return Outcome(False, stage, exc)
+        except Exception as exc:  # noqa: BLE001 - transient trouble, or a bug: this flow retries, the others go on
+            if not isinstance(exc, FlowkeeperError):
+                log.exception("write failed", extra={**context, "stage": stage, "outcome": "error"})
+                exc = FlowkeeperError(f"{type(exc).__name__}: {exc}", reason="UnexpectedError")
+            failures = self.failures.get(flow.uid, 0) + 1
+            self.failures[flow.uid] = failures
+            delay = retry_delay(failures, self.random)
+            log.warning(
+                str(exc),
+                extra={**context, "stage": stage, "outcome": exc.error_class.value, "reason": exc.reason, "retry_in": round(delay, 1)},
+            )
+            self.store.retry_at(flow.uid, self.clock() + delay)
+            return Outcome(False, stage, exc)
+        self.failures.pop(flow.uid, None)
+        return Outcome(True)
+
+    async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> None:
+        if plan.scale_to is None or flow.spec is None or deployment is None or deployment.spec_replicas == plan.scale_to:
+            return
+        direction = "up" if plan.scale_to > deployment.spec_replicas else "down"
+        with tracing.action_span("scale", flow.namespace, flow.name):
+            replicas, version = await asyncio.to_thread(
+                self.gateway.scale, deployment.namespace, deployment.name, plan.scale_to, deployment.resource_version or None
+            )
+        self.store.scale_written(deployment.key, replicas, version)
+        metrics.SCALE_ACTIONS.labels(direction=direction).inc()
+        reason = plan.status.get("lastScaleReason", "")
+        log.info("scaled", extra={**context, "stage": "scale", "replicas": plan.scale_to, "reason": reason, "outcome": "applied"})
+
+    async def _status(self, flow: FlowRecord, plan: Plan) -> None:
+        current = self.store.flows.get(flow.uid)
+        if current is None:
+            return  # deleted meanwhile
+        if not plan.status_changed(current.status):
+            return
+        patch = status_patch(plan.status, current.status)
+        with tracing.action_span("status", flow.namespace, flow.name):
+            stored = await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
+        self.store.status_written(flow.uid, stored)
+
+    def forget(self, uids: set[str]) -> None:
+        for uid in self.failures.keys() - uids:
+            del self.failures[uid]
