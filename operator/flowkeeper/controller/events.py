@@ -68,8 +68,9 @@ class EventRecorder:
         """Posts or counts the Event; False when it was dropped or could not be posted."""
         now = self.clock()
         uid = reference.get("uid", "")
-        message = self._aggregate(uid, type_, reason, message[:1024], now)
-        key = (uid, type_, reason, message)
+        message, combined = self._aggregate(uid, type_, reason, message[:1024], now)
+        # Combined events share one object whatever their latest message says.
+        key = (uid, type_, reason, COMBINED if combined else message)
         posted = self._posted.get(key)
         if posted is not None and now - posted.first_at < WINDOW_SECONDS:
             if not self._take_token(uid, now):
@@ -87,12 +88,14 @@ class EventRecorder:
             self._posted.touch(key, _Posted(reference["namespace"], name[0], 1, now))
         return sent
 
-    def _aggregate(self, uid: str, type_: str, reason: str, message: str, now: float) -> str:
+    def _aggregate(self, uid: str, type_: str, reason: str, message: str, now: float) -> tuple[str, bool]:
         seen: dict[str, float] = self._messages.get((uid, type_, reason)) or {}
         seen = {m: at for m, at in seen.items() if now - at < WINDOW_SECONDS}
         seen.setdefault(message, now)
         self._messages.touch((uid, type_, reason), seen)
-        return f"{COMBINED}{message}"[:1024] if len(seen) > AGGREGATE_AFTER else message
+        if len(seen) > AGGREGATE_AFTER:
+            return f"{COMBINED}{message}"[:1024], True
+        return message, False
 
     def _take_token(self, uid: str, now: float) -> bool:
         bucket = self._buckets.get(uid) or _Bucket(SPAM_BURST, now)

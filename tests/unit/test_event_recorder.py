@@ -1,0 +1,47 @@
+"""Events aggregated the way client-go's recorder does: repeats counted, similar ones combined, a
+flapping object rate-limited."""
+
+from __future__ import annotations
+
+import asyncio
+
+from flowkeeper.controller import events as ev
+from tests.unit.test_executor import MemoryApi
+from tests.unit.test_store import Clock
+
+REF = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow", "name": "f", "namespace": "ns", "uid": "u1"}
+
+
+def record(recorder, message: str, reason: str = "Scaled", ref=REF) -> bool:
+    return asyncio.run(recorder.record(ref, "Normal", reason, message))
+
+
+def test_the_same_event_within_the_window_is_a_count() -> None:
+    api, clock = MemoryApi(), Clock()
+    recorder = ev.EventRecorder(api, "i", clock=clock)
+    assert record(recorder, "replicas 1 -> 2") and record(recorder, "replicas 1 -> 2")
+    assert len(api.events) == 1 and api.patched_events[0]["count"] == 2
+    clock.now += ev.WINDOW_SECONDS + 1
+    record(recorder, "replicas 1 -> 2")
+    assert len(api.events) == 2  # a new Event after the window
+
+
+def test_many_different_messages_of_one_reason_are_combined() -> None:
+    api, clock = MemoryApi(), Clock()
+    recorder = ev.EventRecorder(api, "i", clock=clock)
+    for i in range(ev.AGGREGATE_AFTER + 5):
+        record(recorder, f"replicas {i} -> {i + 1}")
+        clock.now += 1
+    assert len(api.events) == ev.AGGREGATE_AFTER + 1
+    assert api.events[-1]["message"].startswith(ev.COMBINED)
+    assert api.patched_events and all(p["message"].startswith(ev.COMBINED) for p in api.patched_events)
+
+
+def test_a_flapping_object_is_rate_limited_and_others_are_not() -> None:
+    api, clock = MemoryApi(), Clock()
+    recorder = ev.EventRecorder(api, "i", clock=clock)
+    sent = sum(record(recorder, f"m{i % 2}", reason=f"R{i}") for i in range(100))
+    assert sent == ev.SPAM_BURST
+    assert record(recorder, "other", ref={**REF, "uid": "u2", "name": "g"})
+    clock.now += ev.SPAM_REFILL_SECONDS
+    assert record(recorder, "after a while", reason="Later")

@@ -1,0 +1,116 @@
+"""The executor's order of writes, optimistic concurrency and retries, against an in-memory API that
+answers like the real one (resourceVersions, 409 on a stale version, 422 on a refused body)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from flowkeeper.controller.events import EventRecorder
+from flowkeeper.controller.executor import PARKED_SECONDS, Executor
+from flowkeeper.controller.leadership import AlwaysLeader
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain.errors import ConflictError, RejectedError
+from flowkeeper.domain.planner import Event, Plan
+from tests.unit.test_store import Clock, deployment, flow
+
+
+class MemoryApi:
+    """Objects with resourceVersions; every write is recorded in order."""
+
+    def __init__(self) -> None:
+        self.version = 10
+        self.flow_version = "1"
+        self.deployment_version = "1"
+        self.writes: list[str] = []
+        self.events: list[dict[str, Any]] = []
+        self.patched_events: list[dict[str, Any]] = []
+        self.refuse_status = False
+
+    def _next(self) -> str:
+        self.version += 1
+        return str(self.version)
+
+    def patch_flow_status(self, namespace, name, status, resource_version):
+        if resource_version not in (None, self.flow_version):
+            raise ConflictError("changed", reason="Conflict")
+        if self.refuse_status:
+            raise RejectedError("refused", reason="Invalid")
+        self.writes.append(f"status:{sorted(status)}")
+        self.flow_version = self._next()
+        body = flow(version=int(self.flow_version))
+        body["status"] = status
+        return body
+
+    def scale(self, namespace, name, replicas, resource_version):
+        if resource_version not in (None, self.deployment_version):
+            raise ConflictError("changed", reason="Conflict")
+        self.writes.append(f"scale:{replicas}")
+        self.deployment_version = self._next()
+        return replicas, self.deployment_version
+
+    def create_event(self, event):
+        self.events.append(event)
+        return f"e{len(self.events)}"
+
+    def patch_event(self, namespace, name, patch):
+        self.patched_events.append({"name": name, **patch})
+
+
+def setup():
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.deployment_event("ADDED", deployment(replicas=4))
+    api = MemoryApi()
+    recorder = EventRecorder(api, instance="test", clock=clock)
+    return clock, store, api, Executor(api, store, recorder, AlwaysLeader(), clock=clock)
+
+
+def apply(executor: Executor, store: ClusterStore, plan: Plan):
+    record = store.flows["uid-ns-f"]
+    return asyncio.run(executor.apply(record, store.deployment_of(record), plan, "p"))
+
+
+PAUSE = Plan(status={"phase": "Paused", "pause": {"reason": "ConsumerConfigurationError", "replicasBefore": 4}}, scale_to=0,
+             events=(Event("Warning", "ConsumerConfigurationError", "paused"),), status_first=True)
+
+
+def test_a_pause_writes_its_record_then_scales_then_tells() -> None:
+    _, store, api, executor = setup()
+    assert apply(executor, store, PAUSE).applied
+    assert api.writes == ["status:['pause', 'phase']", "scale:0"]
+    assert [e["reason"] for e in api.events] == ["ConsumerConfigurationError"]
+    # Written through: the next plan sees the pause and the new count even before the watch says so.
+    assert store.flows["uid-ns-f"].status["pause"]["replicasBefore"] == 4
+    assert store.deployments["ns/d"].spec_replicas == 0 and store.deployments["ns/d"].replicas_manager == "flowkeeper"
+
+
+def test_a_stale_flow_is_planned_again_and_nothing_is_scaled_without_the_record() -> None:
+    clock, store, api, executor = setup()
+    api.flow_version = "5"  # someone changed the flow after the plan was made
+    outcome = apply(executor, store, PAUSE)
+    assert not outcome.applied and isinstance(outcome.error, ConflictError)
+    assert api.writes == [] and api.events == []
+    assert store.seconds_until_next(clock.now) == 0  # re-planned at once
+
+
+def test_a_refused_status_is_not_retried_at_once() -> None:
+    # Regression: a 422 was retried forever.
+    clock, store, api, executor = setup()
+    api.refuse_status = True
+    store.take_due(clock.now)
+    outcome = apply(executor, store, Plan(status={"phase": "Running"}))
+    assert isinstance(outcome.error, RejectedError)
+    assert store.seconds_until_next(clock.now) >= PARKED_SECONDS - 1
+    store.deployment_event("MODIFIED", deployment(replicas=4, version=2))  # an event cannot bring it forward
+    assert store.seconds_until_next(clock.now) >= PARKED_SECONDS - 1
+
+
+def test_a_repeated_event_is_counted_not_posted_again() -> None:
+    clock, store, api, executor = setup()
+    plan = Plan(status={}, events=(Event("Warning", "NoBacklogSignal", "no queueDepth series"),))
+    for _ in range(5):
+        apply(executor, store, plan)
+        clock.now += 30
+    assert len(api.events) == 1 and [p["count"] for p in api.patched_events] == [2, 3, 4, 5]
