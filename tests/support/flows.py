@@ -37,7 +37,10 @@ class Flow:
         self.cluster, self.namespace, self.name = cluster, namespace, name
 
     def replicas(self) -> int:
-        out = self.cluster.kubectl("get", "deployment", self.name, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
+        return self.replicas_of(self.name)
+
+    def replicas_of(self, deployment: str) -> int:
+        out = self.cluster.kubectl("get", "deployment", deployment, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
         return int(out.stdout)
 
     def status(self) -> dict:

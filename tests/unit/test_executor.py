@@ -18,7 +18,8 @@ from tests.unit.test_store import Clock, deployment, flow
 class MemoryApi:
     """Objects with resourceVersions; every write is recorded in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, poll: str = "10s") -> None:
+        self.poll = poll
         self.version = 10
         self.flow_version = "1"
         self.deployment_version = "1"
@@ -38,7 +39,7 @@ class MemoryApi:
             raise RejectedError("refused", reason="Invalid")
         self.writes.append(f"status:{sorted(status)}")
         self.flow_version = self._next()
-        body = flow(version=int(self.flow_version))
+        body = flow(version=int(self.flow_version), poll=self.poll)
         body["status"] = status
         return body
 

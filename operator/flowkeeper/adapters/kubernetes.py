@@ -145,9 +145,13 @@ class KubernetesGateway:
     def create_event(self, event: dict[str, Any]) -> str:
         """Posts a core/v1 Event (as `kubectl describe` and `kubectl get events` show them); returns its name."""
         namespace = event["metadata"]["namespace"]
+        try:
+            body = k8s.CoreV1Event.from_dict(event)
+        except ValueError as exc:  # the client validates the body before sending it
+            raise RejectedError(f"Event in {namespace}: not a valid Event ({exc})", reason="Invalid") from exc
         with _api_errors(f"Event in {namespace}"):
             response = self._core.create_namespaced_event(
-                namespace, event, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
+                namespace, body, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
             )
         metrics.API_WRITES.labels(kind="event").inc()
         return str(json.loads(response.data)["metadata"]["name"])

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from flowkeeper.controller import crashpoints
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.ports import ClusterGateway, Leader
 from flowkeeper.controller.store import ClusterStore
@@ -89,15 +90,15 @@ class Executor:
                 if not self.leader.is_leading():
                     self.store.mark_due(flow.uid)  # the next leader plans it
                     return Outcome(False, stage)
-                if stage == "scale":
-                    await self._scale(flow, deployment, plan, context)
-                else:
-                    await self._status(flow, plan)
+                wrote = await (self._scale(flow, deployment, plan, context) if stage == "scale" else self._status(flow, plan))
+                if wrote:
+                    crashpoints.after_write(plan.kind, stage)
             stage = "event"
             for event in plan.events:
                 with tracing.action_span(stage, flow.namespace, flow.name):
                     if await self.recorder.record(flow.reference, event.type, event.reason, event.message):
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
+                        crashpoints.after_write(plan.kind, stage)
         except ConflictError as exc:
             # The flow or its Deployment moved on since the plan was made: plan again from what is there.
             log.info("re-planning: %s", exc, extra={**context, "stage": stage, "reason": exc.reason, "outcome": "conflict"})
@@ -123,9 +124,9 @@ class Executor:
         self.failures.pop(flow.uid, None)
         return Outcome(True)
 
-    async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> None:
+    async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> bool:
         if plan.scale_to is None or flow.spec is None or deployment is None or deployment.spec_replicas == plan.scale_to:
-            return
+            return False
         direction = "up" if plan.scale_to > deployment.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
             replicas, version = await asyncio.to_thread(
@@ -135,17 +136,19 @@ class Executor:
         metrics.SCALE_ACTIONS.labels(direction=direction).inc()
         reason = plan.status.get("lastScaleReason", "")
         log.info("scaled", extra={**context, "stage": "scale", "replicas": plan.scale_to, "reason": reason, "outcome": "applied"})
+        return True
 
-    async def _status(self, flow: FlowRecord, plan: Plan) -> None:
+    async def _status(self, flow: FlowRecord, plan: Plan) -> bool:
         current = self.store.flows.get(flow.uid)
         if current is None:
-            return  # deleted meanwhile
+            return False  # deleted meanwhile
         if not plan.status_changed(current.status):
-            return
+            return False
         patch = status_patch(plan.status, current.status)
         with tracing.action_span("status", flow.namespace, flow.name):
             stored = await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
         self.store.status_written(flow.uid, stored)
+        return True
 
     def forget(self, uids: set[str]) -> None:
         for uid in self.failures.keys() - uids:

@@ -92,6 +92,7 @@ class Plan:
     # Write the status before scaling: a pause's record (with the count to restore) must be on the API
     # server before the consumers go to 0, or a crash in between would lose the count for good.
     status_first: bool = False
+    kind: str = ""  # "pause" or "resume" for the plans that start or end a pause (logs, fault tests)
 
     def status_changed(self, current: dict[str, Any]) -> bool:
         return _comparable(self.status) != _comparable(current)
@@ -144,7 +145,9 @@ class _Builder:
     def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.flow.generation
-        return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first)
+        paused_before, paused_now = bool(self.flow.status.get("pause")), bool(self.status.get("pause"))
+        kind = "pause" if paused_now and (scale_to == 0 or not paused_before) else "resume" if paused_before and not paused_now else ""
+        return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first, kind=kind)
 
 
 def plan_failure(inputs: Inputs, error: Exception, *, now: float) -> Plan:
@@ -381,8 +384,9 @@ def _round(value: float | None) -> float | None:
 def _record_scaling_limit(out: _Builder, spec: IntegrationFlowSpec, decision: ScalingDecision) -> None:
     if decision.limited_by:
         cap = spec.scaling.max_replicas if decision.limited_by == "maxReplicas" else spec.scaling.partitions
+        # No live numbers in the message: it would force a status write on every pass at the cap.
         out.condition(cond.SCALING_LIMITED, True, "At" + decision.limited_by[0].upper() + decision.limited_by[1:],
-                      f"the backlog wants more than {decision.limited_by}={cap}: {decision.reason}", event=True)
+                      f"the backlog wants more consumers than {decision.limited_by}={cap} allows", event=True)
     else:
         out.condition(cond.SCALING_LIMITED, False, "WithinLimits", "replicas are within their limits")
 
