@@ -24,6 +24,8 @@ def consumer(cluster, namespace, fresh_exporter, prometheus, unique):
         queue = f"{unique}-{name}"
         set_depth(fresh_exporter, queue, depth)
         cluster.kubectl("create", "deployment", name, "-n", namespace, "--image=example/consumer:1", f"--replicas={replicas}")
+        # The queue name is unique per test: as the integration label too, no other test's series match.
+        spec.setdefault("source", {"broker": "rabbitmq", "vhost": "/", "queue": queue, "integration": queue})
         body = manifest(name, queue, **spec) if scaling is None else flow_manifest(name, queue, scaling, **spec)
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=body)
         prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == {depth}')
@@ -37,22 +39,22 @@ def operator_args(namespace: str, prometheus, *extra: str) -> list[str]:
 
 
 def wait_dead(operator, timeout: float = 40) -> None:
-    eventually(lambda: not operator.process.running(), timeout=timeout, interval=0.2, what="the operator killed at its crash point")
+    eventually(lambda: not operator.process.running, timeout=timeout, interval=0.2, what="the operator killed at its crash point")
 
 
 @pytest.mark.parametrize("point", ["pause:status", "pause:scale", "pause:event"])
 def test_a_kill_after_any_write_of_a_pause_loses_nothing(point, consumer, namespace, fresh_exporter, prometheus, run_operator, cluster) -> None:
-    flow, _ = consumer()
+    flow, queue = consumer()
     crashing = run_operator(*operator_args(namespace, prometheus), env={"FLOWKEEPER_CRASH_AFTER": point})
     eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
-    config_errors(fresh_exporter, "consumer", 2.0)
+    config_errors(fresh_exporter, queue, 2.0)
     wait_dead(crashing)
     assert crashing.process.popen.returncode == -9  # really SIGKILLed at that point
     run_operator(*operator_args(namespace, prometheus))
     flow.wait_replicas(0, timeout=20)
     pause = flow.status()["pause"]
     assert (pause["reason"], pause["replicasBefore"]) == ("ConsumerConfigurationError", 3)
-    stop_errors(fresh_exporter, "consumer")
+    stop_errors(fresh_exporter, queue)
     cluster.kubectl("set", "image", "deployment/consumer", "-n", namespace, "consumer=example/consumer:2")
     flow.wait_replicas(3, timeout=20)
     assert "pause" not in flow.status()
@@ -60,13 +62,13 @@ def test_a_kill_after_any_write_of_a_pause_loses_nothing(point, consumer, namesp
 
 @pytest.mark.parametrize("point", ["resume:scale", "resume:status", "resume:event"])
 def test_a_kill_after_any_write_of_a_resume_loses_nothing(point, consumer, namespace, fresh_exporter, prometheus, run_operator, cluster, kubectl_json) -> None:
-    flow, _ = consumer()
+    flow, queue = consumer()
     first = run_operator(*operator_args(namespace, prometheus))
     eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
-    config_errors(fresh_exporter, "consumer", 2.0)
+    config_errors(fresh_exporter, queue, 2.0)
     flow.wait_replicas(0, timeout=20)
     first.stop()
-    stop_errors(fresh_exporter, "consumer")
+    stop_errors(fresh_exporter, queue)
     crashing = run_operator(*operator_args(namespace, prometheus), env={"FLOWKEEPER_CRASH_AFTER": point})
     cluster.kubectl("set", "image", "deployment/consumer", "-n", namespace, "consumer=example/consumer:2")
     wait_dead(crashing)
@@ -140,7 +142,7 @@ def test_a_standby_sleeps(consumer, namespace, prometheus, run_operator, cluster
     time.sleep(10)
     used = cpu_seconds(pid) - before
     assert used < 1.0, f"the standby used {used:.2f}s of CPU in 10s"
-    assert leader.process.running()
+    assert leader.process.running
 
 
 def test_a_prometheus_outage_is_one_incident_not_one_per_flow(cluster, namespace, fresh_exporter, prometheus, unique, run_operator, kubectl_json) -> None:
@@ -171,10 +173,10 @@ def test_a_prometheus_outage_is_one_incident_not_one_per_flow(cluster, namespace
 
 
 def test_deleting_a_paused_flow_says_so_on_its_deployment(consumer, namespace, fresh_exporter, prometheus, run_operator, cluster, kubectl_json) -> None:
-    flow, _ = consumer()
+    flow, queue = consumer()
     run_operator(*operator_args(namespace, prometheus))
     eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
-    config_errors(fresh_exporter, "consumer", 2.0)
+    config_errors(fresh_exporter, queue, 2.0)
     flow.wait_replicas(0, timeout=20)
     cluster.kubectl("delete", "iflow", "consumer", "-n", namespace)
 

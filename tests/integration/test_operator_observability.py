@@ -98,19 +98,15 @@ def test_prometheus_scrapes_the_operator_metrics_and_its_logs_are_structured(
     records = json_lines(operator.log())
     assert records, "the operator logged nothing"
 
-    passes = [r for r in records if r.get("message") == "pass done"]
-    assert passes, "no 'pass done' line"
-    for record in passes:
-        assert record.get("stage") == "pass", record
-        assert re.fullmatch(r"[0-9a-f]{12}", str(record.get("pass_id"))), record
-    pass_ids = {r["pass_id"] for r in passes}
+    # A routine pass is not logged at INFO (it would be a line every few seconds); what a pass changed is.
+    assert not [r for r in records if r.get("message") == "pass done"], "routine passes logged at INFO"
 
     scaled = [r for r in records if r.get("message") == "scaled" and r.get("flow") == "orders"]
     assert scaled, "no 'scaled' line for the orders flow"
     line = scaled[0]
     assert line.get("namespace") == namespace, line
     assert line.get("stage") == "scale", line
-    assert line.get("pass_id") in pass_ids, f"the scale's pass_id does not match a 'pass done' line: {line}"
+    assert re.fullmatch(r"[0-9a-f]{12}", str(line.get("pass_id"))), line
     assert line.get("replicas") == 5, line
     assert line.get("outcome") == "applied", line
     assert "backlog" in str(line.get("reason")), line
