@@ -44,7 +44,7 @@ def specs(draw: st.DrawFn) -> ScalingSpec:
             "max_replicas_per_step": draw(optional_count),
             "max_percent_per_step": draw(optional_percent),
         },
-        fallback={"after_failures": draw(st.integers(1, 5)), "replicas": draw(st.none() | st.integers(0, 50))},
+        fallback={"after_failures": draw(st.integers(1, 5)), "replicas": draw(st.none() | st.integers(0, max_replicas))},
     )
 
 
