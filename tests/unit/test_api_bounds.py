@@ -86,7 +86,7 @@ durations = st.lists(st.tuples(numbers, units), min_size=1, max_size=3).map(lamb
 def test_a_duration_is_accepted_exactly_within_its_bounds(field: tuple[str, str], text: str) -> None:
     low, high = DURATIONS[field]
     refused = refusal(spec_with(*field, text))
-    if low <= to_seconds(text) <= high:
+    if len(text) <= 32 and low <= to_seconds(text) <= high:  # and no longer than the schema allows
         assert refused is None, (field, text)
     else:
         assert refused == f"{field[0]}.{field[1]}", (field, text, refused)

@@ -3,7 +3,8 @@
 Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` for types, no titles. So the
 JSON schema pydantic produces is rewritten here: references inlined, `X | None` turned into plain `X`
 (optional fields are simply not required), and our extensions (defaults for sub-objects, CEL rules,
-list-map markers) kept.
+list-map markers) kept. A bounded duration (durations.Within) becomes CEL rules whose messages name the
+field's full path, e.g. "spec.scaling.scaleDown.stabilizationWindow must be at most 1h".
 """
 
 from __future__ import annotations

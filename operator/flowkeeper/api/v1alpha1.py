@@ -56,7 +56,8 @@ class Rule:
 
 
 class ApiModel(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields refused."""
+    """Base for every API object: camelCase on the wire, unknown fields refused, `rules` across fields
+    checked by the model and emitted as CEL rules."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
