@@ -22,9 +22,16 @@ local function describe(condition)
   end
   return condition.reason
 end
+-- A pause by hand (spec.paused, reason Manual) is intended: Suspended. Any other pause is Flowkeeper
+-- stopping a broken flow (P1): Degraded, so it is not mistaken for a deliberate one.
 if found["Paused"] ~= nil and found["Paused"].status == "True" then
-  hs.status = "Suspended"
-  hs.message = describe(found["Paused"])
+  if found["Paused"].reason == "Manual" then
+    hs.status = "Suspended"
+    hs.message = describe(found["Paused"])
+  else
+    hs.status = "Degraded"
+    hs.message = (obj.status.severity or "P1") .. " " .. describe(found["Paused"])
+  end
   return hs
 end
 if found["Ready"] ~= nil and found["Ready"].status == "False" then

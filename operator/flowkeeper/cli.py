@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import socket
 
 import click
@@ -58,6 +57,7 @@ def run(
 
     import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
     from flowkeeper.config import LeaseConfig, OperatorConfig
+    from flowkeeper.observability import logs
 
     config = OperatorConfig(
         namespaces=tuple(namespaces),
@@ -75,15 +75,7 @@ def run(
         ),
     )
 
-    kopf.configure(
-        verbose=verbose,
-        log_format=kopf.LogFormat.JSON if log_format == "json" else kopf.LogFormat.PLAIN,
-        log_refkey="k8s",
-    )
-    if not verbose:
-        # kopf logs every watch event it hands to a handler; with thousands of flows that drowns
-        # Flowkeeper's own lines. Its warnings and errors still show.
-        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logs.configure(log_format, verbose=verbose)
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
         standalone=True,

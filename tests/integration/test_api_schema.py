@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
@@ -18,11 +19,20 @@ spec:
   consumer: {{deployment: consumer}}
   source: {source}
   scaling: {scaling}
+  health: {health}
 """
 
 
-def manifest(name: str = "f", source: str = "{broker: rabbitmq, queue: orders}", scaling: str = "{}") -> str:
-    return VALID.format(name=name, source=source, scaling=scaling)
+def manifest(name: str = "f", source: str = "{broker: rabbitmq, queue: orders}", scaling: str = "{}", health: str = "{}") -> str:
+    return VALID.format(name=name, source=source, scaling=scaling, health=health)
+
+
+def scaling(**fields) -> str:
+    return manifest(scaling=json.dumps(fields))
+
+
+def health(**fields) -> str:
+    return manifest(health=json.dumps(fields))
 
 
 def test_examples_apply_and_show_in_kubectl_get(cluster, namespace) -> None:
@@ -35,6 +45,11 @@ def test_examples_apply_and_show_in_kubectl_get(cluster, namespace) -> None:
     wide = cluster.kubectl("get", "integrationflows", "-n", namespace, "-o", "wide").stdout
     assert wide.splitlines()[0].split()[-4:] == ["SOURCE", "TARGET", "OWNER", "AGE"]
     assert "ERP" in wide and "WMS" in wide
+
+
+def test_demo_flow_applies(cluster, namespace) -> None:
+    applied = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", str(REPO / "examples" / "demo" / "flow.yaml"))
+    assert "integrationflow.flowkeeper.io/order-to-warehouse created (server dry run)" in applied.stdout
 
 
 def test_api_server_fills_in_defaults(cluster, namespace, kubectl_json) -> None:
@@ -75,6 +90,74 @@ INVALID = [
         id="missing-consumer",
     ),
 ]
+
+
+# Out of bounds: each refusal must say which field and what it accepts. Durations go through CEL
+# (messages of our own), numbers through the schema's minimum/maximum (the API server's wording).
+OUT_OF_BOUNDS = [
+    (scaling(pollInterval="0s"), "spec.scaling.pollInterval must be at least 1s"),
+    (scaling(pollInterval="0ms"), "spec.scaling.pollInterval must be at least 1s"),
+    (scaling(pollInterval="999ms"), "spec.scaling.pollInterval must be at least 1s"),
+    (scaling(pollInterval="0.0000001s"), "spec.scaling.pollInterval must be at least 1s"),
+    (scaling(pollInterval="61m"), "spec.scaling.pollInterval must be at most 1h"),
+    # Beyond what a Go duration holds: still refused with the field's own message.
+    (scaling(pollInterval="9999999999h"), "spec.scaling.pollInterval must be at most 1h"),
+    # Malformed: only the pattern speaks, not the bounds' rules.
+    (scaling(pollInterval="soon"), "spec.scaling.pollInterval in body should match"),
+    (scaling(scaleUp={"stabilizationWindow": "2h"}), "spec.scaling.scaleUp.stabilizationWindow must be at most 1h"),
+    (scaling(scaleDown={"stabilizationWindow": "1h0m1s"}), "spec.scaling.scaleDown.stabilizationWindow must be at most 1h"),
+    (scaling(idleAfter="25h"), "spec.scaling.idleAfter must be at most 24h"),
+    (scaling(drainWithin="0s"), "spec.scaling.drainWithin must be at least 1s"),
+    (scaling(drainWithin="48h"), "spec.scaling.drainWithin must be at most 24h"),
+    (health(heartbeatWindow="0s"), "spec.health.heartbeatWindow must be at least 1s"),
+    (health(heartbeatWindow="24h1ms"), "spec.health.heartbeatWindow must be at most 24h"),
+    (health(notReadyGrace="0s"), "spec.health.notReadyGrace must be at least 1s"),
+    (health(notReadyGrace="100h"), "spec.health.notReadyGrace must be at most 24h"),
+    (health(queueGrowthWindow="1s"), "spec.health.queueGrowthWindow must be at least 5s"),
+    (health(queueGrowthWindow="169h"), "spec.health.queueGrowthWindow must be at most 168h"),
+    (health(baselineWindow="4s"), "spec.health.baselineWindow must be at least 5s"),
+    (health(baselineWindow="10000h"), "spec.health.baselineWindow must be at most 168h"),
+    (scaling(queueDepthPerReplica=0), "spec.scaling.queueDepthPerReplica in body should be greater than or equal to 1"),
+    (scaling(queueDepthPerReplica=10**9 + 1), "spec.scaling.queueDepthPerReplica in body should be less than or equal to 1000000000"),
+    (scaling(activationQueueDepth=-1), "spec.scaling.activationQueueDepth in body should be greater than or equal to 0"),
+    (scaling(activationQueueDepth=2**62), "spec.scaling.activationQueueDepth in body should be less than or equal to 1000000000"),
+    (scaling(fallback={"replicas": 11}), "spec.scaling.fallback.replicas must be less than or equal to spec.scaling.maxReplicas"),
+    (scaling(maxReplicas=10001), "spec.scaling.maxReplicas in body should be less than or equal to 10000"),
+    (scaling(scaleUp={"maxReplicasPerStep": 10001}), "spec.scaling.scaleUp.maxReplicasPerStep in body should be less than or equal to 10000"),
+    (scaling(cpuUtilization=101), "spec.scaling.cpuUtilization in body should be less than or equal to 100"),
+    (scaling(tolerance=1.5), "spec.scaling.tolerance in body should be less than or equal to 1"),
+    (scaling(tolerance=-0.1), "spec.scaling.tolerance in body should be greater than or equal to 0"),
+]
+
+
+@pytest.mark.parametrize(("body", "message"), OUT_OF_BOUNDS, ids=[m for _, m in OUT_OF_BOUNDS])
+def test_out_of_bounds_values_are_refused_naming_the_field(cluster, namespace, body: str, message: str) -> None:
+    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=body, check=False)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+    assert result.stderr.count("Invalid value") == 1, result.stderr  # one error, the right one
+    assert cluster.kubectl("get", "iflow", "-n", namespace, "-o", "name").stdout == ""
+
+
+def test_bounds_are_inclusive(cluster, namespace, kubectl_json) -> None:
+    lowest = manifest(
+        name="lowest",
+        scaling=json.dumps({"pollInterval": "1s", "idleAfter": "0s", "drainWithin": "1000ms", "queueDepthPerReplica": 1,
+                            "minReplicas": 0, "maxReplicas": 1, "tolerance": 0, "fallback": {"replicas": 0},
+                            "scaleUp": {"stabilizationWindow": "0s"}, "scaleDown": {"stabilizationWindow": "0ms"}}),
+        health=json.dumps({"heartbeatWindow": "1s", "notReadyGrace": "1s", "queueGrowthWindow": "5s", "baselineWindow": "5s"}),
+    )  # fmt: skip
+    highest = manifest(
+        name="highest",
+        scaling=json.dumps({"pollInterval": "1h", "idleAfter": "24h", "drainWithin": "23h60m", "queueDepthPerReplica": 10**9,
+                            "activationQueueDepth": 10**9, "minReplicas": 10000, "maxReplicas": 10000, "tolerance": 1,
+                            "fallback": {"replicas": 10000}, "scaleUp": {"stabilizationWindow": "60m"},
+                            "scaleDown": {"stabilizationWindow": "3600s"}}),
+        health=json.dumps({"heartbeatWindow": "24h", "notReadyGrace": "1440m", "queueGrowthWindow": "168h", "baselineWindow": "7h9000m"}),
+    )  # fmt: skip
+    for body in (lowest, highest):
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input=body)
+    assert kubectl_json("get", "iflow", "highest", "-n", namespace)["spec"]["health"]["baselineWindow"] == "7h9000m"
 
 
 @pytest.mark.parametrize(("body", "field"), INVALID)

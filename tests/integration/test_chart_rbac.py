@@ -11,6 +11,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from kubernetes.client import CoreV1Api
+from kubernetes.client.exceptions import ApiException
+from kubernetes.config import new_client_from_config
 
 from tests.support.chart import render_chart
 from tests.support.cluster_fixtures import eventually
@@ -78,6 +81,28 @@ def allowed(cluster, env, *args: str) -> bool:
     return cluster.kubectl("auth", "can-i", *args, env=env, check=False).stdout.strip() == "yes"
 
 
+def assert_exact_verbs(cluster, env, namespace: str) -> None:
+    """The verbs the operator calls where it serves flows are granted, and their neighbours are not:
+    patch but not update, core Events but not events.k8s.io."""
+    for verb, resource, *sub in [
+        ("patch", "integrationflows.flowkeeper.io", "--subresource=status"),
+        ("get", "integrationflows.flowkeeper.io", "--subresource=status"),
+        ("patch", "deployments.apps", "--subresource=scale"),
+        ("get", "deployments.apps", "--subresource=scale"),
+        ("create", "events"),
+        ("patch", "events"),
+    ]:
+        assert allowed(cluster, env, verb, resource, *sub, "-n", namespace), (verb, resource)
+    for verb, resource, *sub in [
+        ("update", "integrationflows.flowkeeper.io", "--subresource=status"),
+        ("update", "deployments.apps", "--subresource=scale"),
+        ("create", "events.events.k8s.io"),
+        ("patch", "events.events.k8s.io"),
+        ("delete", "events"),
+    ]:
+        assert not allowed(cluster, env, verb, resource, *sub, "-n", namespace), (verb, resource)
+
+
 def test_namespaced_install_can_do_its_job_and_nothing_else(
     cluster, install, namespaces, prometheus, fresh_exporter, unique, tmp_path: Path
 ) -> None:
@@ -119,7 +144,14 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
         assert ungranted["reason"] == "SecretForbidden" and "forbidden" in ungranted["message"].lower()
         assert flows["ungranted-secret"].replicas() == 0
         events = json.loads(cluster.kubectl("get", "events", "-n", team, "-o", "json").stdout)["items"]
-        assert any(e["reason"] == "Scaled" and e["involvedObject"]["name"] == "consumer" for e in events)
+        scaled = next(e for e in events if e["reason"] == "Scaled" and e["involvedObject"]["name"] == "consumer")
+        # Events are patched to count repeats, the way the operator's client does it (no get first).
+        core = CoreV1Api(new_client_from_config(config_file=env["KUBECONFIG"]))
+        patched = core.patch_namespaced_event(scaled["metadata"]["name"], team, {"count": (scaled.get("count") or 1) + 1})
+        assert patched.count == (scaled.get("count") or 1) + 1
+        with pytest.raises(ApiException) as elsewhere:
+            core.patch_namespaced_event(scaled["metadata"]["name"], other, {"count": 1})
+        assert elsewhere.value.status == 403
         lease = json.loads(cluster.kubectl("get", "lease", RELEASE, "-n", release, "-o", "json").stdout)
         assert lease["spec"]["holderIdentity"] == f"{RELEASE}-0"
         assert operator.metric("flowkeeper_leader") == 1
@@ -146,7 +178,13 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
     assert refused(cluster, env, "get", "integrationflows", "-A")
     assert refused(cluster, env, "get", "pods", "-n", team)
     assert not allowed(cluster, env, "create", "events", "-n", other)
+    assert not allowed(cluster, env, "patch", "events", "-n", other)
+    assert not allowed(cluster, env, "create", "events", "-n", release)  # no flows there, no Events
     assert not allowed(cluster, env, "delete", "lease", RELEASE, "-n", release)
+    assert not allowed(cluster, env, "update", "lease/someone-else", "-n", release)
+    assert allowed(cluster, env, "update", f"lease/{RELEASE}", "-n", release)
+    assert allowed(cluster, env, "create", "leases", "-n", release)
+    assert_exact_verbs(cluster, env, team)
 
 
 def test_cluster_wide_install_reads_every_namespace_and_still_deletes_nothing(cluster, install, namespaces) -> None:
@@ -160,9 +198,8 @@ def test_cluster_wide_install_reads_every_namespace_and_still_deletes_nothing(cl
     assert cluster.kubectl("get", "integrationflows", "-A", env=env).returncode == 0
     assert cluster.kubectl("get", "deployments", "-A", env=env).returncode == 0
     assert cluster.kubectl("scale", "deployment", "consumer", "-n", team, "--replicas=2", env=env).returncode == 0
-    assert allowed(cluster, env, "patch", "integrationflows.flowkeeper.io", "--subresource=status", "-n", team)
     assert not allowed(cluster, env, "patch", "integrationflows.flowkeeper.io", "-n", team)
-    assert allowed(cluster, env, "create", "events", "-n", team)
+    assert_exact_verbs(cluster, env, team)
     assert refused(cluster, env, "get", "secrets", "-n", team)  # no Secret names given, no Secrets at all
     assert refused(cluster, env, "delete", "deployment", "consumer", "-n", team)
     assert refused(cluster, env, "patch", "deployment", "consumer", "-n", team, "--type=merge", "-p", '{"spec":{"paused":true}}')

@@ -85,4 +85,4 @@ def test_default_windows_read_from_backfilled_history(tmp_path: Path) -> None:
     assert judged_flat.healthy
     backlog = slow.__class__(**{**slow.__dict__, "queue_depth": 500.0})  # work waits, so throughput counts
     judged_slow = assess(defaults, backlog, ready_replicas=1, desired_replicas=1, scaling_limited=False, now=now)
-    assert {"ThroughputOffBaseline", "LatencyHigh"} <= set(judged_slow.reason.split(","))
+    assert {"ThroughputOffBaseline", "LatencyHigh"} <= {finding.signal for finding in judged_slow.findings}

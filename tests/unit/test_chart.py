@@ -21,10 +21,10 @@ CRD = "flowkeeper.io_integrationflows.yaml"
 # What the operator may do where it serves flows, as (apiGroup, resource, verb).
 FLOW_RULES = {
     *(("flowkeeper.io", "integrationflows", verb) for verb in ("get", "list", "watch")),
-    *(("flowkeeper.io", "integrationflows/status", verb) for verb in ("get", "patch", "update")),
+    *(("flowkeeper.io", "integrationflows/status", verb) for verb in ("get", "patch")),
     *(("apps", "deployments", verb) for verb in ("get", "list", "watch")),
-    *(("apps", "deployments/scale", verb) for verb in ("get", "patch", "update")),
-    *((group, "events", verb) for group in ("", "events.k8s.io") for verb in ("create", "patch")),
+    *(("apps", "deployments/scale", verb) for verb in ("get", "patch")),
+    *(("", "events", verb) for verb in ("create", "patch")),
 }
 SECRET_RULE = {("", "secrets", "get")}
 
@@ -272,7 +272,6 @@ def test_leader_election_is_limited_to_its_own_lease() -> None:
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "update"),
         ("coordination.k8s.io", "leases", "create"),
-        ("", "events", "create"),
     }
     (binding,) = [d for d in documents if d["kind"] == "RoleBinding" and d["metadata"]["name"] == role["metadata"]["name"]]
     assert binding["metadata"]["namespace"] == NAMESPACE

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flowkeeper.api.v1alpha1 import HealthSpec, Severity
+from flowkeeper.api.v1alpha1 import Condition, HealthSpec, Severity
 from flowkeeper.domain.errors import ErrorClass
 from flowkeeper.domain.health import RULES, Finding, HealthAssessment, assess
 from flowkeeper.domain.signals import FlowSignals
@@ -159,11 +159,11 @@ def test_any_dead_letter_is_p3_data() -> None:
 # ------------------------------------------------------------------------------------ combination
 
 
-def test_findings_are_listed_worst_first_and_joined() -> None:
+def test_findings_are_listed_worst_first_the_reason_is_the_worst_and_the_message_has_all() -> None:
     health = judge(dead_letter_depth=2, error_ratio=0.05, queue_depth=10, ready=0, desired=1)
     assert health.severity == Severity.p1
     assert [f.signal for f in health.findings] == ["NoReadyConsumers", "ErrorRatioHigh", "DeadLetters"]
-    assert health.reason == "NoReadyConsumers,ErrorRatioHigh,DeadLetters"
+    assert health.reason == "NoReadyConsumers"
     assert health.message == (
         "0 of 1 consumers ready while 10 messages wait; error ratio 5.0% > 1.0%; 2 messages in the dead-letter queue > 0"
     )
@@ -183,8 +183,35 @@ def test_reason_fits_the_condition_reason_pattern() -> None:
         latency_seconds=100, latency_baseline=1, cpu_utilization=2, memory_utilization=2, dead_letter_depth=1,
     )  # fmt: skip
     assert len(everything.findings) == len(RULES)
-    assert everything.reason.split(",")[0] == "ConsumerConfigurationError"
-    assert re.fullmatch(r"[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?", everything.reason)
+    assert everything.reason == "ConsumerConfigurationError"
+    assert all(finding.message in everything.message for finding in everything.findings)
+
+
+# The pattern the CRD puts on status.conditions[].reason (metav1.Condition's own).
+CONDITION_REASON = next(m.pattern for m in Condition.model_fields["reason"].metadata if hasattr(m, "pattern"))
+
+
+def test_every_rule_names_a_camel_case_reason() -> None:
+    for rule in RULES:
+        assert re.fullmatch(r"[A-Z][A-Za-z0-9]*", rule.signal), rule.signal
+
+
+@settings(max_examples=300, deadline=None)
+@given(chosen=st.sets(st.sampled_from(RULES)), messages=st.lists(st.text(max_size=40), min_size=len(RULES), max_size=len(RULES)))
+def test_reason_of_any_combination_is_one_word_without_separators(chosen: set, messages: list[str]) -> None:
+    # Findings as assess() lists them: in the order of RULES, which is worst first.
+    findings = tuple(
+        Finding(rule.signal, rule.severity, rule.error_class, message)
+        for rule, message in zip(RULES, messages, strict=True)
+        if rule in chosen
+    )
+    health = HealthAssessment(findings[0].severity if findings else Severity.none, findings)
+    assert health.reason == (findings[0].signal if findings else "Healthy")
+    assert re.fullmatch(CONDITION_REASON, health.reason)
+    assert "," not in health.reason and ":" not in health.reason  # one reason, not a list
+    assert health.message.count("; ") >= len(findings) - 1
+    for finding in findings:
+        assert finding.message in health.message
 
 
 optional = st.none() | st.floats(0, 1e6)
@@ -216,6 +243,8 @@ def test_severity_is_the_worst_finding_and_findings_are_sorted(
     assert order.index(health.severity) == max(ranks, default=0)
     assert health.healthy == (health.severity == Severity.none)
     assert len({f.signal for f in health.findings}) == len(health.findings)
+    assert health.reason == (health.findings[0].signal if health.findings else "Healthy")
+    assert re.fullmatch(CONDITION_REASON, health.reason) and "," not in health.reason
     # Unknown signals never produce findings: with everything None only the replica facts remain.
     if all(v is None for v in values.values()):
         assert health.healthy
@@ -228,3 +257,18 @@ def test_no_ready_consumers_waits_out_the_grace_period() -> None:
     assert starting.healthy
     stuck = assess(spec, signals, ready_replicas=0, desired_replicas=2, scaling_limited=False, now=NOW, not_ready_since=NOW - 61)
     assert stuck.reason == "NoReadyConsumers"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    windows=st.lists(st.sampled_from(["0s", "0ms", "0.000001ms", "1000000000h", "9" * 31 + "h"]), min_size=4, max_size=4),
+    since=st.none() | st.floats(0, NOW),
+    last=st.none() | st.floats(0, NOW),
+    growing=st.none() | st.floats(0, 1e9),
+)
+def test_durations_the_model_refuses_never_raise(windows: list[str], since: float | None, last: float | None, growing: float | None) -> None:
+    # A spec built without validation (the model refuses these: tests/unit/test_api_bounds.py).
+    spec = DEFAULTS.model_copy(update=dict(zip(("heartbeat_window", "not_ready_grace", "queue_growth_window", "baseline_window"), windows, strict=True)))
+    signals = FlowSignals(observed_at=NOW, queue_depth=5, last_success_timestamp=last, queue_growing_seconds=growing)
+    health = assess(spec, signals, ready_replicas=0, desired_replicas=1, scaling_limited=False, now=NOW, not_ready_since=since)
+    assert re.fullmatch(CONDITION_REASON, health.reason)

@@ -44,7 +44,7 @@ def specs(draw: st.DrawFn) -> ScalingSpec:
             "max_replicas_per_step": draw(optional_count),
             "max_percent_per_step": draw(optional_percent),
         },
-        fallback={"after_failures": draw(st.integers(1, 5)), "replicas": draw(st.none() | st.integers(0, 50))},
+        fallback={"after_failures": draw(st.integers(1, 5)), "replicas": draw(st.none() | st.integers(0, max_replicas))},
     )
 
 
@@ -209,3 +209,36 @@ def test_memory_stays_bounded_to_the_longest_window(
 
 def _seconds(window: str) -> float:
     return {"0s": 0.0, "15s": 15.0, "1m": 60.0, "5m": 300.0}[window]
+
+
+# Durations the model refuses (tests/unit/test_api_bounds.py) and a spec built without validation
+# still carries: the decision must stay within bounds, never raise.
+extreme_durations = st.sampled_from(["0s", "0ms", "0.000001ms", "1ms", "1000000000h", "9" * 31 + "h"])
+extreme_rates = st.none() | st.sampled_from([0.0, 5e-324, 1e-300, 1e300]) | st.floats(0, 1e308)
+
+
+@PROPERTY
+@given(
+    spec=specs(),
+    durations=st.fixed_dictionaries({name: extreme_durations for name in ("poll", "idle", "drain", "up", "down")}),
+    queue_depth=st.sampled_from([0.0, 1.0, 1e300]) | backlogs,
+    throughput=extreme_rates,
+    current=currents,
+    memory=memories,
+    ready=st.integers(0, 60),
+)
+def test_extreme_durations_and_rates_never_raise(
+    spec: ScalingSpec, durations: dict, queue_depth: float, throughput: float | None, current: int, memory: ScalingMemory, ready: int
+) -> None:
+    unchecked = spec.model_copy(
+        update={
+            "poll_interval": durations["poll"],
+            "idle_after": durations["idle"],
+            "drain_within": durations["drain"],
+            "scale_up": spec.scale_up.model_copy(update={"stabilization_window": durations["up"]}),
+            "scale_down": spec.scale_down.model_copy(update={"stabilization_window": durations["down"]}),
+        }
+    )
+    sig = FlowSignals(observed_at=NOW, queue_depth=queue_depth, throughput=throughput)
+    decision = run(unchecked, sig, current, memory, ready)
+    assert floor(spec) <= decision.desired_replicas <= cap(spec)

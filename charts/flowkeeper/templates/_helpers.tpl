@@ -61,8 +61,9 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 What the operator does in the namespaces it serves, for the ClusterRole (all namespaces) or each
-namespace's Role: read flows, write their status, read Deployments and change only their scale, post
-Events, and get the Secrets named in rbac.secretNames. No delete, no list or watch of Secrets.
+namespace's Role: read flows, patch their status, read Deployments and patch only their scale, post
+core Events (create, and patch to count repeats), and get the Secrets named in rbac.secretNames.
+Exactly the calls it makes: no update, no delete, no list or watch of Secrets.
 */}}
 {{- define "flowkeeper.rules" -}}
 - apiGroups: ["flowkeeper.io"]
@@ -70,14 +71,14 @@ Events, and get the Secrets named in rbac.secretNames. No delete, no list or wat
   verbs: ["get", "list", "watch"]
 - apiGroups: ["flowkeeper.io"]
   resources: ["integrationflows/status"]
-  verbs: ["get", "patch", "update"]
+  verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch"]
 - apiGroups: ["apps"]
   resources: ["deployments/scale"]
-  verbs: ["get", "patch", "update"]
-- apiGroups: ["", "events.k8s.io"]
+  verbs: ["get", "patch"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- with .Values.rbac.secretNames }}

@@ -3,7 +3,8 @@
 Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` for types, no titles. So the
 JSON schema pydantic produces is rewritten here: references inlined, `X | None` turned into plain `X`
 (optional fields are simply not required), and our extensions (defaults for sub-objects, CEL rules,
-list-map markers) kept.
+list-map markers) kept. A bounded duration (durations.Within) becomes CEL rules whose messages name the
+field's full path, e.g. "spec.scaling.scaleDown.stabilizationWindow must be at most 1h".
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import yaml
 
 from flowkeeper.api import v1alpha1 as api
+from flowkeeper.api.durations import BOUNDS_KEY, DURATION_PATTERN, to_seconds
 
 # Keys of pydantic's JSON schema that a structural CRD schema may keep.
 _KEPT_KEYS = {
@@ -55,10 +57,30 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
 ]
 
 
-def _structural(node: Any, defs: dict[str, Any]) -> Any:
-    """Rewrites one pydantic JSON-schema node into its structural CRD form."""
+# A number of 7 digits or more before its unit is at least 1000s. Such values may overflow a Go
+# duration, and `duration()` then fails every rule; the minimum's rule skips them, so only the
+# maximum's message is shown.
+_AT_LEAST_1000S = "(^|[a-z])[0-9]{7}"
+
+
+def _duration_rules(bounds: dict[str, str], path: str) -> list[dict[str, str]]:
+    """CEL rules for a bounded duration (durations.Within), each message naming the field's path.
+    A value that breaks the pattern is left to the pattern's own error: `duration()` would fail on it."""
+    well_formed = f"!self.matches(r'{DURATION_PATTERN}') || "
+    low, high = bounds["minimum"], bounds["maximum"]
+    rules = [api.cel(f"{well_formed}duration(self) <= duration('{high}')", f"{path} must be at most {high}")]
+    if to_seconds(low) > 0:
+        assert to_seconds(low) <= 1000, "the minimum's rule takes 7-digit numbers for long enough"
+        rule = f"{well_formed}self.matches('{_AT_LEAST_1000S}') || duration(self) >= duration('{low}')"
+        rules.insert(0, api.cel(rule, f"{path} must be at least {low}"))
+    return rules
+
+
+def _structural(node: Any, defs: dict[str, Any], path: str) -> Any:
+    """Rewrites one pydantic JSON-schema node, found at `path` (e.g. spec.scaling), into its
+    structural CRD form."""
     if isinstance(node, list):
-        return [_structural(item, defs) for item in node]
+        return [_structural(item, defs, path) for item in node]
     if not isinstance(node, dict):
         return node
 
@@ -74,11 +96,11 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             raise ValueError(f"a CRD schema cannot express a union of {variants}")
         merged = dict(variants[0])
         merged.update(node)
-        node = _structural(merged, defs)
+        node = _structural(merged, defs, path)
     if "allOf" in node and len(node["allOf"]) == 1:
         merged = dict(node.pop("allOf")[0])
         merged.update(node)
-        node = _structural(merged, defs)
+        node = _structural(merged, defs, path)
     if "const" in node:
         node["enum"] = [node.pop("const")]
     if node.get("default", ...) is None:
@@ -90,9 +112,9 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
         if key not in _KEPT_KEYS:
             continue
         if key == "properties":
-            out[key] = {name: _structural(sub, defs) for name, sub in value.items()}
+            out[key] = {name: _structural(sub, defs, f"{path}.{name}") for name, sub in value.items()}
         elif key in ("items", "additionalProperties") and isinstance(value, dict):
-            out[key] = _structural(value, defs)
+            out[key] = _structural(value, defs, f"{path}[*]")
         elif key == "additionalProperties":
             # `extra="forbid"` says false; a structural schema refuses unknown fields by pruning or, with
             # kubectl's strict field validation, by an error, and forbids this key next to `properties`.
@@ -101,14 +123,16 @@ def _structural(node: Any, defs: dict[str, Any]) -> Any:
             out[key] = " ".join(value.split())
         else:
             out[key] = value
+    if BOUNDS_KEY in node:
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *_duration_rules(node[BOUNDS_KEY], path)]
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     return out
 
 
-def schema_of(model: type[api.ApiModel]) -> dict[str, Any]:
+def schema_of(model: type[api.ApiModel], path: str) -> dict[str, Any]:
     raw = model.model_json_schema(by_alias=True, mode="validation")
-    return _structural(raw, raw.get("$defs", {}))
+    return _structural(raw, raw.get("$defs", {}), path)
 
 
 def openapi_schema() -> dict[str, Any]:
@@ -121,8 +145,8 @@ def openapi_schema() -> dict[str, Any]:
             "apiVersion": {"type": "string", "description": "APIVersion of this object: flowkeeper.io/v1alpha1."},
             "kind": {"type": "string", "description": "Kind of this object: IntegrationFlow."},
             "metadata": {"type": "object"},
-            "spec": schema_of(api.IntegrationFlowSpec),
-            "status": schema_of(api.IntegrationFlowStatus),
+            "spec": schema_of(api.IntegrationFlowSpec, "spec"),
+            "status": schema_of(api.IntegrationFlowStatus, "status"),
         },
     }
 

@@ -9,13 +9,16 @@ Validation users must see at `kubectl apply` time lives here too, as schema boun
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic_core import CoreSchema
 
-from flowkeeper.api.durations import Duration
+from flowkeeper.api.durations import duration_within
 
 GROUP = "flowkeeper.io"
 VERSION = "v1alpha1"
@@ -28,6 +31,11 @@ SHORT_NAMES = ["iflow", "iflows"]
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
+# Sane upper bound of counts the user writes (backlog targets, thresholds): far above any real queue,
+# far below what overflows a float or an int64.
+MAX_COUNT = 1_000_000_000
+
+
 def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str]:
     """One `x-kubernetes-validations` entry; the message names the field the user must fix."""
     entry = {"rule": rule, "message": message}
@@ -36,8 +44,20 @@ def cel(rule: str, message: str, field_path: str | None = None) -> dict[str, str
     return entry
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A rule across fields of one object: `rule` is CEL for the API server, `holds` the same check
+    for the model, so a spec that slipped past an older CRD is still refused when parsed."""
+
+    rule: str
+    holds: Callable[[Any], bool]
+    message: str  # names the field the user must fix
+    field_path: str | None = None
+
+
 class ApiModel(BaseModel):
-    """Base for every API object: camelCase on the wire, unknown fields refused."""
+    """Base for every API object: camelCase on the wire, unknown fields refused, `rules` across fields
+    checked by the model and emitted as CEL rules."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
@@ -45,6 +65,22 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_enum_values=True,
     )
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _rules_hold(self) -> ApiModel:
+        for rule in self.rules:
+            if not rule.holds(self):
+                raise ValueError(rule.message)
+        return self
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, schema: CoreSchema, handler: GetJsonSchemaHandler) -> dict[str, Any]:
+        json_schema = handler(schema)
+        if cls.rules:
+            target = handler.resolve_ref_schema(json_schema)
+            target["x-kubernetes-validations"] = [cel(r.rule, r.message, r.field_path) for r in cls.rules]
+        return json_schema
 
     def to_wire(self) -> dict[str, Any]:
         """The object as it is written to the API server (camelCase, unset optionals left out)."""
@@ -83,26 +119,25 @@ class Source(ApiModel):
     (rabbitmq_prometheus), Kafka (kafka_exporter), or the consumers' own metrics (the Flowkeeper
     metrics convention, keyed by the `integration` label)."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.broker != 'rabbitmq' || has(self.queue)",
-                    "spec.source.queue is required when broker is rabbitmq",
-                    ".queue",
-                ),
-                cel(
-                    "self.broker != 'kafka' || has(self.topic)",
-                    "spec.source.topic is required when broker is kafka",
-                    ".topic",
-                ),
-                cel(
-                    "self.broker != 'kafka' || has(self.consumerGroup)",
-                    "spec.source.consumerGroup is required when broker is kafka",
-                    ".consumerGroup",
-                ),
-            ]
-        }
+    rules = (
+        Rule(
+            "self.broker != 'rabbitmq' || has(self.queue)",
+            lambda s: s.broker != "rabbitmq" or s.queue is not None,
+            "spec.source.queue is required when broker is rabbitmq",
+            ".queue",
+        ),
+        Rule(
+            "self.broker != 'kafka' || has(self.topic)",
+            lambda s: s.broker != "kafka" or s.topic is not None,
+            "spec.source.topic is required when broker is kafka",
+            ".topic",
+        ),
+        Rule(
+            "self.broker != 'kafka' || has(self.consumerGroup)",
+            lambda s: s.broker != "kafka" or s.consumer_group is not None,
+            "spec.source.consumerGroup is required when broker is kafka",
+            ".consumerGroup",
+        ),
     )
 
     broker: Broker = Field(
@@ -192,13 +227,13 @@ class MetricsOverrides(ApiModel):
 class StepRules(ApiModel):
     """How fast replicas may change in one direction."""
 
-    stabilization_window: Duration = Field(
+    stabilization_window: duration_within("0s", "1h") = Field(
         default="0s",
         description="A change in this direction happens only if every recommendation within this window "
         "agreed with it (like the HPA's behavior.*.stabilizationWindowSeconds).",
     )
     max_replicas_per_step: int | None = Field(
-        default=None, ge=1, description="At most this many replicas added or removed per pass. Unset: no limit."
+        default=None, ge=1, le=10000, description="At most this many replicas added or removed per pass. Unset: no limit."
     )
     max_percent_per_step: int | None = Field(
         default=None, ge=1, le=1000, description="At most this percentage of the current replicas per pass. Unset: no limit."
@@ -208,7 +243,7 @@ class StepRules(ApiModel):
 class ScaleDownRules(StepRules):
     """How fast replicas may go down; by default only after the recommendation stayed lower for 5m."""
 
-    stabilization_window: Duration = Field(
+    stabilization_window: duration_within("0s", "1h") = Field(
         default="5m",
         description="Replicas go down only to the highest recommendation seen within this window.",
     )
@@ -221,8 +256,9 @@ class Fallback(ApiModel):
     replicas: int | None = Field(
         default=None,
         ge=0,
+        le=10000,
         description="Replicas while metrics are missing, after afterFailures passes; never fewer than the "
-        "current count. Unset: keep the current count.",
+        "current count, at most maxReplicas. Unset: keep the current count.",
     )
 
 
@@ -230,16 +266,19 @@ class ScalingSpec(ApiModel):
     """How many consumers the flow gets. Every target below gives a replica count; the largest wins,
     clamped to [minReplicas, maxReplicas] and to partitions."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                cel(
-                    "self.minReplicas <= self.maxReplicas",
-                    "spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
-                    ".minReplicas",
-                ),
-            ]
-        }
+    rules = (
+        Rule(
+            "self.minReplicas <= self.maxReplicas",
+            lambda s: s.min_replicas <= s.max_replicas,
+            "spec.scaling.minReplicas must be less than or equal to spec.scaling.maxReplicas",
+            ".minReplicas",
+        ),
+        Rule(
+            "!has(self.fallback.replicas) || self.fallback.replicas <= self.maxReplicas",
+            lambda s: s.fallback.replicas is None or s.fallback.replicas <= s.max_replicas,
+            "spec.scaling.fallback.replicas must be less than or equal to spec.scaling.maxReplicas",
+            ".fallback.replicas",
+        ),
     )
 
     min_replicas: int = Field(
@@ -258,12 +297,12 @@ class ScalingSpec(ApiModel):
         "consumers than this.",
     )
     queue_depth_per_replica: int = Field(
-        default=100, ge=1, description="Backlog one consumer should carry: replicas = ceil(queueDepth / this)."
+        default=100, ge=1, le=MAX_COUNT, description="Backlog one consumer should carry: replicas = ceil(queueDepth / this)."
     )
     activation_queue_depth: int = Field(
-        default=0, ge=0, description="From zero replicas, scale to one only when the backlog is above this."
+        default=0, ge=0, le=MAX_COUNT, description="From zero replicas, scale to one only when the backlog is above this."
     )
-    drain_within: Duration | None = Field(
+    drain_within: duration_within("1s", "24h") | None = Field(
         default=None,
         description="Optional: enough consumers to drain the backlog within this time, from the measured "
         "throughput per consumer.",
@@ -277,8 +316,8 @@ class ScalingSpec(ApiModel):
     tolerance: float = Field(
         default=0.1, ge=0, le=1, description="Ratios within this distance of 1.0 do not change replicas (like the HPA's 10 %)."
     )
-    poll_interval: Duration = Field(default="15s", description="How often the flow's signals are read and decided on.")
-    idle_after: Duration = Field(
+    poll_interval: duration_within("1s", "1h") = Field(default="15s", description="How often the flow's signals are read and decided on.")
+    idle_after: duration_within("0s", "24h") = Field(
         default="5m", description="With minReplicas 0: how long the queue must stay empty before going to zero."
     )
     scale_up: StepRules = nested(StepRules, "Limits for adding consumers. Default: at once.")
@@ -286,13 +325,18 @@ class ScalingSpec(ApiModel):
     fallback: Fallback = nested(Fallback, "Behaviour while metrics are missing.")
 
 
+# Windows over Prometheus' history (growth, baselines) are looked at in steps of at least 1s, each slope
+# over the operator's rate window (--rate-window): a shorter window holds too few samples to mean anything.
+MIN_SIGNAL_WINDOW = "5s"
+
+
 class HealthSpec(ApiModel):
     """Thresholds of the flow's health signals. The defaults are the ones integration teams alert on."""
 
-    heartbeat_window: Duration = Field(
+    heartbeat_window: duration_within("1s", "24h") = Field(
         default="5m", description="Unhealthy when no message was processed within this window while work waits."
     )
-    not_ready_grace: Duration = Field(
+    not_ready_grace: duration_within("1s", "24h") = Field(
         default="1m",
         description="How long the flow may have no ready consumers while work waits before it counts as down "
         "(pods starting, a rollout, activation from zero).",
@@ -302,10 +346,10 @@ class HealthSpec(ApiModel):
         default=0.3, ge=0, le=10, description="Unhealthy when throughput is more than this fraction away from its baseline."
     )
     latency_factor: float = Field(default=2.0, ge=1, le=1000, description="Unhealthy when latency is above this multiple of its baseline.")
-    queue_growth_window: Duration = Field(default="10m", description="Unhealthy when the backlog grew for this long straight.")
+    queue_growth_window: duration_within(MIN_SIGNAL_WINDOW, "168h") = Field(default="10m", description="Unhealthy when the backlog grew for this long straight.")
     cpu_utilization: int = Field(default=80, ge=1, le=1000, description="Unhealthy when consumer CPU stays above this percent of requests.")
     memory_utilization: int = Field(default=85, ge=1, le=1000, description="Unhealthy when consumer memory stays above this percent of limits.")
-    baseline_window: Duration = Field(default="1h", description="Trailing window over which throughput and latency baselines are computed.")
+    baseline_window: duration_within(MIN_SIGNAL_WINDOW, "168h") = Field(default="1h", description="Trailing window over which throughput and latency baselines are computed.")
 
 
 class OnConfigurationError(str, Enum):

@@ -35,10 +35,12 @@ class HealthAssessment:
 
     @property
     def reason(self) -> str:
-        return ",".join(f.signal for f in self.findings) if self.findings else "Healthy"
+        """One CamelCase word, as condition and Event reasons must be: the worst finding's."""
+        return self.findings[0].signal if self.findings else "Healthy"
 
     @property
     def message(self) -> str:
+        """Every finding, worst first."""
         return "; ".join(f.message for f in self.findings) if self.findings else "all signals within thresholds"
 
 
@@ -149,7 +151,7 @@ class _Rule:
 
 
 # Listed worst first (a test keeps it so); within a severity the likelier root cause first, since the
-# Healthy condition's reason lists the findings in this order.
+# first finding is the Healthy condition's reason.
 RULES: tuple[_Rule, ...] = (
     # The caller pauses or alerts on it (onConfigurationError); here it only marks the flow down.
     _Rule("ConsumerConfigurationError", Severity.p1, ErrorClass.configuration, _configuration_errors),
