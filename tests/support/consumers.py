@@ -31,7 +31,7 @@ import pika.exceptions
 from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from flowkeeper.adapters.prometheus import ERRORS, INTEGRATION, LAST_SUCCESS, PROCESSED, PROCESSING_SECONDS
+from flowkeeper.adapters.prometheus.convention import ERRORS, INTEGRATION, LAST_SUCCESS, PROCESSED, PROCESSING_SECONDS
 
 log = logging.getLogger(__name__)
 

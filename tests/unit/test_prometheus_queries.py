@@ -12,22 +12,10 @@ import pytest
 import requests
 from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from flowkeeper.adapters import prometheus as prometheus_adapter
-from flowkeeper.adapters.prometheus import (
-    FlowTarget,
-    Presets,
-    PrometheusSignals,
-    Query,
-    QueryProblem,
-    Read,
-    ServerSettings,
-    assemble,
-    classify,
-    index_result,
-    plan_pass,
-    promql_duration,
-    single_value,
-)
+from flowkeeper.adapters.prometheus import FlowTarget, PrometheusSignals, signals_pass
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, single_value
+from flowkeeper.adapters.prometheus.queries import Presets, Query, Read, plan_pass, promql_duration
+from flowkeeper.adapters.prometheus.servers import ServerSettings
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
 from flowkeeper.domain.errors import ConfigurationError, ErrorClass
 
@@ -335,7 +323,7 @@ def test_a_missing_secret_fails_that_flow_as_configuration() -> None:
 
 
 def test_clients_of_servers_no_flow_uses_any_more_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prometheus_adapter, "IDLE_CLIENT_SECONDS", 0.0)
+    monkeypatch.setattr(signals_pass, "IDLE_CLIENT_SECONDS", 0.0)
     signals, clients = signals_with()
     signals.collect([flow("own", SOURCES["rabbitmq"](0), metrics={"server": {"address": "https://other:9090"}})])
     signals.collect(flows_of("rabbitmq", 1))
