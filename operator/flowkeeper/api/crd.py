@@ -31,6 +31,7 @@ _KEPT_KEYS = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "required",
     "properties",
     "items",
