@@ -9,45 +9,57 @@ from functools import cache, lru_cache
 
 from flowkeeper.adapters.prometheus.convention import (
     BASELINE_STEPS,
+    CONVENTION_KEY,
     DEAD_LETTER_DEPTH,
     ERRORS,
     GROWTH_STEPS,
-    INTEGRATION,
     KAFKA_LAG,
+    KAFKA_NEWEST_OFFSET,
+    KAFKA_OLDEST_OFFSET,
     LAST_SUCCESS,
     OVERRIDABLE,
     PROCESSED,
     PROCESSING_SECONDS,
     QUEUE_DEPTH,
-    RABBITMQ_DEPTH_METRICS,
+    RABBITMQ_DEPTH_NAMES,
 )
+from flowkeeper.adapters.prometheus.promql import Labels, as_labels, as_vector, embeddable, matchers, promql_duration, selector
 from flowkeeper.api.durations import to_seconds
 from flowkeeper.api.v1alpha1 import Broker, IntegrationFlowSpec
+
+BY = ", ".join(CONVENTION_KEY)
 
 
 @dataclass(frozen=True)
 class FlowTarget:
     """What the pass needs to know about one flow."""
 
-    key: str  # "namespace/name"
+    key: str  # opaque to the pass: the caller's name for the flow (results are keyed by it)
     namespace: str
     name: str
     spec: IntegrationFlowSpec
-
 
 
 @dataclass(frozen=True)
 class Query:
     """One PromQL query of a pass. Equal queries are asked once, whichever flows need them."""
 
-    kind: str  # short name for logs and docs, e.g. "rabbitmq_depth", "throughput_baseline[1h]"
+    kind: str  # short name for logs and tests, e.g. "rabbitmq_depth", "throughput:baseline[1h]"
     promql: str
-    by: tuple[str, ...] = ()  # labels naming a result series; () for a flow's own query (one number)
+    by: tuple[str, ...] = ()  # labels naming a result series; () for a query that returns one number
     requires: Query | None = None  # asked only if this one worked: the base of a derived signal
+    family: str = ""  # the `kind` label of the operator's query metrics (few values); "" -> kind
+    # A derived query over a flow's own query, for when that one answered a scalar: subqueries and
+    # comparisons need an instant vector, so the scalar is wrapped first.
+    promql_over_scalar: str | None = None
 
     @property
-    def is_override(self) -> bool:
+    def one_number(self) -> bool:
         return not self.by
+
+    @property
+    def metric_kind(self) -> str:
+        return self.family or self.kind
 
 
 @dataclass(frozen=True)
@@ -57,16 +69,7 @@ class Read:
     signal: str  # a FlowSignals field
     query: Query
     key: tuple[str, ...] = ()
-
-
-def promql_duration(seconds: float) -> str:
-    """3600 -> '1h', 90 -> '90s', 1.5 -> '1500ms': the shortest PromQL spelling, so equal windows
-    written differently ('60m', '1h') make one query."""
-    millis = round(seconds * 1000)
-    for unit, size in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
-        if millis % size == 0:
-            return f"{millis // size}{unit}"
-    return f"{millis}ms"
+    base: str | None = None  # for a derived signal: the signal it is computed from
 
 
 def _step(window_s: float, steps: int) -> float:
@@ -93,67 +96,67 @@ def growth_promql(slope: Callable[[str], str], window_s: float, rate_s: float) -
 
 
 class Presets:
-    """The batched queries, for a given rate window. Pure: builds strings, talks to nobody."""
+    """The batched queries, for a given rate window."""
 
     def __init__(self, rate_window: str = "1m") -> None:
         self.rate_s = to_seconds(rate_window)
         self.rate = promql_duration(self.rate_s)
 
-    # --- backlog, per broker kind
+    # --- backlog, per broker kind; `labels` (spec.source.metricLabels) pick one broker's series
+    # when several brokers export the same queue names. Flows with equal labels share a query.
 
-    @cache  # noqa: B019 - a few entries per instance, and instances live as long as the operator
-    def rabbitmq_depth(self) -> Query:
+    @lru_cache(maxsize=256)  # noqa: B019 - bounded: label sets come and go
+    def rabbitmq_depth(self, labels: Labels = ()) -> Query:
         # Ready + unacked in one selector, so a queue that lacks one of the two still has a depth.
-        return Query("rabbitmq_depth", f"sum by (vhost, queue) ({RABBITMQ_DEPTH_METRICS})", ("vhost", "queue"))
+        names = f'__name__=~"{RABBITMQ_DEPTH_NAMES}"'
+        extra = f", {matchers(labels)}" if labels else ""
+        return Query("rabbitmq_depth", f"sum by (vhost, queue) ({{{names}{extra}}})", ("vhost", "queue"))
 
-    @cache  # noqa: B019
-    def kafka_lag(self) -> Query:
-        return Query("kafka_lag", f"sum by (consumergroup, topic) ({KAFKA_LAG})", ("consumergroup", "topic"))
+    @lru_cache(maxsize=256)  # noqa: B019
+    def kafka_lag(self, labels: Labels = ()) -> Query:
+        return Query("kafka_lag", f"sum by (consumergroup, topic) ({selector(KAFKA_LAG, labels)})", ("consumergroup", "topic"))
 
-    @cache  # noqa: B019
-    def kafka_topic_messages(self) -> Query:
+    @lru_cache(maxsize=256)  # noqa: B019
+    def kafka_topic_messages(self, labels: Labels = ()) -> Query:
         # A dead-letter topic usually has no consumer group, hence no lag: its depth is the messages it
         # retains (newest - oldest offset), which stay until retention removes them.
-        return Query(
-            "kafka_topic_messages",
-            "sum by (topic) (kafka_topic_partition_current_offset - kafka_topic_partition_oldest_offset)",
-            ("topic",),
-        )
+        retained = f"{selector(KAFKA_NEWEST_OFFSET, labels)} - {selector(KAFKA_OLDEST_OFFSET, labels)}"
+        return Query("kafka_topic_messages", f"sum by (topic) ({retained})", ("topic",))
 
-    @cache  # noqa: B019
+    @cache  # noqa: B019 - a few entries per instance, and instances live as long as the operator
     def convention_gauge(self, metric: str) -> Query:
-        return Query(metric.removeprefix("flowkeeper_"), f"sum by ({INTEGRATION}) ({metric})", (INTEGRATION,))
+        return Query(metric.removeprefix("flowkeeper_"), f"sum by ({BY}) ({metric})", CONVENTION_KEY)
 
     # --- processing, from the convention, for every broker kind
 
-    def _rate(self, selector: str) -> str:
-        return f"sum by ({INTEGRATION}) (rate({selector}[{self.rate}]))"
+    def _rate(self, selector_: str) -> str:
+        return f"sum by ({BY}) (rate({selector_}[{self.rate}]))"
 
     @cache  # noqa: B019
     def throughput(self) -> Query:
-        return Query("throughput", self._rate(PROCESSED), (INTEGRATION,))
+        return Query("throughput", self._rate(PROCESSED), CONVENTION_KEY)
 
     @cache  # noqa: B019
     def latency(self) -> Query:
         promql = f"{self._rate(PROCESSING_SECONDS + '_sum')} / {self._rate(PROCESSING_SECONDS + '_count')}"
-        return Query("latency", promql, (INTEGRATION,))
+        return Query("latency", promql, CONVENTION_KEY)
 
     @cache  # noqa: B019
     def error_ratio(self) -> Query:
         # Labelled counters appear at their first increment: an integration that processes messages
         # but has no status="error" series yet has an error ratio of 0 (`or ... * 0`), not "unknown".
         errors, total = self._rate(f'{PROCESSED}{{status="error"}}'), self._rate(PROCESSED)
-        return Query("error_ratio", f"({errors} or {total} * 0) / {total}", (INTEGRATION,))
+        return Query("error_ratio", f"({errors} or {total} * 0) / {total}", CONVENTION_KEY)
 
     @cache  # noqa: B019
     def configuration_errors(self) -> Query:
         # Same reasoning: a consumer that reports processed messages and no configuration error has 0.
         config = self._rate(f'{ERRORS}{{class="configuration"}}')
-        return Query("configuration_errors", f"{config} or {self._rate(PROCESSED)} * 0", (INTEGRATION,))
+        return Query("configuration_errors", f"{config} or {self._rate(PROCESSED)} * 0", CONVENTION_KEY)
 
     @cache  # noqa: B019
     def last_success(self) -> Query:
-        return Query("last_success", f"max by ({INTEGRATION}) ({LAST_SUCCESS})", (INTEGRATION,))
+        return Query("last_success", f"max by ({BY}) ({LAST_SUCCESS})", CONVENTION_KEY)
 
     # --- consumer pods, per (namespace, deployment)
 
@@ -172,7 +175,15 @@ class Presets:
     # --- a flow's own PromQL, and the signals derived from a preset or an override alike
 
     def override(self, signal: str, promql: str) -> Query:
-        return Query(f"override:{signal}", promql.strip())
+        return Query(f"override:{signal}", promql.strip(), family="override")
+
+    @staticmethod
+    def _derived(kind: str, family: str, base: Query, build: Callable[[str], str]) -> Query:
+        if not base.one_number:
+            return Query(kind, build(base.promql), base.by, requires=base, family=family)
+        # A flow's own text is embedded without its comments, and in a second spelling for a scalar.
+        own = embeddable(base.promql)
+        return Query(kind, build(own), requires=base, family=family, promql_over_scalar=build(as_vector(own)))
 
     @lru_cache(maxsize=1024)  # noqa: B019 - bounded: override texts come and go
     def baseline(self, base: Query, window_s: float) -> Query:
@@ -180,15 +191,20 @@ class Presets:
         a rate over the whole window) stays right for a flow younger than the window, and keeps the
         baseline comparable with the signal. NaN steps (no traffic: 0/0 latency) are left out."""
         window, step = promql_duration(window_s), promql_duration(_step(window_s, BASELINE_STEPS))
-        return Query(f"{base.kind}:baseline[{window}]", f"avg_over_time((({base.promql}) > -Inf)[{window}:{step}])", base.by, requires=base)
+        return self._derived(
+            f"{base.kind}:baseline[{window}]", "baseline", base, lambda q: f"avg_over_time((({q}) > -Inf)[{window}:{step}])"
+        )
 
     @lru_cache(maxsize=1024)  # noqa: B019
     def growth(self, depth: Query, window_s: float) -> Query:
         """queue_growing_seconds from a depth query. Its slope is deriv() over a subquery of the depth,
         because deriv() cannot be applied to the two RabbitMQ metric names at once."""
         inner = promql_duration(_step(self.rate_s, 5))
-        promql = growth_promql(lambda r: f"deriv(({depth.promql})[{r}:{inner}])", window_s, self.rate_s)
-        return Query(f"{depth.kind}:growth[{promql_duration(window_s)}]", promql, depth.by, requires=depth)
+
+        def build(q: str) -> str:
+            return growth_promql(lambda r: f"deriv(({q})[{r}:{inner}])", window_s, self.rate_s)
+
+        return self._derived(f"{depth.kind}:growth[{promql_duration(window_s)}]", "growth", depth, build)
 
 
 # Pods -> their Deployment, through kube-state-metrics' owner metrics (pod -> ReplicaSet -> Deployment).
@@ -217,21 +233,28 @@ def utilization_promql(usage: str, capacity: str) -> str:
     return f"{per_deployment(usage_c, capacity_c)} / {per_deployment(capacity_c, usage_c)}"
 
 
+def overrides_of(spec: IntegrationFlowSpec) -> dict[str, str]:
+    """The flow's own PromQL per signal (spec.metrics.*), blank ones left out."""
+    return {signal: promql for signal in OVERRIDABLE if (promql := getattr(spec.metrics, signal)) and promql.strip()}
+
+
 def flow_reads(flow: FlowTarget, presets: Presets) -> list[Read]:
     """Every signal this flow needs, and where to find it: the broker's presets, the convention, the
     consumer pods; the flow's overrides replace presets; derived signals follow their base."""
     spec, source = flow.spec, flow.spec.source
-    integration = (source.integration or flow.name,)
+    integration = (flow.namespace, source.integration or flow.name)
+    broker_labels = as_labels(source.metric_labels)
     sources: dict[str, tuple[Query, tuple[str, ...]]] = {}  # signal -> (query, key)
 
     if source.broker == Broker.rabbitmq:
-        sources["queue_depth"] = (presets.rabbitmq_depth(), (source.vhost, source.queue or ""))
+        depth = presets.rabbitmq_depth(broker_labels)
+        sources["queue_depth"] = (depth, (source.vhost, source.queue or ""))
         if source.dead_letter_queue:
-            sources["dead_letter_depth"] = (presets.rabbitmq_depth(), (source.vhost, source.dead_letter_queue))
+            sources["dead_letter_depth"] = (depth, (source.vhost, source.dead_letter_queue))
     elif source.broker == Broker.kafka:
-        sources["queue_depth"] = (presets.kafka_lag(), (source.consumer_group or "", source.topic or ""))
+        sources["queue_depth"] = (presets.kafka_lag(broker_labels), (source.consumer_group or "", source.topic or ""))
         if source.dead_letter_topic:
-            sources["dead_letter_depth"] = (presets.kafka_topic_messages(), (source.dead_letter_topic,))
+            sources["dead_letter_depth"] = (presets.kafka_topic_messages(broker_labels), (source.dead_letter_topic,))
     else:
         sources["queue_depth"] = (presets.convention_gauge(QUEUE_DEPTH), integration)
         sources["dead_letter_depth"] = (presets.convention_gauge(DEAD_LETTER_DEPTH), integration)
@@ -244,10 +267,8 @@ def flow_reads(flow: FlowTarget, presets: Presets) -> list[Read]:
     sources["cpu_utilization"] = (presets.cpu_utilization(), pods)
     sources["memory_utilization"] = (presets.memory_utilization(), pods)
 
-    for signal in OVERRIDABLE:
-        promql = getattr(spec.metrics, signal)
-        if promql and promql.strip():
-            sources[signal] = (presets.override(signal, promql), ())
+    for signal, promql in overrides_of(spec).items():
+        sources[signal] = (presets.override(signal, promql), ())
 
     growth_s = to_seconds(spec.health.queue_growth_window)
     baseline_s = to_seconds(spec.health.baseline_window)
@@ -259,7 +280,7 @@ def flow_reads(flow: FlowTarget, presets: Presets) -> list[Read]:
     reads = [Read(signal, query, key) for signal, (query, key) in sources.items()]
     for signal, (base, build) in derived.items():
         query, key = sources[base]
-        reads.append(Read(signal, build(query), key))
+        reads.append(Read(signal, build(query), key, base=base))
     return reads
 
 
@@ -283,6 +304,4 @@ def queries_of(reads_per_flow: Iterable[list[Read]]) -> list[Query]:
             if read.query.requires is not None:
                 queries.setdefault(read.query.requires, None)
             queries.setdefault(read.query, None)
-    return sorted(queries, key=lambda q: q.is_override)  # stable: keeps `requires` first
-
-
+    return sorted(queries, key=lambda q: q.one_number)  # stable: keeps `requires` first

@@ -1,114 +1,142 @@
-"""The batched signals pass: every flow's signals, per server, in one pass."""
+"""The batched signals pass: every flow's signals, one batch per Prometheus server, within deadlines."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import shutil
-import tempfile
 import threading
 import time
-import weakref
+import traceback
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
-from flowkeeper.adapters.prometheus.answers import _UNREACHABLE, QueryProblem, assemble, classify, index_result
-from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, flow_reads, promql_duration, queries_of
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result
+from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient
+from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, flow_reads, overrides_of, queries_of
 from flowkeeper.adapters.prometheus.servers import (
-    _SECRET_REASONS,
-    QueryClient,
+    AllowedServers,
+    FlowServers,
+    FlowProblem,
     SecretReader,
     ServerSettings,
-    _default_client,
-    _SecretProblem,
+    TokenFile,
+    redact,
+    settings_for,
 )
-from flowkeeper.api.v1alpha1 import PrometheusServer, SecretKeyRef
-from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
-from flowkeeper.domain.signals import FlowSignals, SignalsFailure
+from flowkeeper.config import OperatorConfig
+from flowkeeper.domain.errors import ErrorClass
+from flowkeeper.domain.signals import OVERRIDE_FIELDS, FlowSignals, SignalsFailure
+from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.prometheus")
+
+IDLE_CLIENT_SECONDS = 600.0  # a flow's own server unused this long has its HTTP connection closed
+PASS_TIMEOUT_FACTOR = 3  # a pass's deadline, in query timeouts, unless set
 
 
 @dataclass
 class PassResult:
     signals: dict[str, FlowSignals]  # per key, for flows whose pass worked (single signals may be None)
     failures: dict[str, SignalsFailure]  # per key, when nothing could be read for that flow
-    # (reasons: PrometheusUnavailable, PrometheusUnauthorized, PrometheusQueryFailed, SecretNotFound, ...)
+    # (reasons: PrometheusUnavailable, PrometheusTimeout, PrometheusUnauthorized, SecretNotFound,
+    # MetricsServerNotAllowed, ...)
     queries: int  # Prometheus HTTP queries made in this pass
     seconds: float
-
-
-
-SECRET_CACHE_SECONDS = 60.0  # how long a Secret read for a flow's own server is reused
-IDLE_CLIENT_SECONDS = 600.0  # a flow's own server unused this long has its HTTP session closed
 
 
 def _close(client: QueryClient) -> None:
     getattr(client, "close", lambda: None)()
 
 
-
 class PrometheusSignals:
     """The batched signals pass. `collect()` is synchronous (the operator runs it in a thread) and one
-    pass runs at a time; it never raises."""
+    pass runs at a time; it never raises.
+
+    Tenant safety: a flow may name its own Prometheus (spec.metrics.server) only when it is the
+    operator's own or one of `allowed_servers`, and may run its own PromQL (spec.metrics.<signal>)
+    only with `allow_overrides`: both are checked before any Secret is read or request sent."""
 
     def __init__(
         self,
         url: str,
         *,
-        headers: dict | None = None,
+        headers: dict[str, str] | None = None,
+        bearer_token_file: str | None = None,
         ca_file: str | None = None,
         timeout: float = 5.0,
+        pass_timeout: float | None = None,
         rate_window: str = "1m",
+        allowed_servers: Sequence[str] = (),
+        allow_overrides: bool = False,
         clock: Callable[[], float] = time.time,
         secret_reader: SecretReader | None = None,
-        client_factory: Callable[[ServerSettings, float], QueryClient] = _default_client,
+        client_factory: Callable[[ServerSettings], QueryClient] = HttpQueryClient,
     ) -> None:
-        self.default_server = ServerSettings(url=url, headers=tuple(sorted((headers or {}).items())), verify=ca_file or True)
+        self._default_base = settings_for(url, headers, verify=ca_file or True)
+        self.default_server = self._default_base
+        self._token_file = TokenFile(bearer_token_file) if bearer_token_file else None
         self.timeout = timeout
+        self.pass_timeout = pass_timeout or PASS_TIMEOUT_FACTOR * timeout
         self.presets = Presets(rate_window)
+        self.allowed = AllowedServers(url, allowed_servers)
+        self.allow_overrides = allow_overrides
         self.clock = clock
-        self.secret_reader = secret_reader
+        self._flow_servers = FlowServers(secret_reader)
         self._client_factory = client_factory
         self._clients: dict[ServerSettings, QueryClient] = {}
         self._client_used: dict[ServerSettings, float] = {}
-        self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._lock = threading.Lock()
-        self._ca_dir: str | None = None
-        self._finalizer: weakref.finalize | None = None
+
+    @classmethod
+    def from_config(cls, config: OperatorConfig, *, secret_reader: SecretReader | None = None) -> PrometheusSignals:
+        """The pass as the operator's options (`flowkeeper run`) describe it."""
+        assert config.prometheus_url is not None
+        return cls(
+            config.prometheus_url,
+            bearer_token_file=config.prometheus_bearer_token_file,
+            ca_file=config.prometheus_ca_file,
+            timeout=config.prometheus_timeout,
+            pass_timeout=config.prometheus_pass_timeout,
+            rate_window=config.rate_window,
+            allowed_servers=config.allowed_prometheus_servers,
+            allow_overrides=config.allow_metrics_overrides,
+            secret_reader=secret_reader,
+        )
 
     def close(self) -> None:
-        """Closes the HTTP sessions and removes the CA files written for flows' own servers."""
+        """Closes the HTTP connections and removes the CA files written for flows' own servers."""
         for client in self._clients.values():
             _close(client)
         self._clients.clear()
         self._client_used.clear()
-        if self._finalizer is not None:
-            self._finalizer()
+        self._flow_servers.close()
 
     def collect(self, flows: Sequence[FlowTarget]) -> PassResult:
         started = time.monotonic()
         with self._lock:
             now = self.clock()
+            deadline = started + self.pass_timeout
             result = PassResult(signals={}, failures={}, queries=0, seconds=0.0)
             groups: dict[ServerSettings, list[FlowTarget]] = {}
+            default = self._refresh_default_server()
             for flow in flows:
                 try:
-                    groups.setdefault(self._server_of(flow), []).append(flow)
-                except _SecretProblem as problem:
+                    groups.setdefault(self._server_of(flow, default), []).append(flow)
+                except FlowProblem as problem:
                     result.failures[flow.key] = problem.failure
                 except Exception as exc:  # noqa: BLE001 - e.g. the CA file cannot be written
                     result.failures[flow.key] = SignalsFailure(ErrorClass.transient, "PrometheusClientError", str(exc))
             for settings, members in groups.items():
                 try:
-                    self._collect_group(settings, members, now, result)
-                except Exception as exc:  # noqa: BLE001 - a bug here must cost one pass, not the operator's loop
-                    log.exception("signals pass failed", extra={"server": settings.url})
+                    self._collect_group(settings, members, now, deadline, result)
+                except Exception:  # noqa: BLE001 - a bug here must cost one pass, not the operator's loop
+                    self._log(logging.ERROR, "signals pass failed: %s", traceback.format_exc(), server=settings.url)
                     for flow in members:
                         if flow.key not in result.signals:
-                            result.failures.setdefault(flow.key, SignalsFailure(ErrorClass.transient, "PrometheusClientError", str(exc)))
+                            result.failures.setdefault(flow.key, SignalsFailure(ErrorClass.transient, "PrometheusClientError", "the signals pass failed"))
             self._forget_idle_clients()
-            self._forget_expired_secrets()
+            self._flow_servers.forget_expired()
+            self._redact_result(result)
         result.seconds = time.monotonic() - started
         log.debug(
             "signals pass",
@@ -116,16 +144,64 @@ class PrometheusSignals:
         )
         return result
 
+    # --- which server, and may the flow use it
+
+    def _refresh_default_server(self) -> ServerSettings | SignalsFailure:
+        if self._token_file is None:
+            return self.default_server
+        try:
+            token = self._token_file.token()
+        except OSError as exc:
+            return SignalsFailure(ErrorClass.transient, "PrometheusTokenUnreadable", str(exc))
+        headers = {**dict(self._default_base.headers), "Authorization": f"Bearer {token}"}
+        settings = replace(self._default_base, headers=tuple(sorted(headers.items())))
+        if settings != self.default_server:
+            # A rotated token: the connection made with the old one is closed now, not when idle.
+            old = self._clients.pop(self.default_server, None)
+            if old is not None:
+                _close(old)
+            self._client_used.pop(self.default_server, None)
+            self.default_server = settings
+        return settings
+
+    def _server_of(self, flow: FlowTarget, default: ServerSettings | SignalsFailure) -> ServerSettings:
+        server = flow.spec.metrics.server
+        if server is not None and not self.allowed.allows(server.address):
+            raise FlowProblem(
+                SignalsFailure(
+                    ErrorClass.configuration,
+                    "MetricsServerNotAllowed",
+                    f"spec.metrics.server.address {server.address} is not a Prometheus server this operator may query: "
+                    "its operator option --allowed-prometheus-server (FLOWKEEPER_ALLOWED_PROMETHEUS_SERVERS) must list it",
+                )
+            )
+        overrides = overrides_of(flow.spec)
+        if overrides and not self.allow_overrides:
+            fields = ", ".join(OVERRIDE_FIELDS[signal] for signal in overrides)
+            raise FlowProblem(
+                SignalsFailure(
+                    ErrorClass.configuration,
+                    "MetricsOverridesNotAllowed",
+                    f"{fields}: this operator runs no PromQL of flows; "
+                    "it needs the option --allow-metrics-overrides (FLOWKEEPER_ALLOW_METRICS_OVERRIDES=true)",
+                )
+            )
+        if server is not None:
+            return self._flow_servers.settings_of(flow.namespace, server)
+        if isinstance(default, SignalsFailure):
+            raise FlowProblem(default)
+        return default
+
     # --- one server
 
-    def _collect_group(self, settings: ServerSettings, flows: list[FlowTarget], now: float, result: PassResult) -> None:
+    def _collect_group(self, settings: ServerSettings, flows: list[FlowTarget], now: float, deadline: float, result: PassResult) -> None:
         reads: dict[str, list[Read]] = {}
         for flow in flows:
             try:
                 reads[flow.key] = flow_reads(flow, self.presets)
             except Exception as exc:  # noqa: BLE001 - a spec the CRD should have refused must not stop the pass
                 result.failures[flow.key] = SignalsFailure(ErrorClass.configuration, "InvalidSpec", f"cannot build its queries: {exc}")
-        answers, asked = self._ask(settings, queries_of(reads.values()), now)
+        answers, asked = self._ask(settings, queries_of(reads.values()), now, deadline)
         result.queries += asked
         failed: dict[str, int] = {}
         for key, flow_reads_ in reads.items():
@@ -136,110 +212,91 @@ class PrometheusSignals:
             else:
                 result.signals[key] = outcome
         for reason, count in failed.items():  # one line per cause, not one per flow: an outage hits them all
-            log.warning("signals of %d flows not read: %s", count, reason, extra={"server": settings.url, "reason": reason})
+            self._log(logging.WARNING, "signals of %d flows not read: %s", count, reason, server=settings.url)
 
-    def _ask(self, settings: ServerSettings, queries: list[Query], now: float) -> tuple[dict[Query, Any], int]:
-        """Runs the queries; each answer is a result or a QueryProblem. Once the server cannot be
-        reached, the remaining queries are not sent: each would wait for the same timeout."""
+    def _ask(self, settings: ServerSettings, queries: list[Query], now: float, deadline: float) -> tuple[dict[Query, Any], int]:
+        """Runs the queries; each answer is a result or a QueryProblem. Each query has until the
+        earlier of its own timeout and the pass's deadline for its whole answer. A query that times
+        out costs only itself; once the server cannot be connected to, the remaining queries are not
+        sent (each would fail the same way); queries the pass's deadline leaves no time for are
+        answered `not asked`, so that their flows say so."""
         client = self._client(settings)
-        params = {"time": f"{now:.3f}", "timeout": promql_duration(self.timeout)}  # one instant per pass
         answers: dict[Query, Any] = {}
         asked = 0
         unreachable: QueryProblem | None = None
+        not_asked = 0
         for query in queries:
+            base = answers.get(query.requires) if query.requires is not None else None
+            if query.requires is not None and isinstance(base, QueryProblem):
+                answers[query] = None  # its base failed and says why; nothing more to learn here
+                continue
             if unreachable is not None:
                 answers[query] = unreachable
                 continue
-            if query.requires is not None and isinstance(answers.get(query.requires), QueryProblem):
-                answers[query] = None  # its base failed and says why; nothing more to learn here
+            if time.monotonic() >= deadline:
+                answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
+                metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
+                not_asked += 1
                 continue
+            promql = query.promql
+            if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
+                promql = query.promql_over_scalar
             asked += 1
+            started = time.monotonic()
             try:
-                result = client.custom_query(query.promql, params=params)
+                data = client.query(promql, at=now, deadline=min(started + self.timeout, deadline))
                 # A batched answer is indexed once here, then looked up by every flow that reads it.
-                answers[query] = result if query.is_override else index_result(result, query.by)
+                answers[query] = data if query.one_number else index_result(data, query.by)
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
-                if isinstance(exc, _UNREACHABLE):
+                metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
+                if problem.connection:
                     unreachable = problem
-                if not query.is_override:
-                    log.warning("query %s failed: %s", query.kind, problem.message, extra={"server": settings.url})
+                if not query.one_number:
+                    self._log(logging.WARNING, "query %s failed: %s", query.kind, problem.message, server=settings.url)
+            finally:
+                metrics.PROMETHEUS_QUERY_SECONDS.labels(kind=query.metric_kind).observe(time.monotonic() - started)
+        if not_asked:
+            self._log(logging.WARNING, "%d queries not asked: the signals pass reached its deadline (%gs)", not_asked, self.pass_timeout, server=settings.url)
         return answers, asked
 
     def _client(self, settings: ServerSettings) -> QueryClient:
         if settings not in self._clients:
-            self._clients[settings] = self._client_factory(settings, self.timeout)
+            self._clients[settings] = self._client_factory(settings)
         self._client_used[settings] = time.monotonic()
         return self._clients[settings]
 
     def _forget_idle_clients(self) -> None:
-        # A server no flow has used for a while (spec changed, flow deleted) should not keep a session
-        # open. Not "unused in this pass": a pass may serve only the flows that are due.
+        # A server no flow has used for a while (spec changed, flow deleted) should not keep a
+        # connection open. Not "unused in this pass": a pass may serve only the flows that are due.
         idle_since = time.monotonic() - IDLE_CLIENT_SECONDS
         for settings in [s for s, used in self._client_used.items() if used < idle_since and s != self.default_server]:
             del self._client_used[settings]
             _close(self._clients.pop(settings))
 
-    def _forget_expired_secrets(self) -> None:
-        if self._secrets:
-            now = time.monotonic()
-            self._secrets = {key: entry for key, entry in self._secrets.items() if entry[0] > now}
+    # --- credentials stay out of logs and messages
 
-    # --- a flow's own server
+    def _secrets(self) -> list[str]:
+        values = self._flow_servers.secret_values()
+        for settings in (self.default_server, *self._clients):
+            values.extend(value.removeprefix("Bearer ") for _, value in settings.headers)
+            if settings.auth is not None:
+                values.extend(settings.auth)
+        return values
 
-    def _server_of(self, flow: FlowTarget) -> ServerSettings:
-        server: PrometheusServer | None = flow.spec.metrics.server
-        if server is None:
-            return self.default_server
-        headers: dict[str, str] = {}
-        auth = None
-        verify: str | bool = True
-        if server.bearer_token_secret is not None:
-            headers["Authorization"] = f"Bearer {self._secret(flow, server.bearer_token_secret).strip()}"
-        if server.basic_auth_secret is not None:
-            auth = (
-                self._secret(flow, SecretKeyRef(name=server.basic_auth_secret, key="username")),
-                self._secret(flow, SecretKeyRef(name=server.basic_auth_secret, key="password")),
-            )
-        if server.ca_secret is not None:
-            verify = self._ca_file(self._secret(flow, server.ca_secret))
-        return ServerSettings(server.address, tuple(sorted(headers.items())), auth, verify, from_flow=True)
+    def _log(self, level: int, message: str, *args: Any, server: str) -> None:
+        secrets = self._secrets()
+        log.log(level, message, *(redact(str(a), secrets) if isinstance(a, str) else a for a in args), extra={"server": redact(server, secrets)})
 
-    def _secret(self, flow: FlowTarget, ref: SecretKeyRef) -> str:
-        where = f"Secret {flow.namespace}/{ref.name} key {ref.key!r}"
-        if self.secret_reader is None:
-            raise _SecretProblem(SignalsFailure(ErrorClass.transient, "SecretsUnavailable", f"{where}: the operator reads no Secrets"))
-        cache_key = (flow.namespace, ref.name, ref.key)
-        cached = self._secrets.get(cache_key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        try:
-            value = self.secret_reader(flow.namespace, ref)
-            # Cached for a while: a GET per flow and pass would throttle the API server at scale.
-            self._secrets[cache_key] = (time.monotonic() + SECRET_CACHE_SECONDS, value)
-            return value
-        except FlowkeeperError as exc:
-            if exc.error_class == ErrorClass.configuration:
-                # NotFound / Forbidden / a missing key: the flow points at a Secret it cannot use.
-                reason = exc.reason if exc.reason.startswith("Secret") else _SECRET_REASONS.get(exc.reason, "SecretNotFound")
-                raise _SecretProblem(SignalsFailure(ErrorClass.configuration, reason, f"{where}: {exc}")) from exc
-            raise _SecretProblem(SignalsFailure(exc.error_class, exc.reason, f"{where}: {exc}")) from exc
-        except LookupError as exc:
-            raise _SecretProblem(SignalsFailure(ErrorClass.configuration, "SecretNotFound", f"{where}: not found")) from exc
-        except Exception as exc:  # noqa: BLE001 - an API hiccup is not the flow's fault
-            raise _SecretProblem(SignalsFailure(ErrorClass.transient, "SecretUnreadable", f"{where}: {exc}")) from exc
-
-    def _ca_file(self, pem: str) -> str:
-        """requests verifies against a file: each distinct CA is written once, removed on close()."""
-        if self._ca_dir is None:
-            self._ca_dir = tempfile.mkdtemp(prefix="flowkeeper-ca-")
-            self._finalizer = weakref.finalize(self, shutil.rmtree, self._ca_dir, True)
-        path = f"{self._ca_dir}/{hashlib.sha256(pem.encode()).hexdigest()[:16]}.pem"
-        try:
-            with open(path, "x") as out:
-                out.write(pem)
-        except FileExistsError:
-            pass
-        return path
-
+    def _redact_result(self, result: PassResult) -> None:
+        secrets = self._secrets()
+        for key, failure in result.failures.items():
+            result.failures[key] = replace(failure, message=redact(failure.message, secrets))
+        for key, signals in result.signals.items():
+            if signals.unread or signals.invalid_queries:
+                result.signals[key] = replace(
+                    signals,
+                    unread={k: redact(v, secrets) for k, v in signals.unread.items()},
+                    invalid_queries={k: redact(v, secrets) for k, v in signals.invalid_queries.items()},
+                )
