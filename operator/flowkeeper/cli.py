@@ -8,6 +8,17 @@ import socket
 import click
 
 
+def _base_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    # The variable holds a comma-separated list; each entry must be a base URL the pass can compare.
+    from flowkeeper.adapters.prometheus.servers import base_url
+
+    urls = tuple(url.strip() for value in values for url in value.split(",") if url.strip())
+    bad = [url for url in urls if base_url(url) is None]
+    if bad:
+        raise click.BadParameter(f"not http(s) base URLs: {', '.join(bad)}")
+    return urls
+
+
 @click.group()
 def main() -> None:
     """Flowkeeper keeps integration flows healthy: it scales queue consumers from Prometheus signals,
@@ -27,7 +38,24 @@ def main() -> None:
 @click.option("--prometheus-url", envvar="FLOWKEEPER_PROMETHEUS_URL", help="Prometheus to read flow signals from. Unset: only readiness is checked.")
 @click.option("--prometheus-bearer-token-file", envvar="FLOWKEEPER_PROMETHEUS_BEARER_TOKEN_FILE", help="File with a bearer token for Prometheus.")
 @click.option("--prometheus-ca-file", envvar="FLOWKEEPER_PROMETHEUS_CA_FILE", help="CA bundle (PEM) to verify Prometheus' TLS certificate.")
-@click.option("--prometheus-timeout", type=float, default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT", help="Seconds per query.")
+@click.option(
+    "--prometheus-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT",
+    help="Seconds for one query's whole answer (Prometheus is asked to give up a little earlier).",
+)
+@click.option(
+    "--prometheus-pass-timeout", type=click.FloatRange(min=0.1), default=None, envvar="FLOWKEEPER_PROMETHEUS_PASS_TIMEOUT",
+    help="Seconds for all queries of one signals pass; queries not asked by then are reported unread. Default: 3x --prometheus-timeout.",
+)
+@click.option(
+    "--allowed-prometheus-server", "allowed_prometheus_servers", multiple=True, callback=_base_urls,
+    envvar="FLOWKEEPER_ALLOWED_PROMETHEUS_SERVERS",
+    help="A Prometheus base URL flows may name in spec.metrics.server, besides --prometheus-url (repeatable; "
+    "the variable takes a comma-separated list). Default: none.",
+)
+@click.option(
+    "--allow-metrics-overrides", is_flag=True, envvar="FLOWKEEPER_ALLOW_METRICS_OVERRIDES",
+    help="Let flows run their own PromQL (spec.metrics.<signal>) with the operator's Prometheus credentials.",
+)
 @click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
 @click.option("--verbose", is_flag=True, help="Debug logs.")
 def run(
@@ -44,6 +72,9 @@ def run(
     prometheus_bearer_token_file: str | None,
     prometheus_ca_file: str | None,
     prometheus_timeout: float,
+    prometheus_pass_timeout: float | None,
+    allowed_prometheus_servers: tuple[str, ...],
+    allow_metrics_overrides: bool,
     rate_window: str,
     verbose: bool,
 ) -> None:
@@ -60,6 +91,9 @@ def run(
         prometheus_bearer_token_file=prometheus_bearer_token_file,
         prometheus_ca_file=prometheus_ca_file,
         prometheus_timeout=prometheus_timeout,
+        prometheus_pass_timeout=prometheus_pass_timeout,
+        allowed_prometheus_servers=allowed_prometheus_servers,
+        allow_metrics_overrides=allow_metrics_overrides,
         rate_window=rate_window,
         lease=None if standalone else LeaseConfig(
             name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration
