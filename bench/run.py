@@ -112,7 +112,7 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
     print(f"[bench] N={n}: applied in {time.monotonic() - t0:.1f}s", flush=True)
 
     operator = OperatorProcess(
-        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s",
+        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s", "--log-level=debug",
         name=f"operator-{n}",
     ).start()
     try:

@@ -107,6 +107,7 @@ class Demo:
             rate_per_replica=self.settings.rate_per_replica,
             dead_letter_fraction=self.settings.dead_letter_fraction,
             replicas=DeploymentReader(self.cluster.kubeconfig_path, self.namespace, self.deployment_name),
+            namespace=self.namespace,  # as Kubernetes discovery would label the consumer pods' series
         ))
         say("starting Prometheus and the operator...", flush=True)
         self.prometheus = self._stack.enter_context(

@@ -7,6 +7,17 @@ import socket
 import click
 
 
+def _base_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    # The variable holds a comma-separated list; each entry must be a base URL the pass can compare.
+    from flowkeeper.adapters.prometheus.servers import base_url
+
+    urls = tuple(url.strip() for value in values for url in value.split(",") if url.strip())
+    bad = [url for url in urls if base_url(url) is None]
+    if bad:
+        raise click.BadParameter(f"not http(s) base URLs: {', '.join(bad)}")
+    return urls
+
+
 @click.group()
 def main() -> None:
     """Flowkeeper keeps integration flows healthy: it scales queue consumers from Prometheus signals,
@@ -26,12 +37,30 @@ def main() -> None:
 @click.option("--prometheus-url", envvar="FLOWKEEPER_PROMETHEUS_URL", help="Prometheus to read flow signals from. Unset: only readiness is checked.")
 @click.option("--prometheus-bearer-token-file", envvar="FLOWKEEPER_PROMETHEUS_BEARER_TOKEN_FILE", help="File with a bearer token for Prometheus.")
 @click.option("--prometheus-ca-file", envvar="FLOWKEEPER_PROMETHEUS_CA_FILE", help="CA bundle (PEM) to verify Prometheus' TLS certificate.")
-@click.option("--prometheus-timeout", type=float, default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT", help="Seconds per query.")
+@click.option(
+    "--prometheus-timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True, envvar="FLOWKEEPER_PROMETHEUS_TIMEOUT",
+    help="Seconds for one query's whole answer (Prometheus is asked to give up a little earlier).",
+)
+@click.option(
+    "--prometheus-pass-timeout", type=click.FloatRange(min=0.1), default=None, envvar="FLOWKEEPER_PROMETHEUS_PASS_TIMEOUT",
+    help="Seconds for all queries of one signals pass; queries not asked by then are reported unread. Default: 3x --prometheus-timeout.",
+)
+@click.option(
+    "--allowed-prometheus-server", "allowed_prometheus_servers", multiple=True, callback=_base_urls,
+    envvar="FLOWKEEPER_ALLOWED_PROMETHEUS_SERVERS",
+    help="A Prometheus base URL flows may name in spec.metrics.server, besides --prometheus-url (repeatable; "
+    "the variable takes a comma-separated list). Default: none.",
+)
+@click.option(
+    "--allow-metrics-overrides", is_flag=True, envvar="FLOWKEEPER_ALLOW_METRICS_OVERRIDES",
+    help="Let flows run their own PromQL (spec.metrics.<signal>) with the operator's Prometheus credentials.",
+)
 @click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
 @click.option("--request-timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True, envvar="FLOWKEEPER_REQUEST_TIMEOUT", help="Seconds for every Kubernetes API call.")
 @click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
 @click.option("--write-concurrency", type=click.IntRange(1, 256), default=16, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
-@click.option("--verbose", is_flag=True, help="Debug logs.")
+@click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True, envvar="FLOWKEEPER_LOG_LEVEL", help="debug: also Flowkeeper's routine lines (one per pass), without kopf's.")
+@click.option("--verbose", is_flag=True, help="Debug logs, kopf's included.")
 def run(
     namespaces: tuple[str, ...],
     standalone: bool,
@@ -46,10 +75,14 @@ def run(
     prometheus_bearer_token_file: str | None,
     prometheus_ca_file: str | None,
     prometheus_timeout: float,
+    prometheus_pass_timeout: float | None,
+    allowed_prometheus_servers: tuple[str, ...],
+    allow_metrics_overrides: bool,
     rate_window: str,
     request_timeout: float,
     conflict_hold_off: float,
     write_concurrency: int,
+    log_level: str,
     verbose: bool,
 ) -> None:
     """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
@@ -66,6 +99,9 @@ def run(
         prometheus_bearer_token_file=prometheus_bearer_token_file,
         prometheus_ca_file=prometheus_ca_file,
         prometheus_timeout=prometheus_timeout,
+        prometheus_pass_timeout=prometheus_pass_timeout,
+        allowed_prometheus_servers=allowed_prometheus_servers,
+        allow_metrics_overrides=allow_metrics_overrides,
         rate_window=rate_window,
         request_timeout=request_timeout,
         conflict_hold_off=conflict_hold_off,
@@ -75,7 +111,7 @@ def run(
         ),
     )
 
-    logs.configure(log_format, verbose=verbose)
+    logs.configure(log_format, verbose=verbose, level=log_level)
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
         standalone=True,

@@ -11,7 +11,11 @@ class OperatorConfig:
     prometheus_url: str | None = None  # None: no metrics; flows are only checked for readiness
     prometheus_bearer_token_file: str | None = None
     prometheus_ca_file: str | None = None
-    prometheus_timeout: float = 5.0
+    prometheus_timeout: float = 5.0  # seconds for one query's whole answer
+    prometheus_pass_timeout: float | None = None  # seconds for a whole signals pass; None: 3x the query timeout
+    # Prometheus servers flows may name in spec.metrics.server, besides prometheus_url.
+    allowed_prometheus_servers: tuple[str, ...] = ()
+    allow_metrics_overrides: bool = False  # whether flows may run their own PromQL (spec.metrics.<signal>)
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
     request_timeout: float = 30.0  # seconds for every Kubernetes API call

@@ -61,6 +61,12 @@ def test_api_server_fills_in_defaults(cluster, namespace, kubectl_json) -> None:
     assert spec["onConfigurationError"] == "Pause"
 
 
+def test_metric_labels_are_kept_as_written(cluster, namespace, kubectl_json) -> None:
+    labels = {"instance": "rabbitmq-prod:15692", "_cluster": 'prod "eu"'}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(source=f"{{broker: rabbitmq, queue: q, metricLabels: {json.dumps(labels)}}}"))
+    assert kubectl_json("get", "iflow", "f", "-n", namespace)["spec"]["source"]["metricLabels"] == labels
+
+
 def test_kubectl_explain_teaches_the_fields(cluster) -> None:
     out = cluster.kubectl("explain", "integrationflow.spec.scaling").stdout
     assert "How many consumers the flow gets" in out
@@ -78,6 +84,12 @@ INVALID = [
     pytest.param(manifest(scaling="{maxReplicas: ten}"), "spec.scaling.maxReplicas", id="wrong-type"),
     pytest.param(manifest(scaling="{pollInterval: soon}"), "spec.scaling.pollInterval", id="bad-duration"),
     pytest.param(manifest(scaling="{maxReplica: 3}"), "maxReplica", id="unknown-field"),
+    pytest.param(manifest(source="{broker: rabbitmq, queue: q, metricLabels: {rabbit-cluster: prod}}"), "spec.source.metricLabels", id="bad-label-name"),
+    pytest.param(
+        manifest(source="{broker: rabbitmq, queue: q, metricLabels: {%s}}" % ", ".join(f"l{i}: v" for i in range(11))),
+        "spec.source.metricLabels",
+        id="too-many-labels",
+    ),
     pytest.param(
         textwrap.dedent("""
         apiVersion: flowkeeper.io/v1alpha1

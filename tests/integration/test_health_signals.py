@@ -30,12 +30,17 @@ class Case:
     history_s: float = 0  # seconds of normal signals before the drive, for baselines
 
 
-def _processed(e, success: float, error: float = 0.0) -> None:
-    e.set_rate("flowkeeper_messages_processed_total", {"integration": NAME, "status": "success"}, success)
+def _convention(namespace: str, **labels: str) -> dict[str, str]:
+    # The labels Prometheus' Kubernetes discovery gives the consumer pods' series, and the convention's.
+    return {"namespace": namespace, "integration": NAME, **labels}
+
+
+def _processed(e, namespace: str, success: float, error: float = 0.0) -> None:
+    e.set_rate("flowkeeper_messages_processed_total", _convention(namespace, status="success"), success)
     if error:
-        e.set_rate("flowkeeper_messages_processed_total", {"integration": NAME, "status": "error"}, error)
+        e.set_rate("flowkeeper_messages_processed_total", _convention(namespace, status="error"), error)
     else:
-        e.remove("flowkeeper_messages_processed_total", {"integration": NAME, "status": "error"})
+        e.remove("flowkeeper_messages_processed_total", _convention(namespace, status="error"))
 
 
 def _cpu(e, namespace: str, used: float) -> None:
@@ -56,9 +61,9 @@ def _memory(e, namespace: str, used_bytes: float) -> None:
     e.set("kube_replicaset_owner", {"namespace": namespace, "replicaset": replicaset, "owner_kind": "Deployment", "owner_name": NAME}, 1)
 
 
-def _latency(e, seconds: float) -> None:
-    e.set_rate("flowkeeper_processing_seconds_count", {"integration": NAME}, 10)
-    e.set_rate("flowkeeper_processing_seconds_sum", {"integration": NAME}, 10 * seconds)
+def _latency(e, namespace: str, seconds: float) -> None:
+    e.set_rate("flowkeeper_processing_seconds_count", _convention(namespace), 10)
+    e.set_rate("flowkeeper_processing_seconds_sum", _convention(namespace), 10 * seconds)
 
 
 def _no_ready_consumers(cluster, namespace: str, stuck: bool) -> None:
@@ -74,12 +79,12 @@ def _dead_letters(e, queue: str, n: float) -> None:
 
 CASES = [
     Case("ErrorRatioHigh", "P2", "Degraded",
-         drive=lambda e, q, ns: _processed(e, 9, 1), clear=lambda e, q, ns: _processed(e, 10)),
+         drive=lambda e, q, ns: _processed(e, ns, 9, 1), clear=lambda e, q, ns: _processed(e, ns, 10)),
     Case("DeadLetters", "P3", "Degraded",
          drive=lambda e, q, ns: _dead_letters(e, q, 3), clear=lambda e, q, ns: _dead_letters(e, q, 0)),
     Case("HeartbeatLost", "P1", "Down",
-         drive=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() - 600),
-         clear=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() + 3600)),
+         drive=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", _convention(ns), time.time() - 600),
+         clear=lambda e, q, ns: e.set("flowkeeper_last_success_timestamp_seconds", _convention(ns), time.time() + 3600)),
     Case("QueueGrowing", "P2", "Degraded",
          drive=lambda e, q, ns: e.set_rate("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": q}, 2, start=50),
          clear=lambda e, q, ns: set_depth(e, q, 50), health={"queueGrowthWindow": "6s"}),
@@ -88,10 +93,10 @@ CASES = [
     Case("MemoryHigh", "P2", "Degraded",
          drive=lambda e, q, ns: _memory(e, ns, 950), clear=lambda e, q, ns: _memory(e, ns, 300)),
     Case("ThroughputOffBaseline", "P2", "Degraded",
-         drive=lambda e, q, ns: _processed(e, 2), clear=lambda e, q, ns: _processed(e, 10),
+         drive=lambda e, q, ns: _processed(e, ns, 2), clear=lambda e, q, ns: _processed(e, ns, 10),
          health={"baselineWindow": "20s"}, history_s=22),
     Case("LatencyHigh", "P2", "Degraded",
-         drive=lambda e, q, ns: _latency(e, 0.5), clear=lambda e, q, ns: _latency(e, 0.1),
+         drive=lambda e, q, ns: _latency(e, ns, 0.5), clear=lambda e, q, ns: _latency(e, ns, 0.1),
          health={"baselineWindow": "20s"}, history_s=22),
 ]
 
@@ -114,9 +119,9 @@ def test_signal_moves_the_flow_and_back(
     queue = f"{unique}-orders"
     set_depth(fresh_exporter, queue, 50)
     _dead_letters(fresh_exporter, queue, 0)
-    _processed(fresh_exporter, 10)
-    _latency(fresh_exporter, 0.1)
-    fresh_exporter.set("flowkeeper_last_success_timestamp_seconds", {"integration": NAME}, time.time() + 3600)
+    _processed(fresh_exporter, namespace, 10)
+    _latency(fresh_exporter, namespace, 0.1)
+    fresh_exporter.set("flowkeeper_last_success_timestamp_seconds", _convention(namespace), time.time() + 3600)
     cluster.kubectl("create", "deployment", NAME, "-n", namespace, "--image=example/consumer:1")
     source = {"broker": "rabbitmq", "vhost": "/", "queue": queue, "deadLetterQueue": f"{queue}.dlq", "integration": NAME}
     manifest = flow_manifest(NAME, queue, {"queueDepthPerReplica": 100000}, source=source, health=case.health or {})

@@ -40,10 +40,10 @@ def backfill(now: float, path: Path) -> None:
                           lambda elapsed, ago: 100 + max(0.0, 12 * 60 - ago) * 0.5, now)
     lines += series_lines("rabbitmq_queue_messages_ready", 'vhost="/",queue="flat"', lambda e, a: 100, now)
     # An integration at 10 msg/s and 0.1 s per message for an hour, then 2 msg/s at 0.5 s for 3 minutes.
-    lines += series_lines("flowkeeper_messages_processed_total", 'integration="slow",status="success"', counter(10, 2, 180), now)
-    lines += series_lines("flowkeeper_processing_seconds_count", 'integration="slow"', counter(10, 2, 180), now)
-    lines += series_lines("flowkeeper_processing_seconds_sum", 'integration="slow"', counter(1.0, 1.0, 180), now)
-    lines += series_lines("flowkeeper_last_success_timestamp_seconds", 'integration="slow"', lambda e, a: now - a, now)
+    lines += series_lines("flowkeeper_messages_processed_total", 'namespace="shop",integration="slow",status="success"', counter(10, 2, 180), now)
+    lines += series_lines("flowkeeper_processing_seconds_count", 'namespace="shop",integration="slow"', counter(10, 2, 180), now)
+    lines += series_lines("flowkeeper_processing_seconds_sum", 'namespace="shop",integration="slow"', counter(1.0, 1.0, 180), now)
+    lines += series_lines("flowkeeper_last_success_timestamp_seconds", 'namespace="shop",integration="slow"', lambda e, a: now - a, now)
     path.write_text("\n".join(lines) + "\n# EOF\n")
 
 

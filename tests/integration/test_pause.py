@@ -28,7 +28,8 @@ def paused_setup(cluster, namespace, fresh_exporter, prometheus, unique, run_ope
         cluster.kubectl("create", "deployment", name, "-n", namespace, "--image=example/consumer:1", "--replicas=3")
         cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(name, queue, **spec))
         prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 300')
-        operator = run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=5s")
+        # Overrides allowed: one test writes a broken one.
+        operator = run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=5s", "--allow-metrics-overrides")
         flow = Flow(cluster, namespace, name)
         eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="metrics read")
         assert flow.replicas() == 3
@@ -37,15 +38,17 @@ def paused_setup(cluster, namespace, fresh_exporter, prometheus, unique, run_ope
     return make
 
 
-def config_errors(exporter, integration: str, per_second: float) -> None:
-    exporter.set_rate("flowkeeper_messages_processed_total", {"integration": integration, "status": "error"}, per_second)
-    exporter.set_rate("flowkeeper_errors_total", {"integration": integration, "class": "configuration"}, per_second)
+def config_errors(exporter, namespace: str, integration: str, per_second: float) -> None:
+    labels = {"namespace": namespace, "integration": integration}  # namespace: as Kubernetes discovery sets it
+    exporter.set_rate("flowkeeper_messages_processed_total", {**labels, "status": "error"}, per_second)
+    exporter.set_rate("flowkeeper_errors_total", {**labels, "class": "configuration"}, per_second)
 
 
-def stop_errors(exporter, integration: str) -> None:
+def stop_errors(exporter, namespace: str, integration: str) -> None:
     """Consumers at 0 report nothing: their series vanish."""
-    exporter.remove("flowkeeper_messages_processed_total", {"integration": integration, "status": "error"})
-    exporter.remove("flowkeeper_errors_total", {"integration": integration, "class": "configuration"})
+    labels = {"namespace": namespace, "integration": integration}
+    exporter.remove("flowkeeper_messages_processed_total", {**labels, "status": "error"})
+    exporter.remove("flowkeeper_errors_total", {**labels, "class": "configuration"})
 
 
 def flowkeeper_events(kubectl_json, namespace: str, reason: str) -> list[dict]:
@@ -57,7 +60,7 @@ def test_consumer_configuration_errors_pause_and_a_new_template_resumes(
     paused_setup, cluster, namespace, fresh_exporter, kubectl_json
 ) -> None:
     flow, queue, _ = paused_setup()
-    config_errors(fresh_exporter, "consumer", 2.0)
+    config_errors(fresh_exporter, namespace, "consumer", 2.0)
 
     flow.wait_replicas(0, timeout=20)
     status = flow.status()
@@ -68,7 +71,7 @@ def test_consumer_configuration_errors_pause_and_a_new_template_resumes(
     assert status["signals"]["queueDepth"] == 300  # the backlog waits in the queue
     assert len(flowkeeper_events(kubectl_json, namespace, "ConsumerConfigurationError")) == 1
 
-    stop_errors(fresh_exporter, "consumer")
+    stop_errors(fresh_exporter, namespace, "consumer")
     time.sleep(3 * POLL)
     assert flow.replicas() == 0  # errors stopping because nobody consumes is no fix
 
@@ -111,10 +114,10 @@ def test_operator_restart_mid_pause_keeps_the_pause_and_restores_replicas(
     paused_setup, cluster, namespace, fresh_exporter, run_operator, prometheus
 ) -> None:
     flow, _, operator = paused_setup()
-    config_errors(fresh_exporter, "consumer", 2.0)
+    config_errors(fresh_exporter, namespace, "consumer", 2.0)
     flow.wait_replicas(0, timeout=20)
     operator.stop()
-    stop_errors(fresh_exporter, "consumer")
+    stop_errors(fresh_exporter, namespace, "consumer")
 
     run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=5s")
     time.sleep(3 * POLL)

@@ -13,7 +13,7 @@ messages from a real RabbitMQ queue at a fixed rate, like a pod of a real flow w
     pool.counts                 # consumed, dead-lettered: for "no message lost"
 
 Each consumer exports the Flowkeeper metrics convention (docs/metrics-convention.md; the names come
-from the operator's own adapter, so the two cannot drift), labelled integration=<name>.
+from the operator's own adapter, so the two cannot drift), labelled integration=<name> (and namespace=<namespace> when given).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import pika.exceptions
 from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from flowkeeper.adapters.prometheus import ERRORS, INTEGRATION, LAST_SUCCESS, PROCESSED, PROCESSING_SECONDS
+from flowkeeper.adapters.prometheus.convention import ERRORS, INTEGRATION, LAST_SUCCESS, NAMESPACE, PROCESSED, PROCESSING_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -75,23 +75,26 @@ class Counts:
 
 
 class _Metrics:
-    """The convention's series, in a registry of this pool's own (several pools in one process)."""
+    """The convention's series, in a registry of this pool's own (several pools in one process).
+    `namespace`, when given, stands for the label Prometheus' Kubernetes discovery puts on the series of
+    consumer pods (these consumers are threads, scraped without it)."""
 
-    def __init__(self, integration: str) -> None:
+    def __init__(self, integration: str, namespace: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        names, values = ([NAMESPACE, INTEGRATION], [namespace, integration]) if namespace else ([INTEGRATION], [integration])
         # prometheus_client appends _total to counters itself.
         processed = Counter(PROCESSED.removesuffix("_total"), "Messages taken from the queue and finished, by outcome",
-                            [INTEGRATION, "status"], registry=self.registry)
-        errors = Counter(ERRORS.removesuffix("_total"), "Processing errors by class", [INTEGRATION, "class"], registry=self.registry)
-        self.seconds = Histogram(PROCESSING_SECONDS, "Time to process one message", [INTEGRATION],
-                                 registry=self.registry).labels(integration)
-        self.last_success = Gauge(LAST_SUCCESS, "Unix time of the last message processed successfully", [INTEGRATION],
-                                  registry=self.registry).labels(integration)
+                            [*names, "status"], registry=self.registry)
+        errors = Counter(ERRORS.removesuffix("_total"), "Processing errors by class", [*names, "class"], registry=self.registry)
+        self.seconds = Histogram(PROCESSING_SECONDS, "Time to process one message", names,
+                                 registry=self.registry).labels(*values)
+        self.last_success = Gauge(LAST_SUCCESS, "Unix time of the last message processed successfully", names,
+                                  registry=self.registry).labels(*values)
         # Every child exists from the start (at 0), so "no errors yet" reads as 0, not as no data.
-        self.success = processed.labels(integration, "success")
-        self.error = processed.labels(integration, "error")
-        self.configuration_errors = errors.labels(integration, "configuration")
-        self.data_errors = errors.labels(integration, "data")
+        self.success = processed.labels(*values, "success")
+        self.error = processed.labels(*values, "error")
+        self.configuration_errors = errors.labels(*values, "configuration")
+        self.data_errors = errors.labels(*values, "data")
 
 
 class ConsumerPool:
@@ -109,6 +112,7 @@ class ConsumerPool:
         configuration_error: bool = False,
         replicas: int | Callable[[], int | DeploymentState] = 1,
         poll_interval: float = 1.0,
+        namespace: str | None = None,
     ) -> None:
         if rate_per_replica <= 0 or not 0 <= dead_letter_fraction <= 1:
             raise ValueError("rate_per_replica must be > 0 and dead_letter_fraction within [0, 1]")
@@ -118,7 +122,7 @@ class ConsumerPool:
         self.configuration_error = configuration_error  # the switch: read by every consumer, per message
         self.poll_interval = poll_interval
         self._replicas = replicas
-        self._metrics = _Metrics(integration)
+        self._metrics = _Metrics(integration, namespace)
         self._lock = threading.Lock()
         self._workers: list[_Consumer] = []
         self._leaving: list[_Consumer] = []

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from flowkeeper.adapters import prometheus as adapter
+from flowkeeper.adapters.prometheus import convention
 from flowkeeper.observability import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -221,17 +221,17 @@ def _known_series() -> set[str]:
             known.update(family.name + suffix for suffix in ("_bucket", "_count", "_sum"))
         else:
             known.add(family.name)
-    seconds = adapter.PROCESSING_SECONDS
+    seconds = convention.PROCESSING_SECONDS
     known.update(
         {
-            adapter.PROCESSED,
-            adapter.ERRORS,
+            convention.PROCESSED,
+            convention.ERRORS,
             seconds + "_sum",
             seconds + "_count",
             seconds + "_bucket",
-            adapter.LAST_SUCCESS,
-            adapter.QUEUE_DEPTH,
-            adapter.DEAD_LETTER_DEPTH,
+            convention.LAST_SUCCESS,
+            convention.QUEUE_DEPTH,
+            convention.DEAD_LETTER_DEPTH,
         }
     )
     return known

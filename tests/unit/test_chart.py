@@ -226,6 +226,17 @@ def test_prometheus_and_its_credentials_come_from_existing_secrets() -> None:
         assert f"{flag}={mounts[volume]['mountPath']}/{item['path']}" in operator["args"]
 
 
+def test_tenant_safety_options_are_off_unless_set() -> None:
+    args = container(render())["args"]
+    assert not [a for a in args if a.startswith(("--allowed-prometheus-server", "--allow-metrics-overrides"))]
+    args = container(render("prometheus.allowedServers={https://a.monitoring:9090,http://b/prometheus}", "prometheus.allowMetricsOverrides=true"))["args"]
+    assert [a for a in args if a.startswith("--allow")] == [
+        "--allowed-prometheus-server=https://a.monitoring:9090",
+        "--allowed-prometheus-server=http://b/prometheus",
+        "--allow-metrics-overrides",
+    ]
+
+
 def test_extra_arguments_and_scheduling_values_reach_the_pod() -> None:
     documents = render(*VARIANTS["scheduling"])
     pod = only(documents, "Deployment")["spec"]["template"]
@@ -324,6 +335,9 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
         ("leaderElection.leaseDuration=301", "leaseDuration"),
         ("prometheus.url=prometheus:9090", "url"),
         ("rbac.secretNames=prom-token", "secretNames"),
+        ("prometheus.allowedServers={prometheus:9090}", "allowedServers"),
+        ("prometheus.allowedServers={https://p:9090?x=1}", "allowedServers"),
+        ("prometheus.allowMetricsOverrides=yes", "allowMetricsOverrides"),
         ("rbac.sekretNames={prom-token}", "sekretNames"),
         ("image.tag=2", "tag"),
         ("resources=big", "resources"),

@@ -9,25 +9,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
-from prometheus_api_client.exceptions import PrometheusApiClientException
 
-from flowkeeper.adapters import prometheus as prometheus_adapter
-from flowkeeper.adapters.prometheus import (
-    FlowTarget,
-    Presets,
-    PrometheusSignals,
-    Query,
-    QueryProblem,
-    Read,
-    ServerSettings,
-    assemble,
-    classify,
-    index_result,
-    plan_pass,
-    promql_duration,
-    single_value,
-)
+from flowkeeper.adapters.prometheus import FlowTarget, PrometheusSignals, signals_pass
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, read_answer, single_value
+from flowkeeper.adapters.prometheus.promql import promql_duration
+from flowkeeper.adapters.prometheus.queries import Presets, Query, Read, plan_pass
+from flowkeeper.adapters.prometheus.servers import ServerSettings
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
 from flowkeeper.domain.errors import ConfigurationError, ErrorClass
 
@@ -127,8 +114,8 @@ def test_each_flow_reads_its_own_series() -> None:
     assert keys[rabbit.key]["cpu_utilization"] == ("shop", "r-consumer")
     assert keys[kafka.key]["queue_depth"] == ("wms", "events")
     assert keys[kafka.key]["dead_letter_depth"] == ("events.dlt",)
-    assert keys[convention.key]["throughput"] == ("billing",)
-    assert keys[by_name.key]["queue_depth"] == ("by-name",)
+    assert keys[convention.key]["throughput"] == ("shop", "billing")
+    assert keys[by_name.key]["queue_depth"] == ("shop", "by-name")
 
 
 def test_rabbitmq_flow_without_dead_letter_queue_reads_no_dead_letter_depth() -> None:
@@ -179,57 +166,76 @@ def series(value: str, **labels: str) -> dict[str, Any]:
     return {"metric": labels, "value": [1700000000.0, value]}
 
 
+def vector(*items: dict[str, Any]) -> dict[str, Any]:
+    return {"resultType": "vector", "result": list(items)}
+
+
 def test_index_result_keys_series_by_labels_and_drops_nan() -> None:
-    result = [series("3", vhost="/", queue="a"), series("NaN", vhost="/", queue="b"), series("+Inf", vhost="/", queue="c")]
+    result = vector(series("3", vhost="/", queue="a"), series("NaN", vhost="/", queue="b"), series("+Inf", vhost="/", queue="c"))
     assert index_result(result, ("vhost", "queue")) == {("/", "a"): 3.0}
 
 
 def test_single_value_of_a_flows_own_query() -> None:
-    assert single_value([]) is None
-    assert single_value([series("2.5", job="x")]) == 2.5
-    assert single_value([1700000000.0, "4"]) == 4.0  # a scalar
+    assert single_value(vector()) is None
+    assert single_value(vector(series("2.5", job="x"))) == 2.5
+    assert single_value({"resultType": "scalar", "result": [1700000000.0, "4"]}) == 4.0
     with pytest.raises(QueryProblem) as raised:
-        single_value([series("1", a="1"), series("2", a="2")])
+        single_value(vector(series("1", a="1"), series("2", a="2")))
     assert raised.value.kind == QueryProblem.INVALID and "sum(" in raised.value.message
-
-
-def client_error(status: int, body: bytes) -> PrometheusApiClientException:
-    # The exact text prometheus-api-client 0.5-0.7 raises for a non-200 answer.
-    return PrometheusApiClientException("HTTP Status Code {} ({!r})".format(status, body))
+    with pytest.raises(QueryProblem) as raised:
+        single_value({"resultType": "matrix", "result": []})
+    assert raised.value.kind == QueryProblem.INVALID and "one number" in raised.value.message
 
 
 @pytest.mark.parametrize(
-    ("exc", "kind"),
+    ("exc", "kind", "connection"),
     [
-        (requests.ConnectionError("refused"), QueryProblem.UNAVAILABLE),
-        (requests.ReadTimeout("slow"), QueryProblem.UNAVAILABLE),
-        (client_error(503, b'{"status":"error","errorType":"unavailable","error":"shutting down"}'), QueryProblem.UNAVAILABLE),
-        (client_error(502, b"<html>bad gateway</html>"), QueryProblem.UNAVAILABLE),
-        (client_error(400, b'{"status":"error","errorType":"bad_data","error":"parse error: unexpected end"}'), QueryProblem.INVALID),
-        (client_error(422, b'{"status":"error","errorType":"execution","error":"many-to-many matching"}'), QueryProblem.INVALID),
-        (client_error(401, b"Unauthorized"), QueryProblem.UNAUTHORIZED),
-        (client_error(404, b"404 page not found"), QueryProblem.FAILED),
-        (ValueError("Expecting value: line 1 column 1"), QueryProblem.FAILED),
+        (ConnectionRefusedError(111, "Connection refused"), QueryProblem.UNAVAILABLE, True),
+        (ConnectionResetError(104, "Connection reset by peer"), QueryProblem.UNAVAILABLE, True),
+        (TimeoutError("timed out"), QueryProblem.TIMEOUT, False),
+        (ValueError("Expecting value: line 1 column 1"), QueryProblem.FAILED, False),
     ],
 )
-def test_failures_are_classified(exc: Exception, kind: str) -> None:
-    assert classify(exc).kind == kind
+def test_transport_failures_are_classified(exc: Exception, kind: str, connection: bool) -> None:
+    problem = classify(exc)
+    assert (problem.kind, problem.connection) == (kind, connection)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (503, b'{"status":"error","errorType":"unavailable","error":"shutting down"}', QueryProblem.UNAVAILABLE),
+        (503, b'{"status":"error","errorType":"timeout","error":"query timed out in expression evaluation"}', QueryProblem.TIMEOUT),
+        (502, b"<html>bad gateway</html>", QueryProblem.UNAVAILABLE),
+        (429, b"slow down", QueryProblem.UNAVAILABLE),
+        (400, b'{"status":"error","errorType":"bad_data","error":"parse error: unexpected end"}', QueryProblem.INVALID),
+        (422, b'{"status":"error","errorType":"execution","error":"many-to-many matching"}', QueryProblem.INVALID),
+        (401, b"Unauthorized", QueryProblem.UNAUTHORIZED),
+        (404, b"404 page not found", QueryProblem.FAILED),
+        (200, b"<html>not prometheus</html>", QueryProblem.FAILED),
+    ],
+)
+def test_error_answers_are_classified(status: int, body: bytes, kind: str) -> None:
+    with pytest.raises(QueryProblem) as raised:
+        read_answer(status, body)
+    assert raised.value.kind == kind
 
 
 def test_a_bad_data_message_is_kept_for_the_user() -> None:
-    problem = classify(client_error(400, b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed"}'))
-    assert problem.message == "1:5: parse error: unclosed"
+    with pytest.raises(QueryProblem) as raised:
+        read_answer(400, b'{"status":"error","errorType":"bad_data","error":"1:5: parse error: unclosed"}')
+    assert raised.value.message == "1:5: parse error: unclosed"
 
 
 DEPTH = Query("depth", "d", ("queue",))
 OWN = Query("override:throughput", "t")
 DERIVED = Query("override:throughput:baseline", "b", requires=OWN)
 
-READS = [Read("queue_depth", DEPTH, ("a",)), Read("throughput", OWN), Read("throughput_baseline", DERIVED)]
+READS = [Read("queue_depth", DEPTH, ("a",)), Read("throughput", OWN), Read("throughput_baseline", DERIVED, base="throughput")]
 
 
 def test_assemble_picks_the_flows_series_and_leaves_the_absent_ones_none() -> None:
-    signals = assemble(READS, {DEPTH: {("b",): 7.0}, OWN: [series("3")], DERIVED: []}, now=10.0)
+    signals = assemble(READS, {DEPTH: {("b",): 7.0}, OWN: vector(series("3")), DERIVED: vector()}, now=10.0)
     assert signals.queue_depth is None  # the queue has no series: unknown, not 0
     assert signals.throughput == 3.0 and signals.throughput_baseline is None and signals.observed_at == 10.0
 
@@ -239,13 +245,29 @@ def test_an_invalid_override_is_the_flows_problem_and_keeps_its_other_signals() 
     signals = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: problem, DERIVED: None}, now=0)
     assert signals.queue_depth == 7.0
     assert signals.invalid_queries == {"throughput": "parse error"}
+    assert signals.unread == {"throughput_baseline": "the baseline of spec.metrics.throughput not computed: spec.metrics.throughput has no value"}
+
+
+@pytest.mark.parametrize("kind", [QueryProblem.INVALID, QueryProblem.TIMEOUT, QueryProblem.FAILED])
+def test_a_failed_derived_query_is_never_an_invalid_query(kind: str) -> None:
+    # Only the text the user wrote may pause the flow; the baseline we build around it may not.
+    signals = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: vector(series("3")), DERIVED: QueryProblem(kind, "1:20: parse error")}, now=0)
+    assert signals.invalid_queries == {} and signals.throughput == 3.0 and signals.throughput_baseline is None
+    assert signals.unread == {"throughput_baseline": "the baseline of spec.metrics.throughput: 1:20: parse error"}
+
+
+def test_a_timed_out_query_leaves_its_signal_unknown_and_says_why() -> None:
+    late = QueryProblem(QueryProblem.TIMEOUT, "Prometheus did not answer in time: timed out")
+    signals = assemble(READS, {DEPTH: late, OWN: vector(series("3")), DERIVED: vector()}, now=0)
+    assert signals.queue_depth is None and signals.throughput == 3.0
+    assert signals.unread == {"queue_depth": "queue depth: Prometheus did not answer in time: timed out"}
 
 
 def test_a_flow_fails_only_when_none_of_its_queries_got_an_answer() -> None:
     down = QueryProblem(QueryProblem.UNAVAILABLE, "refused")
     failure = assemble(READS, {DEPTH: down, OWN: down, DERIVED: None}, now=0)
     assert (failure.error_class, failure.reason) == (ErrorClass.transient, "PrometheusUnavailable")
-    partly = assemble(READS, {DEPTH: down, OWN: [series("1")], DERIVED: []}, now=0)
+    partly = assemble(READS, {DEPTH: down, OWN: vector(series("1")), DERIVED: vector()}, now=0)
     assert partly.throughput == 1.0 and partly.queue_depth is None
 
 
@@ -260,38 +282,49 @@ def test_refused_credentials_pause_a_flow_only_when_they_are_the_flows_own() -> 
 
 
 class FakeClient:
-    """Answers every query with an empty result, or raises what the test says."""
+    """Answers every query with an empty vector, or raises what the test says."""
 
     def __init__(self, settings: ServerSettings, raises: Exception | None = None) -> None:
         self.settings = settings
         self.raises = raises
         self.asked: list[str] = []
 
-    def custom_query(self, query: str, params: dict | None = None) -> Any:
-        self.asked.append(query)
+    def query(self, promql: str, *, at: float, deadline: float) -> dict[str, Any]:
+        self.asked.append(promql)
         if self.raises is not None:
             raise self.raises
-        return []
+        return vector()
+
+    def close(self) -> None:
+        pass
 
 
-def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, str], str] | None = None):
+OTHER = "https://other:9090"
+
+
+def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, str], str] | None = None, **options: Any):
     clients: list[FakeClient] = []
+    secret_reads: list[tuple[str, str]] = []
 
-    def factory(settings: ServerSettings, timeout: float) -> FakeClient:
+    def factory(settings: ServerSettings) -> FakeClient:
         clients.append(FakeClient(settings, raises))
         return clients[-1]
 
     def read_secret(namespace: str, ref: SecretKeyRef) -> str:
+        secret_reads.append((namespace, ref.name))
         try:
             return (secrets or {})[(namespace, ref.name, ref.key)]
         except KeyError:
             raise ConfigurationError(f"Secret {namespace}/{ref.name}: not found", reason="NotFound") from None
 
-    return PrometheusSignals("http://prometheus:9090", client_factory=factory, secret_reader=read_secret, clock=lambda: 5.0), clients
+    options = {"allowed_servers": [OTHER], "allow_overrides": True, **options}
+    signals = PrometheusSignals("http://prometheus:9090", client_factory=factory, secret_reader=read_secret, clock=lambda: 5.0, **options)
+    signals.secret_reads = secret_reads
+    return signals, clients
 
 
 def test_an_unreachable_server_is_asked_once_per_pass_and_nothing_raises() -> None:
-    signals, clients = signals_with(raises=requests.ConnectionError("refused"))
+    signals, clients = signals_with(raises=ConnectionRefusedError(111, "Connection refused"))
     result = signals.collect(flows_of("rabbitmq", 4))
     assert result.queries == 1 and len(clients[0].asked) == 1
     assert {(f.error_class, f.reason) for f in result.failures.values()} == {(ErrorClass.transient, "PrometheusUnavailable")}
@@ -313,7 +346,7 @@ def test_empty_answers_give_unknown_signals_not_zeros() -> None:
 
 
 def test_flows_with_their_own_server_are_batched_per_server() -> None:
-    server = {"address": "https://other:9090", "bearerTokenSecret": {"name": "prom", "key": "token"}}
+    server = {"address": OTHER, "bearerTokenSecret": {"name": "prom", "key": "token"}}
     secrets = {("a", "prom", "token"): "s3cret\n", ("b", "prom", "token"): "s3cret"}
     own = [flow(f"own-{ns}-{i}", SOURCES["rabbitmq"](i), namespace=ns, metrics={"server": server}) for ns in "ab" for i in range(3)]
     signals, clients = signals_with(secrets=secrets)
@@ -325,7 +358,7 @@ def test_flows_with_their_own_server_are_batched_per_server() -> None:
 
 
 def test_a_missing_secret_fails_that_flow_as_configuration() -> None:
-    server = {"address": "https://other:9090", "basicAuthSecret": "missing"}
+    server = {"address": OTHER, "basicAuthSecret": "missing"}
     broken = flow("broken", SOURCES["rabbitmq"](0), metrics={"server": server})
     signals, clients = signals_with()
     result = signals.collect([broken, *flows_of("rabbitmq", 1)])
@@ -335,23 +368,134 @@ def test_a_missing_secret_fails_that_flow_as_configuration() -> None:
 
 
 def test_clients_of_servers_no_flow_uses_any_more_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(prometheus_adapter, "IDLE_CLIENT_SECONDS", 0.0)
+    monkeypatch.setattr(signals_pass, "IDLE_CLIENT_SECONDS", 0.0)
     signals, clients = signals_with()
-    signals.collect([flow("own", SOURCES["rabbitmq"](0), metrics={"server": {"address": "https://other:9090"}})])
+    signals.collect([flow("own", SOURCES["rabbitmq"](0), metrics={"server": {"address": OTHER}})])
     signals.collect(flows_of("rabbitmq", 1))
     assert [s.url for s in signals._clients] == ["http://prometheus:9090"]
 
 
 def test_secrets_are_read_once_per_cache_period() -> None:
-    server = {"address": "https://other:9090", "bearerTokenSecret": {"name": "prom", "key": "token"}}
+    server = {"address": OTHER, "bearerTokenSecret": {"name": "prom", "key": "token"}}
     reads: list[str] = []
 
     def read_secret(namespace: str, ref: SecretKeyRef) -> str:
         reads.append(ref.name)
         return "token"
 
-    signals = PrometheusSignals("http://p:9090", client_factory=lambda settings, _: FakeClient(settings), secret_reader=read_secret)
+    signals = PrometheusSignals(
+        "http://p:9090", client_factory=FakeClient, secret_reader=read_secret, allowed_servers=[OTHER]
+    )
     own = [flow(f"own-{i}", SOURCES["rabbitmq"](i), metrics={"server": server}) for i in range(5)]
     signals.collect(own)
     signals.collect(own)
     assert reads == ["prom"]
+
+
+# ------------------------------------------------------------------ namespaces and broker label sets
+
+
+def test_convention_series_are_matched_by_namespace_and_integration() -> None:
+    dev, prod = flow("orders", SOURCES["prometheus"](0), namespace="shop-dev"), flow("orders", SOURCES["prometheus"](0), namespace="shop-prod")
+    plan = plan_pass([dev, prod], Presets())
+    assert len(plan.queries) == len(kinds([dev]))  # still one batched query per kind
+    keys = {key: {r.signal: r.key for r in reads} for key, reads in plan.reads.items()}
+    assert keys[dev.key]["configuration_errors"] == ("shop-dev", "orders")
+    assert keys[prod.key]["configuration_errors"] == ("shop-prod", "orders")
+    assert all(q.by == ("namespace", "integration") for q in plan.queries if "flowkeeper_" in q.promql)
+
+
+def test_metric_labels_cost_one_broker_query_per_distinct_label_set() -> None:
+    prod = {"metricLabels": {"instance": "rabbitmq-prod:15692"}}
+    rabbit = lambda i, labels: flow(f"r{i}", {**SOURCES["rabbitmq"](i), **labels})  # noqa: E731
+    same = [rabbit(i, prod) for i in range(3)]
+    plan = plan_pass([*same, rabbit(9, {"metricLabels": {"instance": "rabbitmq-staging:15692"}}), rabbit(8, {})], Presets())
+    depths = [q.promql for q in plan.queries if q.kind == "rabbitmq_depth"]
+    assert depths == [
+        'sum by (vhost, queue) ({__name__=~"rabbitmq_queue_messages_ready|rabbitmq_queue_messages_unacked", instance="rabbitmq-prod:15692"})',
+        'sum by (vhost, queue) ({__name__=~"rabbitmq_queue_messages_ready|rabbitmq_queue_messages_unacked", instance="rabbitmq-staging:15692"})',
+        'sum by (vhost, queue) ({__name__=~"rabbitmq_queue_messages_ready|rabbitmq_queue_messages_unacked"})',
+    ]
+    assert len([q for q in plan.queries if q.kind == "throughput"]) == 1  # the convention is not broker-labelled
+
+
+def test_metric_labels_reach_every_kafka_query_escaped() -> None:
+    labels = {"cluster": 'prod "eu"\\1', "az": "b"}
+    kafka = flow("k", {**SOURCES["kafka"](0), "metricLabels": labels})
+    queries = {q.kind: q.promql for q in plan_pass([kafka], Presets()).queries}
+    matchers = 'az="b", cluster="prod \\"eu\\"\\\\1"'
+    assert queries["kafka_lag"] == f"sum by (consumergroup, topic) (kafka_consumergroup_lag_sum{{{matchers}}})"
+    assert queries["kafka_topic_messages"] == (
+        f"sum by (topic) (kafka_topic_partition_current_offset{{{matchers}}} - kafka_topic_partition_oldest_offset{{{matchers}}})"
+    )
+    assert matchers in queries["kafka_lag:growth[10m]"]
+
+
+def test_a_bad_label_name_fails_that_flow_naming_the_field() -> None:
+    bad = flow("x", SOURCES["rabbitmq"](0))
+    bad.spec.source.metric_labels = {"rabbit-cluster": "prod"}  # what the CRD refuses, reaching the operator anyway
+    signals, clients = signals_with()
+    result = signals.collect([bad, *flows_of("rabbitmq", 1)])
+    assert (result.failures[bad.key].reason, result.failures[bad.key].error_class) == ("InvalidSpec", ErrorClass.configuration)
+    assert "spec.source.metricLabels" in result.failures[bad.key].message and "shop/rabbitmq-0" in result.signals
+
+
+# ------------------------------------------------------------------------- overrides embedded safely
+
+
+@pytest.mark.parametrize("override", ["sum(x) # the total", "42", "scalar(sum(x))"])
+def test_derived_queries_embed_an_override_without_its_comment_and_wrap_a_scalar(override: str) -> None:
+    custom = flow("c", SOURCES["prometheus"](0), metrics={"throughput": override})
+    reads = {r.signal: r for r in plan_pass([custom], Presets()).reads[custom.key]}
+    baseline = reads["throughput_baseline"].query
+    assert reads["throughput"].query.promql == override  # the user's own text is sent as written
+    assert "#" not in baseline.promql and "#" not in baseline.promql_over_scalar
+    body = override.split("#")[0].strip()
+    assert baseline.promql == f"avg_over_time(((\n{body}\n) > -Inf)[1h:1m])"
+    assert baseline.promql_over_scalar == f"avg_over_time(((vector(\n{body}\n)) > -Inf)[1h:1m])"
+    assert baseline.metric_kind == "baseline" and reads["throughput"].query.metric_kind == "override"
+
+
+# ----------------------------------------------------------------------------------- tenant safety
+
+
+def test_a_server_that_is_not_allowed_fails_the_flow_before_any_secret_or_request() -> None:
+    server = {"address": "https://user:pa55@elsewhere:9090", "bearerTokenSecret": {"name": "prom", "key": "token"}}
+    foreign = flow("foreign", SOURCES["rabbitmq"](0), metrics={"server": server})
+    signals, clients = signals_with(secrets={("shop", "prom", "token"): "t0ken"})
+    result = signals.collect([foreign])
+    failure = result.failures[foreign.key]
+    assert (failure.error_class, failure.reason) == (ErrorClass.configuration, "MetricsServerNotAllowed")
+    assert "spec.metrics.server.address" in failure.message and "--allowed-prometheus-server" in failure.message
+    assert "pa55" not in failure.message
+    assert signals.secret_reads == [] and clients == [] and result.queries == 0
+
+
+def test_overrides_need_the_operator_to_allow_them() -> None:
+    custom = flow("custom", SOURCES["rabbitmq"](0), metrics={"errorRatio": "vector(0.5)", "queueDepth": "sum(q)"})
+    signals, clients = signals_with(allow_overrides=False)
+    result = signals.collect([custom, *flows_of("rabbitmq", 1)])
+    failure = result.failures[custom.key]
+    assert (failure.error_class, failure.reason) == (ErrorClass.configuration, "MetricsOverridesNotAllowed")
+    assert "spec.metrics.queueDepth, spec.metrics.errorRatio" in failure.message and "--allow-metrics-overrides" in failure.message
+    assert "error_ratio" not in failure.message
+    assert not any("vector(0.5)" in q for c in clients for q in c.asked) and "shop/rabbitmq-0" in result.signals
+
+
+def test_the_operators_own_server_needs_no_allow_list_entry() -> None:
+    own = flow("own", SOURCES["rabbitmq"](0), metrics={"server": {"address": "http://PROMETHEUS:80/../prometheus:9090/"}})
+    same = flow("same", SOURCES["rabbitmq"](1), metrics={"server": {"address": "http://prometheus:9090/"}})
+    signals, _ = signals_with(allowed_servers=[])
+    result = signals.collect([own, same])
+    assert result.failures[own.key].reason == "MetricsServerNotAllowed" and same.key in result.signals
+
+
+def test_the_operator_options_reach_the_pass() -> None:
+    from flowkeeper.config import OperatorConfig
+
+    config = OperatorConfig(
+        prometheus_url="http://p:9090", prometheus_timeout=2.0, allowed_prometheus_servers=("https://q:9090",), allow_metrics_overrides=True
+    )
+    signals = PrometheusSignals.from_config(config)
+    assert (signals.timeout, signals.pass_timeout, signals.allow_overrides) == (2.0, 6.0, True)
+    assert signals.allowed.allows("https://q:9090") and not signals.allowed.allows("https://r:9090")

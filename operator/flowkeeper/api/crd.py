@@ -33,6 +33,7 @@ _KEPT_KEYS = {
     "maxLength",
     "minItems",
     "maxItems",
+    "maxProperties",
     "required",
     "properties",
     "items",

@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema
 
@@ -170,6 +170,22 @@ class Source(ApiModel):
         max_length=255,
         description="Value of the `integration` label on the consumers' own metrics (metrics convention). "
         "Defaults to the IntegrationFlow's name.",
+    )
+    metric_labels: dict[str, Annotated[str, StringConstraints(max_length=1024)]] | None = Field(
+        default=None,
+        max_length=10,
+        description="Exact label matchers added to this flow's broker queries (RabbitMQ queue depth, Kafka "
+        "lag and dead-letter topic), for a Prometheus that scrapes several brokers with the same queue or "
+        "topic names, e.g. {instance: rabbitmq-prod:15692} or {cluster: prod}. Flows with equal labels share "
+        "one query.",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                cel(
+                    "self.all(k, k.matches('^[a-zA-Z_][a-zA-Z0-9_]*$'))",
+                    "spec.source.metricLabels keys must be Prometheus label names: a letter or _, then letters, digits or _",
+                )
+            ]
+        },
     )
 
 

@@ -357,7 +357,9 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
 
 
 # Reasons a whole Prometheus gives when it cannot answer (adapters/prometheus).
-_OUTAGE_REASONS = frozenset({"PrometheusUnavailable", "PrometheusQueryFailed", "PrometheusClientError"})
+_OUTAGE_REASONS = frozenset(
+    {"PrometheusUnavailable", "PrometheusTimeout", "PrometheusPassTimeout", "PrometheusQueryFailed", "PrometheusClientError"}
+)
 
 
 def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:

@@ -27,13 +27,6 @@ from flowkeeper.observability import metrics, tracing
 log = logging.getLogger("flowkeeper")
 
 
-def _bearer_header(token_file: str | None) -> dict[str, str] | None:
-    if not token_file:
-        return None
-    with open(token_file, encoding="utf-8") as f:
-        return {"Authorization": f"Bearer {f.read().strip()}"}
-
-
 def _own_pod() -> dict[str, str] | None:
     """The operator's own Pod (the chart sets POD_NAME and POD_NAMESPACE): operator-wide Events go there."""
     name, namespace = os.environ.get("POD_NAME"), os.environ.get("POD_NAMESPACE")
@@ -66,13 +59,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     gateway = KubernetesGateway(load_client_config(), request_timeout=config.request_timeout)
     signals = None
     if config.prometheus_url:
-        signals = PrometheusSignals(
-            config.prometheus_url,
-            headers=_bearer_header(config.prometheus_bearer_token_file),
-            ca_file=config.prometheus_ca_file,
-            timeout=config.prometheus_timeout,
-            rate_window=config.rate_window,
-            secret_reader=lambda namespace, ref: gateway.read_secret_key(namespace, ref.name, ref.key),
+        signals = PrometheusSignals.from_config(
+            config, secret_reader=lambda namespace, ref: gateway.read_secret_key(namespace, ref.name, ref.key)
         )
     leader = None
     memo.stopped = asyncio.Event()

@@ -57,9 +57,10 @@ def _value(value: Any) -> str:
     return text if _BARE.fullmatch(text) and text.isprintable() else json.dumps(text)
 
 
-def configure(log_format: str, *, verbose: bool) -> None:
+def configure(log_format: str, *, verbose: bool, level: str = "info") -> None:
     """Sets up logging through kopf (its handler on the root logger, levels, asyncio kept quiet);
-    `log_format` is "json" or "plain"."""
+    `log_format` is "json" or "plain"; `level` "debug" shows Flowkeeper's own routine lines (one per
+    pass) without kopf's debug output."""
     import kopf
 
     json_lines = log_format == "json"
@@ -67,6 +68,8 @@ def configure(log_format: str, *, verbose: bool) -> None:
     if not json_lines:
         # kopf.configure appends its handler last; kopf's plain format is the bare message.
         logging.getLogger().handlers[-1].setFormatter(PlainFormatter())
+    if level == "debug":
+        logging.getLogger("flowkeeper").setLevel(logging.DEBUG)
     if not verbose:
         # kopf logs every watch event it hands to a handler; with thousands of flows that drowns
         # Flowkeeper's own lines. Its warnings and errors still show.

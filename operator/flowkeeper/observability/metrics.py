@@ -25,6 +25,22 @@ PROMETHEUS_QUERIES = Counter(
 PROMETHEUS_ERRORS = Counter(
     "flowkeeper_prometheus_errors_total", "Failed signal reads, by error class and reason.", ["error_class", "reason"], registry=REGISTRY
 )
+# Per query kind (a preset such as rabbitmq_depth or cpu_utilization, or override, baseline, growth):
+# few values, never a flow's name or its PromQL.
+PROMETHEUS_QUERY_SECONDS = Histogram(
+    "flowkeeper_prometheus_query_duration_seconds",
+    "Duration of one Prometheus query, answered or not, by query kind.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+PROMETHEUS_QUERY_ERRORS = Counter(
+    "flowkeeper_prometheus_query_errors_total",
+    "Prometheus queries without a usable answer, by query kind and problem "
+    "(unavailable, timeout, not_asked, invalid, unauthorized, failed).",
+    ["kind", "problem"],
+    registry=REGISTRY,
+)
 API_WRITES = Counter("flowkeeper_kubernetes_writes_total", "Writes to the Kubernetes API, by kind.", ["kind"], registry=REGISTRY)
 API_ERRORS = Counter(
     "flowkeeper_kubernetes_errors_total", "Failed Kubernetes API calls, by error class and reason.", ["error_class", "reason"], registry=REGISTRY

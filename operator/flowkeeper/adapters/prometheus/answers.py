@@ -1,0 +1,187 @@
+"""Prometheus answers -> one flow's signals, and every failure classified."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import socket
+import ssl
+from collections.abc import Mapping
+from typing import Any
+
+from flowkeeper.adapters.prometheus.queries import Query, Read
+from flowkeeper.domain.errors import ErrorClass
+from flowkeeper.domain.signals import OVERRIDE_FIELDS, FlowSignals, SignalsFailure
+
+
+class QueryProblem(Exception):
+    """A query that gave no usable answer, already classified."""
+
+    def __init__(self, kind: str, message: str, *, connection: bool = False) -> None:
+        super().__init__(message)
+        self.kind = kind  # one of the constants below
+        self.message = message
+        # The server cannot be reached at all (refused, reset, no such host, TLS refused): the other
+        # queries of the pass would fail the same way, so they are not sent.
+        self.connection = connection
+
+    UNAVAILABLE = "unavailable"  # connection refused or reset, 5xx, 429: Prometheus cannot answer now
+    TIMEOUT = "timeout"  # no whole answer before the query's deadline (ours, or Prometheus' own timeout)
+    NOT_ASKED = "not_asked"  # the pass reached its deadline before this query was sent
+    INVALID = "invalid"  # Prometheus refused the query itself (400 bad_data, 422 execution, many series)
+    UNAUTHORIZED = "unauthorized"  # 401, 403
+    FAILED = "failed"  # anything else (404 from a wrong address, not Prometheus's JSON, ...)
+
+
+# Failures of the connection itself, not of one query. http.client.RemoteDisconnected is a
+# ConnectionResetError; ssl.SSLError covers a certificate that does not verify.
+_CONNECTION_ERRORS = (ConnectionError, socket.gaierror, ssl.SSLError)
+
+
+def classify(exc: BaseException) -> QueryProblem:
+    """A transport failure of one query, as a problem."""
+    if isinstance(exc, QueryProblem):
+        return exc
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return QueryProblem(QueryProblem.TIMEOUT, f"Prometheus did not answer in time: {_short(exc)}")
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return QueryProblem(QueryProblem.UNAVAILABLE, f"Prometheus not reachable: {_short(exc)}", connection=True)
+    if isinstance(exc, (http.client.HTTPException, OSError)):
+        # An answer cut off mid-way, a malformed status line: this query's problem, not the server's.
+        return QueryProblem(QueryProblem.UNAVAILABLE, f"Prometheus answer broken off: {_short(exc)}")
+    return QueryProblem(QueryProblem.FAILED, f"Prometheus query failed: {_short(exc)}")
+
+
+def read_answer(status: int, body: bytes) -> dict[str, Any]:
+    """The `data` of a /api/v1/query answer ({resultType, result}), or the QueryProblem it is."""
+    error_type, error, data = "", "", None
+    try:
+        parsed = json.loads(body)
+        if isinstance(parsed, dict):
+            error_type, error, data = str(parsed.get("errorType", "")), str(parsed.get("error", "")), parsed.get("data")
+    except ValueError:
+        parsed = None
+    if status == 200 and isinstance(data, dict) and parsed.get("status") == "success":
+        return data
+    text = f"HTTP {status}" + (f" {error_type}: {error}" if error else "")
+    if error_type in ("timeout", "canceled"):  # Prometheus' own `timeout=` parameter ran out
+        raise QueryProblem(QueryProblem.TIMEOUT, f"Prometheus gave up on the query: {text}")
+    if status in (400, 422) and error_type in ("bad_data", "execution"):
+        raise QueryProblem(QueryProblem.INVALID, error or text)
+    if status in (401, 403):
+        raise QueryProblem(QueryProblem.UNAUTHORIZED, f"Prometheus refused the credentials: {text}")
+    if status >= 500 or status in (408, 429):
+        raise QueryProblem(QueryProblem.UNAVAILABLE, f"Prometheus unavailable: {text}")
+    if status == 200:
+        raise QueryProblem(QueryProblem.FAILED, "Prometheus query failed: the answer is not Prometheus' JSON")
+    raise QueryProblem(QueryProblem.FAILED, f"Prometheus query failed: {text}")
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 300 else text[:300] + "..."
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def index_result(data: Mapping[str, Any], by: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    """Series of a batched query by their label values. NaN and missing values are left out: absent
+    means unknown, and FlowSignals turns it into None."""
+    indexed: dict[tuple[str, ...], float] = {}
+    for series in data.get("result") or ():
+        value = _number((series.get("value") or (None, None))[1])
+        if value is not None:
+            labels = series.get("metric", {})
+            indexed[tuple(labels.get(name, "") for name in by)] = value
+    return indexed
+
+
+def single_value(data: Mapping[str, Any]) -> float | None:
+    """The one number a flow's own query must return; no series -> None; several -> its mistake."""
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar":
+        return _number(result[1])  # [time, "value"]
+    if kind != "vector":
+        raise QueryProblem(QueryProblem.INVALID, f"the query returned a {kind}, it must return one number (a scalar or one series)")
+    series = list(result or ())
+    if len(series) > 1:
+        raise QueryProblem(
+            QueryProblem.INVALID, f"the query returned {len(series)} series, it must return one number (wrap it in sum(...))"
+        )
+    return _number(series[0].get("value", (None, None))[1]) if series else None
+
+
+# ------------------------------------------------------------------------------- answers -> signals
+
+_UNAVAILABLE_REASONS = {
+    QueryProblem.UNAVAILABLE: "PrometheusUnavailable",
+    QueryProblem.TIMEOUT: "PrometheusTimeout",
+    QueryProblem.NOT_ASKED: "PrometheusPassTimeout",
+    QueryProblem.UNAUTHORIZED: "PrometheusUnauthorized",
+    QueryProblem.FAILED: "PrometheusQueryFailed",
+    QueryProblem.INVALID: "PrometheusQueryFailed",  # a preset refused: our bug, not the flow's
+}
+
+_DERIVED_WORDS = {"queue_growing_seconds": "queue growth", "throughput_baseline": "baseline", "latency_baseline": "baseline"}
+
+
+def _words(signal: str, own: bool) -> str:
+    return OVERRIDE_FIELDS[signal] if own else signal.replace("_", " ")
+
+
+def describe(read: Read) -> str:
+    """The signal in the words of the spec: a user reads the field they wrote, never our names."""
+    own = read.query.one_number  # a flow's own query, or one derived from it
+    if read.base is not None:
+        return f"the {_DERIVED_WORDS.get(read.signal, 'value')} of {_words(read.base, own)}"
+    return _words(read.signal, own)
+
+
+def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, from_flow_server: bool = False) -> FlowSignals | SignalsFailure:
+    """One flow's signals from the pass's answers (per query: a batched answer indexed by
+    index_result, a flow's own query's data, a QueryProblem, or None when skipped because its base
+    failed). The flow fails only when none of its queries got an answer. Otherwise an unanswered
+    signal is None and named in `unread`; only the flow's own query text can be `invalid_queries`:
+    a derived query (baseline, growth) that fails leaves that signal unknown, never the flow paused."""
+    values: dict[str, float | None] = {}
+    invalid: dict[str, str] = {}
+    unread: dict[str, str] = {}
+    problems: list[QueryProblem] = []
+    for read in reads:
+        answer = answers.get(read.query)
+        try:
+            if isinstance(answer, QueryProblem):
+                raise answer
+            if answer is None:  # not asked: its base has no answer, and says why
+                base = _words(read.base, read.query.one_number) if read.base else "its query"
+                unread[read.signal] = f"{describe(read)} not computed: {base} has no value"
+                continue
+            values[read.signal] = single_value(answer) if read.query.one_number else answer.get(read.key)
+        except QueryProblem as problem:
+            if read.base is None and read.query.one_number and problem.kind == QueryProblem.INVALID:
+                invalid[read.signal] = problem.message
+                continue
+            unread[read.signal] = f"{describe(read)}: {problem.message}"
+            if read.base is None:
+                problems.append(problem)
+    if problems and not values and not invalid:
+        return _failure(problems[0], from_flow_server)
+    return FlowSignals(observed_at=now, invalid_queries=invalid, unread=unread, **values)
+
+
+def _failure(problem: QueryProblem, from_flow_server: bool) -> SignalsFailure:
+    # Refused credentials are the flow's configuration only when the flow chose them; for the
+    # operator's own Prometheus it is the operator's problem, and pausing every flow would be wrong.
+    configuration = problem.kind == QueryProblem.UNAUTHORIZED and from_flow_server
+    return SignalsFailure(
+        ErrorClass.configuration if configuration else ErrorClass.transient,
+        _UNAVAILABLE_REASONS[problem.kind],
+        problem.message,
+    )

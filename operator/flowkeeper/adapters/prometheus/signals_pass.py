@@ -1,0 +1,302 @@
+"""The batched signals pass: every flow's signals, one batch per Prometheus server, within deadlines."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result
+from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient
+from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, flow_reads, overrides_of, queries_of
+from flowkeeper.adapters.prometheus.servers import (
+    AllowedServers,
+    FlowServers,
+    FlowProblem,
+    SecretReader,
+    ServerSettings,
+    TokenFile,
+    redact,
+    settings_for,
+)
+from flowkeeper.config import OperatorConfig
+from flowkeeper.domain.errors import ErrorClass
+from flowkeeper.domain.signals import OVERRIDE_FIELDS, FlowSignals, SignalsFailure
+from flowkeeper.observability import metrics
+
+log = logging.getLogger("flowkeeper.prometheus")
+
+IDLE_CLIENT_SECONDS = 600.0  # a flow's own server unused this long has its HTTP connection closed
+PASS_TIMEOUT_FACTOR = 3  # a pass's deadline, in query timeouts, unless set
+
+
+@dataclass
+class PassResult:
+    signals: dict[str, FlowSignals]  # per key, for flows whose pass worked (single signals may be None)
+    failures: dict[str, SignalsFailure]  # per key, when nothing could be read for that flow
+    # (reasons: PrometheusUnavailable, PrometheusTimeout, PrometheusUnauthorized, SecretNotFound,
+    # MetricsServerNotAllowed, ...)
+    queries: int  # Prometheus HTTP queries made in this pass
+    seconds: float
+
+
+def _close(client: QueryClient) -> None:
+    getattr(client, "close", lambda: None)()
+
+
+class PrometheusSignals:
+    """The batched signals pass. `collect()` is synchronous (the operator runs it in a thread) and one
+    pass runs at a time; it never raises.
+
+    Tenant safety: a flow may name its own Prometheus (spec.metrics.server) only when it is the
+    operator's own or one of `allowed_servers`, and may run its own PromQL (spec.metrics.<signal>)
+    only with `allow_overrides`: both are checked before any Secret is read or request sent."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        bearer_token_file: str | None = None,
+        ca_file: str | None = None,
+        timeout: float = 5.0,
+        pass_timeout: float | None = None,
+        rate_window: str = "1m",
+        allowed_servers: Sequence[str] = (),
+        allow_overrides: bool = False,
+        clock: Callable[[], float] = time.time,
+        secret_reader: SecretReader | None = None,
+        client_factory: Callable[[ServerSettings], QueryClient] = HttpQueryClient,
+    ) -> None:
+        self._default_base = settings_for(url, headers, verify=ca_file or True)
+        self.default_server = self._default_base
+        self._token_file = TokenFile(bearer_token_file) if bearer_token_file else None
+        self.timeout = timeout
+        self.pass_timeout = pass_timeout or PASS_TIMEOUT_FACTOR * timeout
+        self.presets = Presets(rate_window)
+        self.allowed = AllowedServers(url, allowed_servers)
+        self.allow_overrides = allow_overrides
+        self.clock = clock
+        self._flow_servers = FlowServers(secret_reader)
+        self._client_factory = client_factory
+        self._clients: dict[ServerSettings, QueryClient] = {}
+        self._client_used: dict[ServerSettings, float] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: OperatorConfig, *, secret_reader: SecretReader | None = None) -> PrometheusSignals:
+        """The pass as the operator's options (`flowkeeper run`) describe it."""
+        assert config.prometheus_url is not None
+        return cls(
+            config.prometheus_url,
+            bearer_token_file=config.prometheus_bearer_token_file,
+            ca_file=config.prometheus_ca_file,
+            timeout=config.prometheus_timeout,
+            pass_timeout=config.prometheus_pass_timeout,
+            rate_window=config.rate_window,
+            allowed_servers=config.allowed_prometheus_servers,
+            allow_overrides=config.allow_metrics_overrides,
+            secret_reader=secret_reader,
+        )
+
+    def close(self) -> None:
+        """Closes the HTTP connections and removes the CA files written for flows' own servers."""
+        for client in self._clients.values():
+            _close(client)
+        self._clients.clear()
+        self._client_used.clear()
+        self._flow_servers.close()
+
+    def collect(self, flows: Sequence[FlowTarget]) -> PassResult:
+        started = time.monotonic()
+        with self._lock:
+            now = self.clock()
+            deadline = started + self.pass_timeout
+            result = PassResult(signals={}, failures={}, queries=0, seconds=0.0)
+            groups: dict[ServerSettings, list[FlowTarget]] = {}
+            default = self._refresh_default_server()
+            for flow in flows:
+                try:
+                    groups.setdefault(self._server_of(flow, default), []).append(flow)
+                except FlowProblem as problem:
+                    result.failures[flow.key] = problem.failure
+                except Exception as exc:  # noqa: BLE001 - e.g. the CA file cannot be written
+                    result.failures[flow.key] = SignalsFailure(ErrorClass.transient, "PrometheusClientError", str(exc))
+            for settings, members in groups.items():
+                try:
+                    self._collect_group(settings, members, now, deadline, result)
+                except Exception:  # noqa: BLE001 - a bug here must cost one pass, not the operator's loop
+                    self._log(logging.ERROR, "signals pass failed: %s", traceback.format_exc(), server=settings.url)
+                    for flow in members:
+                        if flow.key not in result.signals:
+                            result.failures.setdefault(flow.key, SignalsFailure(ErrorClass.transient, "PrometheusClientError", "the signals pass failed"))
+            self._forget_idle_clients()
+            self._flow_servers.forget_expired()
+            self._redact_result(result)
+        result.seconds = time.monotonic() - started
+        log.debug(
+            "signals pass",
+            extra={"flows": len(flows), "failed": len(result.failures), "queries": result.queries, "seconds": round(result.seconds, 3)},
+        )
+        return result
+
+    # --- which server, and may the flow use it
+
+    def _refresh_default_server(self) -> ServerSettings | SignalsFailure:
+        if self._token_file is None:
+            return self.default_server
+        try:
+            token = self._token_file.token()
+        except OSError as exc:
+            return SignalsFailure(ErrorClass.transient, "PrometheusTokenUnreadable", str(exc))
+        headers = {**dict(self._default_base.headers), "Authorization": f"Bearer {token}"}
+        settings = replace(self._default_base, headers=tuple(sorted(headers.items())))
+        if settings != self.default_server:
+            # A rotated token: the connection made with the old one is closed now, not when idle.
+            old = self._clients.pop(self.default_server, None)
+            if old is not None:
+                _close(old)
+            self._client_used.pop(self.default_server, None)
+            self.default_server = settings
+        return settings
+
+    def _server_of(self, flow: FlowTarget, default: ServerSettings | SignalsFailure) -> ServerSettings:
+        server = flow.spec.metrics.server
+        if server is not None and not self.allowed.allows(server.address):
+            raise FlowProblem(
+                SignalsFailure(
+                    ErrorClass.configuration,
+                    "MetricsServerNotAllowed",
+                    f"spec.metrics.server.address {server.address} is not a Prometheus server this operator may query: "
+                    "its operator option --allowed-prometheus-server (FLOWKEEPER_ALLOWED_PROMETHEUS_SERVERS) must list it",
+                )
+            )
+        overrides = overrides_of(flow.spec)
+        if overrides and not self.allow_overrides:
+            fields = ", ".join(OVERRIDE_FIELDS[signal] for signal in overrides)
+            raise FlowProblem(
+                SignalsFailure(
+                    ErrorClass.configuration,
+                    "MetricsOverridesNotAllowed",
+                    f"{fields}: this operator runs no PromQL of flows; "
+                    "it needs the option --allow-metrics-overrides (FLOWKEEPER_ALLOW_METRICS_OVERRIDES=true)",
+                )
+            )
+        if server is not None:
+            return self._flow_servers.settings_of(flow.namespace, server)
+        if isinstance(default, SignalsFailure):
+            raise FlowProblem(default)
+        return default
+
+    # --- one server
+
+    def _collect_group(self, settings: ServerSettings, flows: list[FlowTarget], now: float, deadline: float, result: PassResult) -> None:
+        reads: dict[str, list[Read]] = {}
+        for flow in flows:
+            try:
+                reads[flow.key] = flow_reads(flow, self.presets)
+            except Exception as exc:  # noqa: BLE001 - a spec the CRD should have refused must not stop the pass
+                result.failures[flow.key] = SignalsFailure(ErrorClass.configuration, "InvalidSpec", f"cannot build its queries: {exc}")
+        answers, asked = self._ask(settings, queries_of(reads.values()), now, deadline)
+        result.queries += asked
+        failed: dict[str, int] = {}
+        for key, flow_reads_ in reads.items():
+            outcome = assemble(flow_reads_, answers, now, from_flow_server=settings.from_flow)
+            if isinstance(outcome, SignalsFailure):
+                result.failures[key] = outcome
+                failed[outcome.reason] = failed.get(outcome.reason, 0) + 1
+            else:
+                result.signals[key] = outcome
+        for reason, count in failed.items():  # one line per cause, not one per flow: an outage hits them all
+            self._log(logging.WARNING, "signals of %d flows not read: %s", count, reason, server=settings.url)
+
+    def _ask(self, settings: ServerSettings, queries: list[Query], now: float, deadline: float) -> tuple[dict[Query, Any], int]:
+        """Runs the queries; each answer is a result or a QueryProblem. Each query has until the
+        earlier of its own timeout and the pass's deadline for its whole answer. A query that times
+        out costs only itself; once the server cannot be connected to, the remaining queries are not
+        sent (each would fail the same way); queries the pass's deadline leaves no time for are
+        answered `not asked`, so that their flows say so."""
+        client = self._client(settings)
+        answers: dict[Query, Any] = {}
+        asked = 0
+        unreachable: QueryProblem | None = None
+        not_asked = 0
+        for query in queries:
+            base = answers.get(query.requires) if query.requires is not None else None
+            if query.requires is not None and isinstance(base, QueryProblem):
+                answers[query] = None  # its base failed and says why; nothing more to learn here
+                continue
+            if unreachable is not None:
+                answers[query] = unreachable
+                continue
+            if time.monotonic() >= deadline:
+                answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
+                metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
+                not_asked += 1
+                continue
+            promql = query.promql
+            if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
+                promql = query.promql_over_scalar
+            asked += 1
+            started = time.monotonic()
+            try:
+                data = client.query(promql, at=now, deadline=min(started + self.timeout, deadline))
+                # A batched answer is indexed once here, then looked up by every flow that reads it.
+                answers[query] = data if query.one_number else index_result(data, query.by)
+            except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
+                problem = classify(exc)
+                answers[query] = problem
+                metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
+                if problem.connection:
+                    unreachable = problem
+                if not query.one_number:
+                    self._log(logging.WARNING, "query %s failed: %s", query.kind, problem.message, server=settings.url)
+            finally:
+                metrics.PROMETHEUS_QUERY_SECONDS.labels(kind=query.metric_kind).observe(time.monotonic() - started)
+        if not_asked:
+            self._log(logging.WARNING, "%d queries not asked: the signals pass reached its deadline (%gs)", not_asked, self.pass_timeout, server=settings.url)
+        return answers, asked
+
+    def _client(self, settings: ServerSettings) -> QueryClient:
+        if settings not in self._clients:
+            self._clients[settings] = self._client_factory(settings)
+        self._client_used[settings] = time.monotonic()
+        return self._clients[settings]
+
+    def _forget_idle_clients(self) -> None:
+        # A server no flow has used for a while (spec changed, flow deleted) should not keep a
+        # connection open. Not "unused in this pass": a pass may serve only the flows that are due.
+        idle_since = time.monotonic() - IDLE_CLIENT_SECONDS
+        for settings in [s for s, used in self._client_used.items() if used < idle_since and s != self.default_server]:
+            del self._client_used[settings]
+            _close(self._clients.pop(settings))
+
+    # --- credentials stay out of logs and messages
+
+    def _secrets(self) -> list[str]:
+        values = self._flow_servers.secret_values()
+        for settings in (self.default_server, *self._clients):
+            values.extend(value.removeprefix("Bearer ") for _, value in settings.headers)
+            if settings.auth is not None:
+                values.extend(settings.auth)
+        return values
+
+    def _log(self, level: int, message: str, *args: Any, server: str) -> None:
+        secrets = self._secrets()
+        log.log(level, message, *(redact(str(a), secrets) if isinstance(a, str) else a for a in args), extra={"server": redact(server, secrets)})
+
+    def _redact_result(self, result: PassResult) -> None:
+        secrets = self._secrets()
+        for key, failure in result.failures.items():
+            result.failures[key] = replace(failure, message=redact(failure.message, secrets))
+        for key, signals in result.signals.items():
+            if signals.unread or signals.invalid_queries:
+                result.signals[key] = replace(
+                    signals,
+                    unread={k: redact(v, secrets) for k, v in signals.unread.items()},
+                    invalid_queries={k: redact(v, secrets) for k, v in signals.invalid_queries.items()},
+                )
