@@ -1,4 +1,9 @@
 import asyncio
+
+from flowkeeper.adapters.kubernetes import Listing
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import random
 import time
 
@@ -51,7 +56,7 @@ class BrokenGateway:
         self.writes = 0
 
     def list_objects(self, kind, namespaces):
-        return [flow(poll="1s")] if kind == "flows" else [deployment()]
+        return Listing([flow(poll="1s")] if kind == "flows" else [deployment()])
 
     def patch_flow_status(self, *args):
         self.writes += 1
@@ -75,3 +80,35 @@ def test_a_pass_that_fails_unexpectedly_does_not_end_the_loop(caplog) -> None:
     asyncio.run(run_for_a_while())
     assert gateway.writes >= 2, "the loop stopped after the first failed pass"
     assert "a bug in a client library" in caplog.text
+
+
+def test_status_patch_removes_nested_keys_that_went_away() -> None:
+    # Regression: a merge patch merges nested objects, so signals.cpuUtilization (or a pause record's
+    # resumeRequest) that went away stayed on the API server and every pass rewrote the status.
+    current = {"signals": {"queueDepth": 5, "cpuUtilization": 0.4}, "pause": {"reason": "A", "resumeRequest": "1"}}
+    desired = {"signals": {"queueDepth": 5}, "pause": {"reason": "B"}}
+    assert status_patch(desired, current) == {"signals": {"cpuUtilization": None}, "pause": {"reason": "B", "resumeRequest": None}}
+
+
+_LEAF = st.one_of(st.integers(), st.text(max_size=3), st.lists(st.integers(), max_size=2))
+_TREE = st.recursive(_LEAF, lambda children: st.dictionaries(st.sampled_from("abcd"), children, max_size=3), max_leaves=8)
+_STATUSES = st.dictionaries(st.sampled_from("wxyz"), _TREE, max_size=4)
+
+
+def _merge(target, patch):
+    """RFC 7386, as the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = _merge(out.get(key), value)
+    return out
+
+
+@settings(deadline=None)
+@given(current=_STATUSES, desired=_STATUSES)
+def test_status_patch_applied_as_a_merge_patch_gives_the_desired_status(current, desired) -> None:
+    assert _merge(current, status_patch(desired, current)) == desired

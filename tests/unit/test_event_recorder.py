@@ -45,3 +45,27 @@ def test_a_flapping_object_is_rate_limited_and_others_are_not() -> None:
     assert record(recorder, "other", ref={**REF, "uid": "u2", "name": "g"})
     clock.now += ev.SPAM_REFILL_SECONDS
     assert record(recorder, "after a while", reason="Later")
+
+
+def test_what_the_recorder_remembers_stays_bounded() -> None:
+    api, clock = MemoryApi(), Clock()
+    recorder = ev.EventRecorder(api, "i", clock=clock)
+    for i in range(500):
+        record(recorder, f"replicas {i} -> {i + 1}")
+        clock.now += 1
+    assert len(recorder._messages[("u1", "Normal", "Scaled")]) <= ev.AGGREGATE_AFTER + 1
+
+
+def test_a_repeat_of_an_event_that_is_gone_posts_a_new_one() -> None:
+    from flowkeeper.domain.errors import ConfigurationError
+
+    api, clock = MemoryApi(), Clock()
+    recorder = ev.EventRecorder(api, "i", clock=clock)
+    record(recorder, "paused")
+
+    def gone(*args):
+        raise ConfigurationError("not found", reason="NotFound")
+
+    api.patch_event = gone
+    assert record(recorder, "paused")
+    assert len(api.events) == 2

@@ -104,8 +104,8 @@ def test_a_refused_status_is_not_retried_at_once() -> None:
     outcome = apply(executor, store, Plan(status={"phase": "Running"}))
     assert isinstance(outcome.error, RejectedError)
     assert store.seconds_until_next(clock.now) >= PARKED_SECONDS - 1
-    store.deployment_event("MODIFIED", deployment(replicas=4, version=2))  # an event cannot bring it forward
-    assert store.seconds_until_next(clock.now) >= PARKED_SECONDS - 1
+    store.flow_event("MODIFIED", flow(generation=2, version=3))  # a fixed spec is looked at at once
+    assert store.seconds_until_next(clock.now) == 0
 
 
 def test_a_repeated_event_is_counted_not_posted_again() -> None:
@@ -115,3 +115,29 @@ def test_a_repeated_event_is_counted_not_posted_again() -> None:
         apply(executor, store, plan)
         clock.now += 30
     assert len(api.events) == 1 and [p["count"] for p in api.patched_events] == [2, 3, 4, 5]
+
+
+def test_repeated_conflicts_back_off() -> None:
+    # A lagging watch must not turn 409s into a hot loop of reads and writes.
+    clock, store, api, executor = setup()
+    api.flow_version = "5"
+    waits = []
+    for _ in range(4):
+        store.take_due(clock.now)
+        apply(executor, store, PAUSE)
+        waits.append(store.seconds_until_next(clock.now))
+    assert waits[0] == 0 and all(w > 0 for w in waits[1:]) and waits[3] > waits[1]
+    assert api.writes == []
+
+
+def test_a_write_to_a_flow_that_is_gone_forgets_it() -> None:
+    from flowkeeper.domain.errors import ConfigurationError
+
+    clock, store, api, executor = setup()
+
+    def gone(*args):
+        raise ConfigurationError("not found", reason="NotFound")
+
+    api.patch_flow_status = gone
+    apply(executor, store, Plan(status={"phase": "Running"}))
+    assert store.flows == {} and [f.name for f in store.deleted] == ["f"]

@@ -4,6 +4,8 @@ windows early."""
 from __future__ import annotations
 
 import asyncio
+
+from flowkeeper.adapters.kubernetes import Listing
 import time
 
 from flowkeeper.controller.loop import FlowController
@@ -17,7 +19,7 @@ class ListingApi(MemoryApi):
         super().__init__(poll="1s")
 
     def list_objects(self, kind, namespaces):
-        return [flow(poll="1s")] if kind == "flows" else [deployment()]
+        return Listing([flow(poll="1s")] if kind == "flows" else [deployment()])
 
 
 def test_a_wall_clock_step_back_of_an_hour_does_not_stop_the_passes() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.controller.store import ClusterStore
 
 
@@ -90,7 +91,7 @@ def test_seed_keeps_what_the_watch_already_delivered() -> None:
     clock = Clock()
     store = ClusterStore(clock)
     store.deployment_event("ADDED", deployment(replicas=3, ready=3))
-    store.seed([flow()], [deployment(replicas=1), deployment(name="d2")])
+    store.seed(Listing([flow()]), Listing([deployment(replicas=1), deployment(name="d2")]))
     assert store.deployments["ns/d"].replicas == 3
     assert "ns/d2" in store.deployments and store.seeded
     assert [f.name for f in store.take_due(clock.now)] == ["f"]
@@ -135,7 +136,7 @@ def test_a_flow_deleted_while_the_startup_list_was_in_flight_does_not_come_back(
     store.flow_event("DELETED", flow())
     store.deployment_event("ADDED", deployment())
     store.deployment_event("DELETED", deployment())
-    store.seed([flow()], [deployment()])
+    store.seed(Listing([flow()]), Listing([deployment()]))
     assert store.flows == {} and store.deployments == {}
     assert store.take_due(clock.now + 100) == []
 
@@ -224,3 +225,39 @@ def test_the_handlers_that_feed_the_store_are_coroutines() -> None:
 
     assert inspect.iscoroutinefunction(handlers.flow_changed)
     assert inspect.iscoroutinefunction(handlers.deployment_changed)
+
+
+def test_a_resync_drops_what_was_deleted_while_a_watch_was_down() -> None:
+    # Regression: kopf re-lists after a broken watch without a DELETED for what went away meanwhile;
+    # the ghost kept its claim and scaled from a stale spec.
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow("gone", version=5))
+    store.flow_event("ADDED", flow("kept", version=6))
+    store.flow_event("ADDED", flow("young", version=30))  # created after the list was made
+    store.deployment_event("ADDED", deployment("gone", version=7))
+    store.resync(Listing([flow("kept", version=6)], {None: "20"}), Listing([], {None: "20"}))
+    assert sorted(f.name for f in store.flows.values()) == ["kept", "young"]
+    assert store.deployments == {}
+    assert [f.name for f in store.deleted] == ["gone"]
+    store.flow_event("MODIFIED", flow("gone", version=8))  # a late event cannot bring it back
+    assert "uid-ns-gone" not in store.flows
+
+
+def test_a_resync_never_drops_on_versions_it_cannot_compare() -> None:
+    store = ClusterStore(Clock())
+    store.flow_event("ADDED", flow("f", version=5))
+    store.resync(Listing([], {None: "opaque"}), Listing([], {None: "opaque"}))
+    assert list(store.flows) == ["uid-ns-f"]
+
+
+def test_a_postponed_flow_is_due_at_once_when_it_changes() -> None:
+    # Regression: a refused status parked a flow for an hour even after its spec was fixed.
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow())
+    store.take_due(clock.now)
+    store.postpone("uid-ns-f", clock.now + 3600)
+    assert store.take_due(clock.now + 10) == []
+    store.flow_event("MODIFIED", flow(generation=2, version=2))
+    assert [f.generation for f in store.take_due(clock.now)] == [2]

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import socket
+from dataclasses import dataclass, field
 from typing import Any
 
 import urllib3.exceptions
@@ -70,6 +71,15 @@ def _api_errors(what: str):
         raise error from exc
 
 
+@dataclass
+class Listing:
+    """The objects of a LIST, and the resourceVersion of each list made (by namespace; None when
+    cluster-wide): what a list does not hold but the store does, at or before that version, is gone."""
+
+    items: list[dict[str, Any]] = field(default_factory=list)
+    versions: dict[str | None, str] = field(default_factory=dict)
+
+
 def load_client_config() -> k8s.ApiClient:
     """In-cluster credentials when running in a Pod, else the current kubeconfig."""
     from kubernetes import config
@@ -91,14 +101,14 @@ class KubernetesGateway:
         # (connect, read) seconds for every call; a LIST of thousands of objects gets the read part.
         self._timeout = (min(5.0, request_timeout), request_timeout)
 
-    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]:
+    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
         """Every IntegrationFlow ("flows") or Deployment ("deployments") in the namespaces (all when
-        empty), as plain dicts like watch events carry them."""
+        empty), as plain dicts like watch events carry them, with each list's resourceVersion."""
         t = self._timeout
         calls = {
             "flows": (
-                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, _request_timeout=t),
-                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, _request_timeout=t),
+                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, _preload_content=False, _request_timeout=t),
+                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, _preload_content=False, _request_timeout=t),
             ),
             "deployments": (
                 lambda ns: self._apps.list_namespaced_deployment(ns, _preload_content=False, _request_timeout=t),
@@ -106,13 +116,14 @@ class KubernetesGateway:
             ),
         }
         per_namespace, cluster_wide = calls[kind]
+        listing = Listing()
         with _api_errors(f"list {kind}"):
-            results = [per_namespace(ns) for ns in namespaces] if namespaces else [cluster_wide()]
-        items: list[dict[str, Any]] = []
-        for result in results:
-            body = json.loads(result.data) if hasattr(result, "data") else result
-            items.extend(body.get("items", []))
-        return items
+            for namespace in namespaces or (None,):
+                result = per_namespace(namespace) if namespace else cluster_wide()
+                body = json.loads(result.data)
+                listing.items.extend(body.get("items", []))
+                listing.versions[namespace] = str((body.get("metadata") or {}).get("resourceVersion") or "")
+        return listing
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Merge-patches status at `resource_version` (a 409 when the flow changed since it was read);

@@ -77,7 +77,13 @@ class EventRecorder:
                 return False
             posted.count += 1
             patch = {"count": posted.count, "lastTimestamp": _rfc3339_now(), "message": message}
-            return await self._send(lambda: self.gateway.patch_event(posted.namespace, posted.name, patch), reason, reference)
+            try:
+                await asyncio.to_thread(self.gateway.patch_event, posted.namespace, posted.name, patch)
+                return True
+            except FlowkeeperError as exc:
+                if exc.reason != "NotFound":
+                    return self._failed(exc, reason, reference)
+                del self._posted[key]  # the Event expired or was deleted: post a new one, as client-go does
         if not self._take_token(uid, now):
             log.debug("event dropped by the spam filter", extra={"reason": reason, "flow": reference.get("name", "")})
             return False
@@ -91,7 +97,8 @@ class EventRecorder:
     def _aggregate(self, uid: str, type_: str, reason: str, message: str, now: float) -> tuple[str, bool]:
         seen: dict[str, float] = self._messages.get((uid, type_, reason)) or {}
         seen = {m: at for m, at in seen.items() if now - at < WINDOW_SECONDS}
-        seen.setdefault(message, now)
+        if len(seen) <= AGGREGATE_AFTER:  # past that only the count matters: memory stays bounded
+            seen.setdefault(message, now)
         self._messages.touch((uid, type_, reason), seen)
         if len(seen) > AGGREGATE_AFTER:
             return f"{COMBINED}{message}"[:1024], True
@@ -112,8 +119,12 @@ class EventRecorder:
             await asyncio.to_thread(call)
             return True
         except FlowkeeperError as exc:
-            log.warning("event not posted: %s", exc, extra={"reason": reason, "flow": reference.get("name", ""), "outcome": exc.error_class.value})
-            return False
+            return self._failed(exc, reason, reference)
+
+    @staticmethod
+    def _failed(exc: FlowkeeperError, reason: str, reference: dict[str, str]) -> bool:
+        log.warning("event not posted: %s", exc, extra={"reason": reason, "flow": reference.get("name", ""), "outcome": exc.error_class.value})
+        return False
 
     def _body(self, reference: dict[str, str], type_: str, reason: str, message: str) -> dict:
         now = _rfc3339_now()

@@ -19,6 +19,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,7 @@ from flowkeeper.controller import crashpoints
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.ports import ClusterGateway, Leader
 from flowkeeper.controller.store import ClusterStore
-from flowkeeper.domain.errors import ConflictError, FlowkeeperError, RejectedError
+from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError
 from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
 from flowkeeper.domain.planner import Plan
 from flowkeeper.observability import metrics, tracing
@@ -42,8 +43,18 @@ def retry_delay(failures: int, rng: random.Random, base: float = 1.0, cap: float
 
 
 def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch from current to desired status: keys that went away are sent as null."""
-    patch = {k: v for k, v in desired.items() if current.get(k) != v}
+    """A JSON merge patch (RFC 7386) from current to desired: keys that went away are sent as null, at
+    every depth (a merge patch merges nested objects, so a key missing from a nested object would
+    stay); lists are replaced whole."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        before = current.get(key)
+        if isinstance(value, dict) and isinstance(before, dict):
+            nested = status_patch(value, before)
+            if nested:
+                patch[key] = nested
+        elif before != value:
+            patch[key] = value
     patch.update({k: None for k in current if k not in desired})
     return patch
 
@@ -64,6 +75,8 @@ class Executor:
         leader: Leader,
         *,
         concurrency: int = 16,
+        qps: float = 50.0,
+        burst: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.gateway = gateway
@@ -72,8 +85,18 @@ class Executor:
         self.leader = leader
         self.clock = clock
         self._slots = asyncio.Semaphore(concurrency)
+        # Writes get threads of their own: the shared default pool also serves the elector's Lease calls
+        # and the signals pass, which must not wait behind a slow write.
+        self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="flowkeeper-write")
+        self._rate = TokenBucket(qps, burst, clock)
         self.failures: dict[str, int] = {}  # flow UID -> failed writes in a row
+        self.conflicts: dict[str, int] = {}  # flow UID -> conflicts in a row
         self.random = random.Random()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """One API write: within the client-side rate limit, on the writers' threads."""
+        await self._rate.take()
+        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     async def apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
         """Applies `plan`, made from `flow` and `deployment` as they were: writes are conditional on
@@ -95,18 +118,37 @@ class Executor:
                     crashpoints.after_write(plan.kind, stage)
             stage = "event"
             for event in plan.events:
+                if not self.leader.is_leading():
+                    return Outcome(False, stage)
                 with tracing.action_span(stage, flow.namespace, flow.name):
                     if await self.recorder.record(flow.reference, event.type, event.reason, event.message):
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
                         crashpoints.after_write(plan.kind, stage)
         except ConflictError as exc:
-            # The flow or its Deployment moved on since the plan was made: plan again from what is there.
-            log.info("re-planning: %s", exc, extra={**context, "stage": stage, "reason": exc.reason, "outcome": "conflict"})
-            self.store.mark_due(flow.uid)
+            # The flow or its Deployment moved on since the plan was made: plan again from what is there,
+            # at once the first time, then with backoff (postponed only: the watch event that brings the
+            # new version makes the flow due at once). A lagging watch must not make a hot loop.
+            conflicts = self.conflicts.get(flow.uid, 0) + 1
+            self.conflicts[flow.uid] = conflicts
+            delay = 0.0 if conflicts == 1 else retry_delay(conflicts - 1, self.random, base=0.5, cap=30.0)
+            log.info("re-planning: %s", exc, extra={**context, "stage": stage, "reason": exc.reason, "outcome": "conflict", "retry_in": round(delay, 1)})
+            self.store.postpone(flow.uid, self.clock() + delay)
             return Outcome(False, stage, exc)
         except RejectedError as exc:
+            # Sending the same body again cannot succeed: looked at again in an hour, or at once when the
+            # flow or its target changes.
             log.error(str(exc), extra={**context, "stage": stage, "reason": exc.reason, "outcome": "rejected"})
-            self.store.retry_at(flow.uid, self.clock() + PARKED_SECONDS)
+            self.store.postpone(flow.uid, self.clock() + PARKED_SECONDS)
+            return Outcome(False, stage, exc)
+        except ConfigurationError as exc:
+            if exc.reason != "NotFound":
+                raise  # pragma: no cover - no other configuration error comes from a write
+            # Deleted under us: forget it now rather than retrying a write that cannot land.
+            log.info(str(exc), extra={**context, "stage": stage, "reason": exc.reason, "outcome": "gone"})
+            if stage == "status":
+                self.store.flow_gone(flow.uid)
+            elif deployment is not None:
+                self.store.target_gone(deployment.key)
             return Outcome(False, stage, exc)
         except Exception as exc:  # noqa: BLE001 - transient trouble, or a bug: this flow retries, the others go on
             if not isinstance(exc, FlowkeeperError):
@@ -122,6 +164,7 @@ class Executor:
             self.store.retry_at(flow.uid, self.clock() + delay)
             return Outcome(False, stage, exc)
         self.failures.pop(flow.uid, None)
+        self.conflicts.pop(flow.uid, None)
         return Outcome(True)
 
     async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> bool:
@@ -129,7 +172,7 @@ class Executor:
             return False
         direction = "up" if plan.scale_to > deployment.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
-            replicas, version = await asyncio.to_thread(
+            replicas, version = await self._call(
                 self.gateway.scale, deployment.namespace, deployment.name, plan.scale_to, deployment.resource_version or None
             )
         self.store.scale_written(deployment.key, replicas, version)
@@ -146,10 +189,32 @@ class Executor:
             return False
         patch = status_patch(plan.status, current.status)
         with tracing.action_span("status", flow.namespace, flow.name):
-            stored = await asyncio.to_thread(self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
+            stored = await self._call(self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
         self.store.status_written(flow.uid, stored)
         return True
 
     def forget(self, uids: set[str]) -> None:
         for uid in self.failures.keys() - uids:
             del self.failures[uid]
+        for uid in self.conflicts.keys() - uids:
+            del self.conflicts[uid]
+
+
+class TokenBucket:
+    """Client-side rate limit of API writes, like client-go's QPS and burst: thousands of flows that
+    retry together after an outage are spread out instead of hitting a recovering API server at once."""
+
+    def __init__(self, qps: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.qps, self.burst, self.clock = qps, burst, clock
+        self.tokens = float(burst)
+        self.at = clock()
+
+    async def take(self) -> None:
+        while True:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.at) * self.qps)
+            self.at = now
+            if self.tokens >= 1:
+                self.tokens -= 1
+                return
+            await asyncio.sleep((1 - self.tokens) / self.qps)

@@ -30,6 +30,7 @@ from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper.controller")
 
+RESYNC_SECONDS = 300.0  # how often the store is checked against a fresh LIST
 HEARTBEAT_SECONDS = 5.0  # the loop comes round at least this often, also as a standby (liveness)
 YIELD_EVERY = 200  # flows planned between two yields to the event loop (watch events keep flowing)
 
@@ -65,6 +66,7 @@ class FlowController:
         self.random = random.Random()
         self.passes = 0
         self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
+        self._resynced_at = 0.0
 
     def seconds_since_iteration(self) -> float:
         """How long the loop has not come round: a loop stuck in a pass or a dead task grows this."""
@@ -76,12 +78,16 @@ class FlowController:
         log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows)})
         while not stopped.is_set():
             self.last_iteration = time.monotonic()
+            await self._resync_now_and_then()
             if not self.leader.is_leading():
                 self._forget_plans()
                 # A standby does nothing until the lease can change hands: no work, no CPU.
                 await _wait_any([stopped, self._leader_changed()], HEARTBEAT_SECONDS)
                 continue
-            await self._report_deletions()
+            try:
+                await self._report_deletions()
+            except Exception:  # noqa: BLE001 - a report that fails must not end the loop
+                log.exception("deletion not reported", extra={"stage": "delete", "outcome": "error"})
             wait = self.store.seconds_until_next(self.monotonic())
             self.store.wakeup.clear()
             await _wait_any([self.store.wakeup, stopped, self._leader_changed()], min(HEARTBEAT_SECONDS if wait is None else wait, HEARTBEAT_SECONDS))
@@ -110,21 +116,35 @@ class FlowController:
             self.read_failures.clear()
             self.executor.failures.clear()
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
-        self.store.deleted.clear()
 
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
         while not stopped.is_set():
             self.last_iteration = time.monotonic()
             try:
-                flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
-                deployments = await asyncio.to_thread(self.gateway.list_objects, "deployments", self.namespaces)
-                self.store.seed(flows, deployments)
+                self.store.seed(*await self._list())
+                self._resynced_at = self.monotonic()
                 return
             except FlowkeeperError as exc:
                 log.warning("initial listing failed, retrying", extra={"reason": exc.reason, "stage": "startup"})
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    async def _list(self):
+        flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
+        deployments = await asyncio.to_thread(self.gateway.list_objects, "deployments", self.namespaces)
+        return flows, deployments
+
+    async def _resync_now_and_then(self) -> None:
+        """A LIST every RESYNC_SECONDS drops what was deleted while a watch was down: kopf re-lists
+        after a broken watch but tells nothing of the objects that went away meanwhile."""
+        if self.monotonic() - self._resynced_at < RESYNC_SECONDS:
+            return
+        self._resynced_at = self.monotonic()
+        try:
+            self.store.resync(*await self._list())
+        except FlowkeeperError as exc:
+            log.warning("resync listing failed", extra={"reason": exc.reason, "stage": "resync", "outcome": "retry"})
 
     async def run_pass(self, flows: list[FlowRecord]) -> None:
         pass_id = uuid.uuid4().hex[:12]
@@ -251,7 +271,8 @@ class FlowController:
             failures = self.read_failures.get(key, 0) + 1
             self.read_failures[key] = failures
             poll = max(1.0, to_seconds(flow.spec.scaling.poll_interval))
-            self.store.retry_at(key, now + poll * min(2 ** (failures - 1), 4) * self.random.uniform(1.0, 1.5))
+            # Postponed, not fenced: a change of the flow (a fixed spec) still makes it due at once.
+            self.store.postpone(key, now + poll * min(2 ** (failures - 1), 4) * self.random.uniform(1.0, 1.5))
 
     def _after_pass(self) -> None:
         """Forgets flows that are gone, and publishes the flows-by-phase gauge."""

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult
 from flowkeeper.domain.leadership import LeaseRecord
 
 
 class ClusterGateway(Protocol):
-    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> list[dict[str, Any]]: ...
+    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing: ...
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Returns the object as stored; raises ConflictError when resource_version is not current."""

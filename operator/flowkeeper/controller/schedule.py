@@ -37,6 +37,11 @@ class DueQueue:
         self._not_before[key] = at
         self._set(key, at)
 
+    def postpone(self, key: str, at: float) -> None:
+        """Due at `at`, later or earlier; a later mark_due may still bring it forward."""
+        self._not_before.pop(key, None)
+        self._set(key, at)
+
     def forget(self, key: str) -> None:
         self._due.pop(key, None)
         self._not_before.pop(key, None)

@@ -21,11 +21,13 @@ from collections.abc import Callable
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
+from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
 from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord, deployment_from_body, flow_from_body, newer
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
+DELETED_KEPT = 1_000  # deleted flows waiting to be reported by the leader
 
 
 class _Tombstones:
@@ -65,33 +67,64 @@ class ClusterStore:
         elif self._thread != ident:
             raise RuntimeError("the store was changed from a thread other than the event loop's")
 
-    # -- seeded once by a LIST, then fed by watch events
-    def seed(self, flows: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
-        """Fills in what the watches have not delivered yet, so the first pass sees every Deployment:
-        without it a restarted operator would take a flow's Deployment for missing. Objects the watches
-        already delivered are newer and kept; objects they saw deleted stay deleted."""
+    # -- seeded by a LIST at startup, resynced by a LIST now and then, fed by watch events in between
+    def seed(self, flows: Listing, deployments: Listing) -> None:
+        """The startup LIST: fills in what the watches have not delivered yet, so the first pass sees
+        every Deployment (a restarted operator would otherwise take a flow's Deployment for missing)."""
+        self.resync(flows, deployments)
+        self.seeded = True
+
+    def resync(self, flows: Listing, deployments: Listing) -> None:
+        """Applies a fresh LIST. Objects the watches already delivered are newer and kept; objects they
+        saw deleted stay deleted; and what the store holds at a version the list has seen, but the list
+        does not hold, was deleted while a watch was down (kopf's re-list sends no DELETED for it)."""
         self.check_thread()
-        for body in deployments:
+        listed_targets = set()
+        for body in deployments.items:
             record = deployment_from_body(body)
-            if record.uid not in self._gone_deployments and record.key not in self.deployments:
-                self.deployments[record.key] = record
-        for body in flows:
+            listed_targets.add(record.key)
+            known = self.deployments.get(record.key)
+            if record.uid not in self._gone_deployments and (known is None or known.uid != record.uid):
+                self.deployments[record.key] = record  # new, or re-created under the same name
+                self._wake_claimants(record.key)
+        for key, record in list(self.deployments.items()):
+            if key not in listed_targets and _listed_after(record.namespace, record.resource_version, deployments.versions):
+                self._gone_deployments.add(record.uid)
+                del self.deployments[key]
+                self._wake_claimants(key)
+        listed_flows = set()
+        for body in flows.items:
             record = flow_from_body(body)
+            listed_flows.add(record.uid)
             if record.uid not in self._gone_flows and record.uid not in self.flows:
                 self._put_flow(record)
                 self.mark_due(record.uid)
-        self.seeded = True
+        for uid, record in list(self.flows.items()):
+            if uid not in listed_flows and _listed_after(record.namespace, record.resource_version, flows.versions):
+                self.flow_gone(uid)
+
+    def flow_gone(self, uid: str) -> None:
+        """The flow was deleted (a DELETED event, a LIST without it, a 404 on a write)."""
+        self._gone_flows.add(uid)
+        removed = self._drop_flow(uid)
+        if removed is not None:
+            self.deleted.append(removed)
+            del self.deleted[:-DELETED_KEPT]
+            self.wakeup.set()
+
+    def target_gone(self, key: str) -> None:
+        """The scale target was deleted (a 404 on its /scale)."""
+        record = self.deployments.pop(key, None)
+        if record is not None:
+            self._gone_deployments.add(record.uid)
+            self._wake_claimants(key)
 
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
         record = flow_from_body(body)
         if event_type == "DELETED":
-            self._gone_flows.add(record.uid)
-            removed = self._drop_flow(record.uid)
-            if removed is not None:
-                self.deleted.append(removed)
-                self.wakeup.set()
+            self.flow_gone(record.uid)
             return
         if record.uid in self._gone_flows:
             return
@@ -151,8 +184,15 @@ class ClusterStore:
 
     # -- scheduling (monotonic clock)
     def mark_due(self, uid: str, at: float | None = None) -> None:
+        if uid not in self.flows:
+            return  # gone: never scheduled again
         self.schedule.mark_due(uid, self._clock() if at is None else at)
         self.wakeup.set()
+
+    def postpone(self, uid: str, at: float) -> None:
+        """Due at `at`, later or earlier; a change of the flow or its target still makes it due at once."""
+        if uid in self.flows:
+            self.schedule.postpone(uid, at)
 
     def retry_at(self, uid: str, at: float) -> None:
         if uid in self.flows:
@@ -200,3 +240,13 @@ class ClusterStore:
         for uid in self._by_target.get(key or "", ()):
             self.mark_due(uid)
 
+
+
+def _listed_after(namespace: str, resource_version: str, versions: dict[str | None, str]) -> bool:
+    """Whether a LIST of the object's namespace was made at or after its version (integers, as etcd
+    revisions are; anything else is never taken for a deletion)."""
+    listed = versions.get(None) or versions.get(namespace)
+    try:
+        return listed is not None and int(resource_version) <= int(listed)
+    except ValueError:
+        return False

@@ -71,6 +71,7 @@ class DeploymentRecord:
     uid: str = ""
     resource_version: str = ""
     replicas_manager: str | None = None  # the field manager that last set spec.replicas (managedFields)
+    replicas_managed_at: str = ""  # when it did (RFC 3339, second resolution)
 
     @property
     def key(self) -> str:
@@ -107,18 +108,19 @@ def flow_from_body(body: dict[str, Any]) -> FlowRecord:
     )
 
 
-def replicas_manager(managed_fields: list[dict[str, Any]] | None) -> str | None:
-    """Who last set spec.replicas: the managedFields entry that owns it (writes through /scale are
-    recorded on the parent with subresource "scale", under the same field path)."""
+def replicas_manager(managed_fields: list[dict[str, Any]] | None) -> tuple[str | None, str]:
+    """Who last set spec.replicas, and when: the managedFields entry that owns it (writes through /scale
+    are recorded on the parent with subresource "scale", under the same field path)."""
     for entry in managed_fields or ():
         spec = (entry.get("fieldsV1") or {}).get("f:spec") or {}
         if "f:replicas" in spec:
-            return str(entry.get("manager") or "")
-    return None
+            return str(entry.get("manager") or ""), str(entry.get("time") or "")
+    return None, ""
 
 
 def deployment_from_body(body: dict[str, Any]) -> DeploymentRecord:
     metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
+    manager, managed_at = replicas_manager(metadata.get("managedFields"))
     return DeploymentRecord(
         namespace=metadata.get("namespace", ""),
         name=metadata.get("name", ""),
@@ -128,7 +130,8 @@ def deployment_from_body(body: dict[str, Any]) -> DeploymentRecord:
         template_hash=template_hash(spec.get("template")),
         uid=str(metadata.get("uid") or ""),
         resource_version=str(metadata.get("resourceVersion") or ""),
-        replicas_manager=replicas_manager(metadata.get("managedFields")),
+        replicas_manager=manager,
+        replicas_managed_at=managed_at,
     )
 
 

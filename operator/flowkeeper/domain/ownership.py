@@ -46,12 +46,15 @@ def foreign_write(flow: FlowRecord, deployment: DeploymentRecord) -> str | None:
 
     After every pass spec.replicas equals status.desiredReplicas (Flowkeeper wrote it, or it already
     was). A difference set by a manager other than Flowkeeper is somebody else's write. Read from the
-    status, so it holds across restarts."""
+    status, so it holds across restarts. While paused (desiredReplicas 0) only a write made after the
+    pause began counts: until Flowkeeper's own scale to 0 lands (or if it crashed before it), the count
+    is still the one the Deployment's creator or last writer left."""
     desired = flow.status.get("desiredReplicas")
-    if not isinstance(desired, int) or (flow.status.get("pause") and desired == 0):
-        return None
     manager = deployment.replicas_manager
-    if deployment.spec_replicas == desired or manager in (None, FIELD_MANAGER):
+    if not isinstance(desired, int) or deployment.spec_replicas == desired or manager in (None, FIELD_MANAGER):
+        return None
+    pause = flow.status.get("pause")
+    if pause and desired == 0 and not (deployment.replicas_managed_at and deployment.replicas_managed_at > str(pause.get("since") or "")):
         return None
     return manager
 

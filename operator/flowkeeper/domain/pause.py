@@ -71,7 +71,7 @@ def fix_deployed(facts: Facts, pause: dict[str, Any]) -> bool:
     return (
         (deployment is not None and pause.get("templateHash") is not None and deployment.template_hash != pause["templateHash"])
         or flow.generation != pause.get("specGeneration")
-        or flow.annotations.get(RESUME_ANNOTATION) != pause.get("resumeRequest")
+        or resume_request(flow) != pause.get("resumeRequest")
     )
 
 
@@ -83,7 +83,8 @@ def pause_record(facts: Facts, cause: Cause, now_rfc3339: str) -> dict[str, Any]
     if previous.get("reason") == cause.reason:
         return {**previous, "message": cause.message}
     record: dict[str, Any] = {"reason": cause.reason, "since": previous.get("since") or now_rfc3339, "message": cause.message}
-    replicas_before = previous.get("replicasBefore") if previous else _replicas_to_restore(flow, deployment)
+    # The count from before the first pause reason stands; a reason that changed may fill it in later.
+    replicas_before = previous.get("replicasBefore") or _replicas_to_restore(flow, deployment)
     if replicas_before is not None:
         record["replicasBefore"] = replicas_before
     if deployment is not None:
@@ -92,8 +93,17 @@ def pause_record(facts: Facts, cause: Cause, now_rfc3339: str) -> dict[str, Any]
         record["templateHash"] = previous["templateHash"]
     record["specGeneration"] = flow.generation
     if RESUME_ANNOTATION in flow.annotations:
-        record["resumeRequest"] = flow.annotations[RESUME_ANNOTATION]
+        record["resumeRequest"] = resume_request(flow)
     return record
+
+
+RESUME_REQUEST_MAX = 253  # status.pause.resumeRequest's maxLength in the schema
+
+
+def resume_request(flow: FlowRecord) -> str | None:
+    """The resume annotation as the pause record keeps it (cut to what the schema allows)."""
+    value = flow.annotations.get(RESUME_ANNOTATION)
+    return None if value is None else value[:RESUME_REQUEST_MAX]
 
 
 def _replicas_to_restore(flow: FlowRecord, deployment: DeploymentRecord | None) -> int | None:

@@ -178,7 +178,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     facts = pause.Facts(flow, deployment, inputs.signals, inputs.failure, in_resume_grace=in_grace)
     cause = pause.configuration_cause(facts)
     if cause is not None and (spec.paused or spec.on_configuration_error == "Pause"):
-        return _paused(inputs, out, facts, cause)
+        return _paused(inputs, out, facts, cause, mono)
     scale_to, memory = None, inputs.memory
     if flow.status.get("pause"):
         scale_to, memory = _resume(inputs, out, mono)
@@ -206,22 +206,11 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         now=mono,
     )
     memory = replace(memory, scaling=decision.memory)
-    verdict = ownership.judge(flow, deployment, memory.conflict, mono, inputs.conflict_hold_off)
-    memory = replace(memory, conflict=verdict.memory)
     desired = decision.desired_replicas
-    if verdict.holding and scale_to is None:
-        # Another writer set the count: it stands until the hold-off ends (domain/ownership.py).
-        desired = deployment.spec_replicas
-        out.condition(
-            cond.SCALING_CONFLICT,
-            True,
-            "ForeignWriter",
-            f"spec.replicas of Deployment {deployment.name} was set to {deployment.spec_replicas} by {verdict.manager}; "
-            f"Flowkeeper does not write it for {verdict.memory.hold_off:.0f}s, then corrects it once",
-            event=True,
-        )
+    holding, memory = (False, memory) if scale_to is not None else _hold_off_other_writers(inputs, out, deployment, memory, mono)
+    if holding:
+        desired = deployment.spec_replicas  # another writer's count stands until the hold-off ends
     else:
-        out.condition(cond.SCALING_CONFLICT, False, "NoConflict", "no other writer changed the replicas")
         if desired != current:
             scale_to = desired
             out.event("Normal", "Scaled", f"replicas {current} -> {scale_to}: {decision.reason}")
@@ -258,6 +247,24 @@ def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) ->
 # ------------------------------------------------------------------------------ ownership
 
 
+def _hold_off_other_writers(inputs: Inputs, out: _Builder, deployment: DeploymentRecord, memory: FlowMemory, mono: float) -> tuple[bool, FlowMemory]:
+    """Whether another writer's count must stand this pass (domain/ownership.py), and says so."""
+    verdict = ownership.judge(inputs.flow, deployment, memory.conflict, mono, inputs.conflict_hold_off)
+    memory = replace(memory, conflict=verdict.memory)
+    if not verdict.holding:
+        out.condition(cond.SCALING_CONFLICT, False, "NoConflict", "no other writer changed the replicas")
+        return False, memory
+    out.condition(
+        cond.SCALING_CONFLICT,
+        True,
+        "ForeignWriter",
+        f"spec.replicas of Deployment {deployment.name} was set to {deployment.spec_replicas} by {verdict.manager}; "
+        f"Flowkeeper does not write it for {verdict.memory.hold_off:.0f}s, then corrects it once",
+        event=True,
+    )
+    return True, memory
+
+
 def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
     flow, owner = inputs.flow, inputs.owner
     assert owner is not None and flow.spec is not None
@@ -277,7 +284,7 @@ def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
 # ------------------------------------------------------------------------------ configuration & pause
 
 
-def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause) -> Plan:
+def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause, mono: float) -> Plan:
     flow, deployment = inputs.flow, inputs.deployment
     out.status["pause"] = pause.pause_record(facts, cause, rfc3339(out.now))
     manual = cause.reason == pause.MANUAL
@@ -291,10 +298,17 @@ def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause) -> 
     # The backlog and the dead letters are still read while paused: they are what ops look at.
     if inputs.signals is not None and inputs.failure is None:
         _record_signal_values(out, inputs.signals)
+    memory = inputs.memory
     scale_to = 0 if deployment is not None and deployment.spec_replicas != 0 else None
+    if deployment is not None:
+        # Someone scaling a paused flow's consumers up (a person debugging, Argo CD self-heal) is not
+        # fought either: the same bounded hold-off as for a running flow.
+        holding, memory = _hold_off_other_writers(inputs, out, deployment, memory, mono)
+        if holding:
+            scale_to = None
     if scale_to is not None:
         out.status.update(lastScaleTime=rfc3339(out.now), lastScaleReason=f"paused ({cause.reason})")
-    return out.done(scale_to, inputs.memory, status_first=True)
+    return out.done(scale_to, memory, status_first=True)
 
 
 def _resume(inputs: Inputs, out: _Builder, mono: float) -> tuple[int | None, FlowMemory]:
