@@ -69,3 +69,24 @@ def test_a_policy_refusal_is_reported_and_never_pauses() -> None:
         body, memory = {**body, "status": result.status}, result.memory
     assert "pause" not in result.status and result.scale_to is None
     assert condition(result.status, "MetricsAvailable")["reason"] == "MetricsServerNotAllowed"
+
+
+def test_a_restart_right_after_a_resume_does_not_pause_the_fixed_flow_again() -> None:
+    # Regression: the operator killed right after a resume came back without its memory of the
+    # resume, took the errors still in the rate window for new ones and paused the fix as broken.
+    paused = run(flow_with(), deployment(replicas=3, ready=3, image="broken"), signals(configuration_errors=0.5))
+    resumed = run(flow_with(paused.status), deployment(replicas=0, ready=0, image="fixed"), signals(), now=NOW + 30)
+    assert "pause" not in resumed.status
+    restarted = run(flow_with(resumed.status), deployment(replicas=3, ready=3, image="fixed"),
+                    signals(configuration_errors=0.4), now=NOW + 40)  # fresh memory, errors still in the window
+    assert "pause" not in restarted.status and restarted.scale_to is None
+    later = run(flow_with(resumed.status), deployment(replicas=3, ready=3, image="fixed"),
+                signals(configuration_errors=0.4), now=NOW + 30 + 120)  # still erring after the grace: broken
+    assert later.status["pause"]["reason"] == "ConsumerConfigurationError"
+
+
+def test_a_new_flow_with_broken_consumers_pauses_at_once() -> None:
+    # The resume grace is only for a flow that resumed, never for one that was simply created.
+    fine = run(flow_with(), deployment(replicas=3, ready=3), signals())
+    broken = run(flow_with(fine.status), deployment(replicas=3, ready=3), signals(configuration_errors=0.5), now=NOW + 10)
+    assert broken.status["pause"]["reason"] == "ConsumerConfigurationError"

@@ -26,6 +26,14 @@ def rfc3339(unix_seconds: float) -> str:
     return dt.datetime.fromtimestamp(int(unix_seconds), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(text: str | None) -> float | None:
+    """Unix seconds of an RFC 3339 time as conditions carry it; None when absent or malformed."""
+    try:
+        return dt.datetime.strptime(str(text), "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.timezone.utc).timestamp()
+    except ValueError:
+        return None
+
+
 def set_condition(
     conditions: list[dict[str, Any]],
     type_: str,

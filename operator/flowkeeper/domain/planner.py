@@ -17,6 +17,7 @@ the machine neither stops nor shortens them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -174,7 +175,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     if inputs.owner is not None and inputs.owner.uid != flow.uid:
         return _claimed_elsewhere(inputs, out)
 
-    in_grace = inputs.memory.resumed_at is not None and mono - inputs.memory.resumed_at < inputs.config_error_grace_seconds
+    in_grace = _seconds_since_resume(inputs, now, mono) < inputs.config_error_grace_seconds
     facts = pause.Facts(flow, deployment, inputs.signals, inputs.failure, in_resume_grace=in_grace)
     cause = pause.configuration_cause(facts)
     if cause is not None and (spec.paused or spec.on_configuration_error == "Pause"):
@@ -182,15 +183,19 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     scale_to, memory = None, inputs.memory
     if flow.status.get("pause"):
         scale_to, memory = _resume(inputs, out, mono)
+        in_grace = True
+    # "Resumed" for the grace period: the condition's transition time then tells a restarted operator
+    # when the flow resumed.
+    not_paused = ("Resumed", "resumed: the cause of the pause is gone") if in_grace else ("NotPaused", "the flow is consuming")
 
     if deployment is None:
         message = f"consumer Deployment {flow.namespace}/{spec.consumer.deployment} not found"
         out.condition(cond.READY, False, "TargetNotFound", message, event=True)
-        out.condition(cond.PAUSED, False, "NotPaused", "onConfigurationError is Alert")
+        out.condition(cond.PAUSED, False, not_paused[0], "onConfigurationError is Alert")
         out.status.update(phase="Down", severity="P1")
         return out.done(None, memory)
     out.condition(cond.READY, True, "TargetFound", f"consumer Deployment {deployment.name} found", event=True)
-    out.condition(cond.PAUSED, False, "NotPaused", "the flow is consuming")
+    out.condition(cond.PAUSED, False, *not_paused)
     if not inputs.metrics_enabled:
         out.condition(cond.METRICS_AVAILABLE, None, "NoPrometheus", "the operator runs without a Prometheus address")
         out.status["phase"] = "Running"
@@ -237,6 +242,19 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     out.status["severity"] = str(getattr(severity, "value", severity))
     out.status["phase"] = _phase(out.status["severity"], deployment, scale_to)
     return out.done(scale_to, memory)
+
+
+def _seconds_since_resume(inputs: Inputs, now: float, mono: float) -> float:
+    """From memory (monotonic); after a restart from the Paused condition's last transition to False,
+    the resume itself, so that a restart right after a resume does not take the errors still in the
+    rate window for new ones and pause the fixed flow again."""
+    if inputs.memory.resumed_at is not None:
+        return mono - inputs.memory.resumed_at
+    paused = cond.get_condition(inputs.flow.status.get("conditions") or [], cond.PAUSED) or {}
+    if paused.get("status") != "False" or paused.get("reason") != "Resumed":
+        return math.inf
+    since = cond.parse_rfc3339(paused.get("lastTransitionTime"))
+    return math.inf if since is None else max(0.0, now - since)
 
 
 def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) -> FlowSignals | None:
