@@ -27,7 +27,7 @@ from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.ports import ClusterGateway, Leader
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import ConflictError, FlowkeeperError, RejectedError
-from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import TargetRecord, FlowRecord
 from flowkeeper.domain.planner import Plan
 from flowkeeper.observability import metrics, tracing
 
@@ -75,13 +75,13 @@ class Executor:
         self.failures: dict[str, int] = {}  # flow UID -> failed writes in a row
         self.random = random.Random()
 
-    async def apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
-        """Applies `plan`, made from `flow` and `deployment` as they were: writes are conditional on
+    async def apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
+        """Applies `plan`, made from `flow` and `target` as they were: writes are conditional on
         their resourceVersions."""
         async with self._slots:
-            return await self._apply(flow, deployment, plan, pass_id)
+            return await self._apply(flow, target, plan, pass_id)
 
-    async def _apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
+    async def _apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
         context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
         steps = ("status", "scale") if plan.status_first else ("scale", "status")
         stage = steps[0]
@@ -90,7 +90,7 @@ class Executor:
                 if not self.leader.is_leading():
                     self.store.mark_due(flow.uid)  # the next leader plans it
                     return Outcome(False, stage)
-                wrote = await (self._scale(flow, deployment, plan, context) if stage == "scale" else self._status(flow, plan))
+                wrote = await (self._scale(flow, target, plan, context) if stage == "scale" else self._status(flow, plan))
                 if wrote:
                     crashpoints.after_write(plan.kind, stage)
             stage = "event"
@@ -100,7 +100,7 @@ class Executor:
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
                         crashpoints.after_write(plan.kind, stage)
         except ConflictError as exc:
-            # The flow or its Deployment moved on since the plan was made: plan again from what is there.
+            # The flow or its scale target moved on since the plan was made: plan again from what is there.
             log.info("re-planning: %s", exc, extra={**context, "stage": stage, "reason": exc.reason, "outcome": "conflict"})
             self.store.mark_due(flow.uid)
             return Outcome(False, stage, exc)
@@ -124,15 +124,15 @@ class Executor:
         self.failures.pop(flow.uid, None)
         return Outcome(True)
 
-    async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> bool:
-        if plan.scale_to is None or flow.spec is None or deployment is None or deployment.spec_replicas == plan.scale_to:
+    async def _scale(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, context: dict[str, str]) -> bool:
+        if plan.scale_to is None or flow.spec is None or target is None or target.spec_replicas == plan.scale_to:
             return False
-        direction = "up" if plan.scale_to > deployment.spec_replicas else "down"
+        direction = "up" if plan.scale_to > target.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
             replicas, version = await asyncio.to_thread(
-                self.gateway.scale, deployment.namespace, deployment.name, plan.scale_to, deployment.resource_version or None
+                self.gateway.scale, target.scale_target, plan.scale_to, target.resource_version or None
             )
-        self.store.scale_written(deployment.key, replicas, version)
+        self.store.scale_written(target.key, replicas, version)
         metrics.SCALE_ACTIONS.labels(direction=direction).inc()
         reason = plan.status.get("lastScaleReason", "")
         log.info("scaled", extra={**context, "stage": "scale", "replicas": plan.scale_to, "reason": reason, "outcome": "applied"})

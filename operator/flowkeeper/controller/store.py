@@ -17,13 +17,14 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
 from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
-from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord, deployment_from_body, flow_from_body, newer
+from flowkeeper.api.v1alpha1 import ScaleTargetKind
+from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
 
@@ -47,10 +48,10 @@ class ClusterStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.flows: dict[str, FlowRecord] = {}  # by UID
-        self.deployments: dict[str, DeploymentRecord] = {}  # by namespace/name
-        self._by_target: dict[str, set[str]] = {}  # scale target namespace/name -> flow UIDs
+        self.targets: dict[str, TargetRecord] = {}  # by kind/namespace/name
+        self._by_target: dict[str, set[str]] = {}  # scale target kind/namespace/name -> flow UIDs
         self._gone_flows = _Tombstones()
-        self._gone_deployments = _Tombstones()
+        self._gone_targets = _Tombstones()
         self.schedule = DueQueue()
         self.wakeup = asyncio.Event()
         self.seeded = False  # no pass runs before the first LIST is in
@@ -66,15 +67,16 @@ class ClusterStore:
             raise RuntimeError("the store was changed from a thread other than the event loop's")
 
     # -- seeded once by a LIST, then fed by watch events
-    def seed(self, flows: list[dict[str, Any]], deployments: list[dict[str, Any]]) -> None:
-        """Fills in what the watches have not delivered yet, so the first pass sees every Deployment:
-        without it a restarted operator would take a flow's Deployment for missing. Objects the watches
+    def seed(self, flows: list[dict[str, Any]], targets: Mapping[ScaleTargetKind, list[dict[str, Any]]]) -> None:
+        """Fills in what the watches have not delivered yet, so the first pass sees every scale target:
+        without it a restarted operator would take a flow's target for missing. Objects the watches
         already delivered are newer and kept; objects they saw deleted stay deleted."""
         self.check_thread()
-        for body in deployments:
-            record = deployment_from_body(body)
-            if record.uid not in self._gone_deployments and record.key not in self.deployments:
-                self.deployments[record.key] = record
+        for kind, bodies in targets.items():
+            for body in bodies:
+                record = target_from_body(body, kind)
+                if record.uid not in self._gone_targets and record.key not in self.targets:
+                    self.targets[record.key] = record
         for body in flows:
             record = flow_from_body(body)
             if record.uid not in self._gone_flows and record.uid not in self.flows:
@@ -103,20 +105,20 @@ class ClusterStore:
         if previous is None or previous.generation != record.generation or previous.annotations != record.annotations:
             self.mark_due(record.uid)
 
-    def deployment_event(self, event_type: str, body: dict[str, Any]) -> None:
+    def target_event(self, kind: ScaleTargetKind, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
-        record = deployment_from_body(body)
-        previous = self.deployments.get(record.key)
+        record = target_from_body(body, kind)
+        previous = self.targets.get(record.key)
         if event_type == "DELETED":
-            self._gone_deployments.add(record.uid)
+            self._gone_targets.add(record.uid)
             if previous is not None and previous.uid in (record.uid, ""):
-                del self.deployments[record.key]
+                del self.targets[record.key]
         else:
-            if record.uid in self._gone_deployments:
+            if record.uid in self._gone_targets:
                 return
             if previous is not None and previous.uid == record.uid and not newer(record.resource_version, previous.resource_version):
                 return
-            self.deployments[record.key] = record
+            self.targets[record.key] = record
         if previous != record or event_type == "DELETED":
             for uid in self._by_target.get(record.key, ()):
                 self.mark_due(uid)
@@ -132,13 +134,13 @@ class ClusterStore:
 
     def scale_written(self, key: str, replicas: int, resource_version: str) -> None:
         self.check_thread()
-        current = self.deployments.get(key)
+        current = self.targets.get(key)
         if current is not None and newer(resource_version, current.resource_version):
-            self.deployments[key] = replace(current, spec_replicas=replicas, resource_version=resource_version, replicas_manager=FIELD_MANAGER)
+            self.targets[key] = replace(current, spec_replicas=replicas, resource_version=resource_version, replicas_manager=FIELD_MANAGER)
 
     # -- lookups
-    def deployment_of(self, flow: FlowRecord) -> DeploymentRecord | None:
-        return None if flow.target_key is None else self.deployments.get(flow.target_key)
+    def target_of(self, flow: FlowRecord) -> TargetRecord | None:
+        return None if flow.target_key is None else self.targets.get(flow.target_key)
 
     def owner_of(self, flow: FlowRecord) -> FlowRecord | None:
         """The flow that owns this flow's scale target (the oldest claim), possibly itself."""

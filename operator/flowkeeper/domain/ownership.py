@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import FIELD_MANAGER, TargetRecord, FlowRecord
 
 FIRST_HOLD_OFF = 300.0  # seconds without writes after a foreign write is first seen
 MAX_HOLD_OFF = 3600.0
@@ -41,7 +41,7 @@ class ConflictVerdict:
     memory: ConflictMemory
 
 
-def foreign_write(flow: FlowRecord, deployment: DeploymentRecord) -> str | None:
+def foreign_write(flow: FlowRecord, target: TargetRecord) -> str | None:
     """The field manager that changed spec.replicas away from what Flowkeeper last decided, or None.
 
     After every pass spec.replicas equals status.desiredReplicas (Flowkeeper wrote it, or it already
@@ -50,14 +50,14 @@ def foreign_write(flow: FlowRecord, deployment: DeploymentRecord) -> str | None:
     desired = flow.status.get("desiredReplicas")
     if not isinstance(desired, int) or (flow.status.get("pause") and desired == 0):
         return None
-    manager = deployment.replicas_manager
-    if deployment.spec_replicas == desired or manager in (None, FIELD_MANAGER):
+    manager = target.replicas_manager
+    if target.spec_replicas == desired or manager in (None, FIELD_MANAGER):
         return None
     return manager
 
 
-def judge(flow: FlowRecord, deployment: DeploymentRecord, memory: ConflictMemory, now: float, first_hold_off: float = FIRST_HOLD_OFF) -> ConflictVerdict:
-    manager = foreign_write(flow, deployment)
+def judge(flow: FlowRecord, target: TargetRecord, memory: ConflictMemory, now: float, first_hold_off: float = FIRST_HOLD_OFF) -> ConflictVerdict:
+    manager = foreign_write(flow, target)
     if manager is not None:
         if memory.hold_until is not None and now < memory.hold_until:
             # Changed again while we hold off: keep holding (the count is theirs for now).
