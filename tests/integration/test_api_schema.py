@@ -16,7 +16,7 @@ apiVersion: flowkeeper.io/v1alpha1
 kind: IntegrationFlow
 metadata: {{name: {name}}}
 spec:
-  consumer: {{deployment: consumer}}
+  scaleTargetRef: {{name: consumer}}
   source: {source}
   scaling: {scaling}
   health: {health}

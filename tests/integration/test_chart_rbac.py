@@ -127,7 +127,7 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
         flow_manifest("consumer", queue, {"maxReplicas": 10}),
         flow_manifest("with-secret", queue, {"maxReplicas": 10}, **server("prom-token")),
         flow_manifest("ungranted-secret", queue, {"maxReplicas": 10}, **server("other-token")),
-        flow_manifest("no-deployment", queue, {"maxReplicas": 10}, consumer={"deployment": "missing"}),
+        flow_manifest("no-deployment", queue, {"maxReplicas": 10}, scaleTargetRef={"name": "missing"}),
     ]
     for manifest in manifests:
         cluster.kubectl("apply", "-n", team, "-f", "-", input=manifest)

@@ -29,7 +29,7 @@ approx = lambda value: pytest.approx(value, rel=0.15)  # noqa: E731 - rates meas
 
 
 def flow(name: str, source: dict[str, Any], namespace: str = "shop", **spec: Any) -> FlowTarget:
-    body = {"consumer": {"deployment": spec.pop("deployment", f"{name}-consumer")}, "source": source, **spec}
+    body = {"scaleTargetRef": {"name": spec.pop("deployment", f"{name}-consumer")}, "source": source, **spec}
     return FlowTarget(f"{namespace}/{name}", namespace, name, IntegrationFlowSpec.model_validate(body))
 
 

@@ -20,7 +20,7 @@ def flow_manifest(name: str, queue: str, scaling: dict[str, Any] | None = None, 
         "kind": "IntegrationFlow",
         "metadata": {"name": name},
         "spec": {
-            "consumer": {"deployment": name},
+            "scaleTargetRef": {"name": name},
             "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue, "integration": name},
             "scaling": {"pollInterval": f"{POLL}s", **(scaling or {})},
             **spec,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flowkeeper.domain.flow import deployment_from_body, flow_from_body
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
+from flowkeeper.domain.flow import flow_from_body, target_from_body
 from flowkeeper.domain.planner import Inputs, plan
 from tests.unit.test_store import deployment, flow
 
 
 def run(body: dict, deploy: dict | None, now: float):
-    return plan(Inputs(flow=flow_from_body(body), deployment=deployment_from_body(deploy) if deploy else None), now=now)
+    return plan(Inputs(flow=flow_from_body(body), target=target_from_body(deploy, DEPLOYMENT) if deploy else None), now=now)
 
 
 def condition(status: dict, type_: str) -> dict:

@@ -40,7 +40,7 @@ def to_float(value: int | str) -> float:
 def to_text(number: float) -> str:
     """The quantity's text: 2.0 -> "2", 0.1 -> "0.1"; repr() is the shortest text that reads back as
     the same float, and its exponent form (1e-05) is valid Quantity text too."""
-    if number.is_integer() and abs(number) < 1e15:
+    if number.is_integer() and abs(number) <= 2**53:  # integers a float holds exactly
         return str(int(number))
     return repr(number)
 
