@@ -75,3 +75,22 @@ def test_a_pass_that_fails_unexpectedly_does_not_end_the_loop(caplog) -> None:
     asyncio.run(run_for_a_while())
     assert gateway.writes >= 2, "the loop stopped after the first failed pass"
     assert "a bug in a client library" in caplog.text
+
+
+def test_the_startup_list_lists_every_watched_target_kind() -> None:
+    from flowkeeper.api.v1alpha1 import DEPLOYMENT, ROLLOUT, STATEFULSET
+
+    class ListingGateway:
+        def __init__(self) -> None:
+            self.listed: list[str] = []
+
+        def list_objects(self, kind, namespaces):
+            self.listed.append(kind)
+            return [flow(kind="StatefulSet")] if kind == "flows" else [deployment()] if kind == "statefulsets" else []
+
+    for kinds, expected in (((DEPLOYMENT, STATEFULSET), ["flows", "deployments", "statefulsets"]),
+                            ((DEPLOYMENT, STATEFULSET, ROLLOUT), ["flows", "deployments", "statefulsets", "rollouts"])):
+        gateway, store = ListingGateway(), ClusterStore()
+        asyncio.run(FlowController(store, gateway, target_kinds=kinds)._seed(asyncio.Event()))
+        assert gateway.listed == expected
+        assert store.target_of(next(iter(store.flows.values()))).kind == "StatefulSet"  # LIST items carry no kind: the loop gives it
