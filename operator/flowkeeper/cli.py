@@ -95,7 +95,7 @@ def run(
 
     from flowkeeper.api.v1alpha1 import ROLLOUT
     from flowkeeper.config import LeaseConfig, OperatorConfig
-    from flowkeeper.handlers import operator  # registers the handlers
+    from flowkeeper.handlers import operator as handlers  # importing registers the handlers
     from flowkeeper.observability import logs
 
     config = OperatorConfig(
@@ -119,7 +119,7 @@ def run(
     )
 
     if watch_rollouts:
-        operator.watch_targets(ROLLOUT)
+        handlers.watch_targets(ROLLOUT)
     logs.configure(log_format, verbose=verbose, level=log_level)
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
