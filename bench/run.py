@@ -51,7 +51,7 @@ def manifests(namespace: str, n: int, poll: int) -> list[dict]:
         items.append({
             "apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow",
             "metadata": {"name": name, "namespace": namespace},
-            "spec": {"consumer": {"deployment": name},
+            "spec": {"scaleTargetRef": {"name": name},
                      "source": {"broker": "rabbitmq", "vhost": "/", "queue": f"{namespace}-{name}"},
                      "scaling": {"minReplicas": 1, "maxReplicas": 20, "pollInterval": f"{poll}s"}},
         })

@@ -59,6 +59,10 @@ def main() -> None:
 @click.option("--request-timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True, envvar="FLOWKEEPER_REQUEST_TIMEOUT", help="Seconds for every Kubernetes API call.")
 @click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
 @click.option("--write-concurrency", type=click.IntRange(1, 256), default=16, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
+@click.option(
+    "--watch-rollouts", is_flag=True, envvar="FLOWKEEPER_WATCH_ROLLOUTS",
+    help="Also watch and scale Argo Rollouts (argoproj.io/v1alpha1); needs their CRD installed.",
+)
 @click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True, envvar="FLOWKEEPER_LOG_LEVEL", help="debug: also Flowkeeper's routine lines (one per pass), without kopf's.")
 @click.option("--verbose", is_flag=True, help="Debug logs, kopf's included.")
 def run(
@@ -82,14 +86,16 @@ def run(
     request_timeout: float,
     conflict_hold_off: float,
     write_concurrency: int,
+    watch_rollouts: bool,
     log_level: str,
     verbose: bool,
 ) -> None:
     """Run the operator against the current kubeconfig, or in-cluster config inside a Pod."""
     import kopf
 
-    import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
+    from flowkeeper.api.v1alpha1 import ROLLOUT
     from flowkeeper.config import LeaseConfig, OperatorConfig
+    from flowkeeper.handlers import operator as handlers  # importing registers the handlers
     from flowkeeper.observability import logs
 
     config = OperatorConfig(
@@ -106,11 +112,14 @@ def run(
         request_timeout=request_timeout,
         conflict_hold_off=conflict_hold_off,
         write_concurrency=write_concurrency,
+        watch_rollouts=watch_rollouts,
         lease=None if standalone else LeaseConfig(
             name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration
         ),
     )
 
+    if watch_rollouts:
+        handlers.watch_targets(ROLLOUT)
     logs.configure(log_format, verbose=verbose, level=log_level)
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flowkeeper.api.v1alpha1 import BUILT_IN_TARGET_KINDS, ROLLOUT, ScaleTargetKind
+
 
 @dataclass(frozen=True)
 class OperatorConfig:
@@ -21,8 +23,15 @@ class OperatorConfig:
     request_timeout: float = 30.0  # seconds for every Kubernetes API call
     conflict_hold_off: float = 300.0  # seconds without replica writes after another writer changed them
     write_concurrency: int = 16  # flows written at once
+    # Watch Argo Rollouts too: only when asked, since a watch on a resource without its CRD fails.
+    watch_rollouts: bool = False
     # Leader election over a Lease (None: no election, this replica always acts)
     lease: LeaseConfig | None = None
+
+    @property
+    def target_kinds(self) -> tuple[ScaleTargetKind, ...]:
+        """The scale target kinds the operator watches and lists."""
+        return (*BUILT_IN_TARGET_KINDS, ROLLOUT) if self.watch_rollouts else BUILT_IN_TARGET_KINDS
 
 
 @dataclass(frozen=True)

@@ -16,15 +16,17 @@ apiVersion: flowkeeper.io/v1alpha1
 kind: IntegrationFlow
 metadata: {{name: {name}}}
 spec:
-  consumer: {{deployment: consumer}}
+  scaleTargetRef: {target}
   source: {source}
   scaling: {scaling}
   health: {health}
 """
 
 
-def manifest(name: str = "f", source: str = "{broker: rabbitmq, queue: orders}", scaling: str = "{}", health: str = "{}") -> str:
-    return VALID.format(name=name, source=source, scaling=scaling, health=health)
+def manifest(
+    name: str = "f", source: str = "{broker: rabbitmq, queue: orders}", scaling: str = "{}", health: str = "{}", target: str = "{name: consumer}"
+) -> str:
+    return VALID.format(name=name, source=source, scaling=scaling, health=health, target=target)
 
 
 def scaling(**fields) -> str:
@@ -40,11 +42,11 @@ def test_examples_apply_and_show_in_kubectl_get(cluster, namespace) -> None:
     assert "integrationflow.flowkeeper.io/order-to-warehouse created" in applied.stdout
     table = cluster.kubectl("get", "iflow", "-n", namespace).stdout
     header = table.splitlines()[0].split()
-    assert header == ["NAME", "PHASE", "SEVERITY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "AGE"]
-    assert "order-to-warehouse" in table and "invoice-to-ledger" in table
+    assert header == ["NAME", "PHASE", "SEVERITY", "REPLICAS", "DESIRED", "BACKLOG", "DLQ", "TARGET-NAME", "AGE"]
+    assert "order-to-warehouse" in table and "invoice-to-ledger" in table and "order-consumer" in table
     wide = cluster.kubectl("get", "integrationflows", "-n", namespace, "-o", "wide").stdout
-    assert wide.splitlines()[0].split()[-4:] == ["SOURCE", "TARGET", "OWNER", "AGE"]
-    assert "ERP" in wide and "WMS" in wide
+    assert wide.splitlines()[0].split()[-6:] == ["TARGET-KIND", "TARGET-NAME", "SOURCE-SYSTEM", "TARGET-SYSTEM", "OWNER", "AGE"]
+    assert "ERP" in wide and "WMS" in wide and "Deployment" in wide
 
 
 def test_demo_flow_applies(cluster, namespace) -> None:
@@ -57,8 +59,25 @@ def test_api_server_fills_in_defaults(cluster, namespace, kubectl_json) -> None:
     spec = kubectl_json("get", "iflow", "f", "-n", namespace)["spec"]
     assert spec["scaling"]["maxReplicas"] == 10
     assert spec["scaling"]["scaleDown"]["stabilizationWindow"] == "5m"
-    assert spec["health"]["errorRatio"] == 0.01
+    assert spec["health"]["errorRatio"] == "0.01"  # a quantity, defaulted as a string
+    assert spec["scaling"]["tolerance"] == "0.1" and spec["health"]["latencyFactor"] == "2"
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "consumer"}
     assert spec["onConfigurationError"] == "Pause"
+
+
+def test_quantities_are_taken_as_kubernetes_writes_them(cluster, namespace, kubectl_json) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(
+        scaling=json.dumps({"tolerance": "0.05"}), health=json.dumps({"errorRatio": "50m", "latencyFactor": 1, "throughputDeviation": "10"})
+    ))  # fmt: skip
+    spec = kubectl_json("get", "iflow", "f", "-n", namespace)["spec"]
+    assert (spec["scaling"]["tolerance"], spec["health"]["errorRatio"], spec["health"]["latencyFactor"]) == ("0.05", "50m", 1)
+
+
+def test_statefulsets_and_rollouts_are_scale_targets(cluster, namespace, kubectl_json) -> None:
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(name="sts", target="{kind: StatefulSet, name: db-consumer}"))
+    rollout = "{apiVersion: argoproj.io/v1alpha1, kind: Rollout, name: canary-consumer}"
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=manifest(name="rollout", target=rollout))
+    assert kubectl_json("get", "iflow", "sts", "-n", namespace)["spec"]["scaleTargetRef"]["apiVersion"] == "apps/v1"
 
 
 def test_metric_labels_are_kept_as_written(cluster, namespace, kubectl_json) -> None:
@@ -98,11 +117,13 @@ INVALID = [
         spec:
           source: {broker: rabbitmq, queue: q}
         """),
-        "spec.consumer",
-        id="missing-consumer",
+        "spec.scaleTargetRef",
+        id="missing-scale-target",
     ),
 ]
 
+
+_TARGET_KINDS = "spec.scaleTargetRef must be a Deployment or StatefulSet (apps/v1) or Rollout (argoproj.io/v1alpha1)"
 
 # Out of bounds: each refusal must say which field and what it accepts. Durations go through CEL
 # (messages of our own), numbers through the schema's minimum/maximum (the API server's wording).
@@ -132,13 +153,25 @@ OUT_OF_BOUNDS = [
     (scaling(queueDepthPerReplica=0), "spec.scaling.queueDepthPerReplica in body should be greater than or equal to 1"),
     (scaling(queueDepthPerReplica=10**9 + 1), "spec.scaling.queueDepthPerReplica in body should be less than or equal to 1000000000"),
     (scaling(activationQueueDepth=-1), "spec.scaling.activationQueueDepth in body should be greater than or equal to 0"),
-    (scaling(activationQueueDepth=2**62), "spec.scaling.activationQueueDepth in body should be less than or equal to 1000000000"),
+    (scaling(activationQueueDepth=2**31 - 1), "spec.scaling.activationQueueDepth in body should be less than or equal to 1000000000"),
     (scaling(fallback={"replicas": 11}), "spec.scaling.fallback.replicas must be less than or equal to spec.scaling.maxReplicas"),
     (scaling(maxReplicas=10001), "spec.scaling.maxReplicas in body should be less than or equal to 10000"),
     (scaling(scaleUp={"maxReplicasPerStep": 10001}), "spec.scaling.scaleUp.maxReplicasPerStep in body should be less than or equal to 10000"),
     (scaling(cpuUtilization=101), "spec.scaling.cpuUtilization in body should be less than or equal to 100"),
-    (scaling(tolerance=1.5), "spec.scaling.tolerance in body should be less than or equal to 1"),
-    (scaling(tolerance=-0.1), "spec.scaling.tolerance in body should be greater than or equal to 0"),
+    # Quantities: bounds through CEL quantity comparisons, text through the Quantity pattern.
+    (scaling(tolerance="1.5"), "spec.scaling.tolerance must be at most 1"),
+    (scaling(tolerance="1001m"), "spec.scaling.tolerance must be at most 1"),
+    (scaling(tolerance="-0.1"), "spec.scaling.tolerance must be at least 0"),
+    (scaling(tolerance=2), "spec.scaling.tolerance must be at most 1"),
+    (health(errorRatio="abc"), "spec.health.errorRatio in body should match"),
+    (health(errorRatio="1.01"), "spec.health.errorRatio must be at most 1"),
+    (health(throughputDeviation="11"), "spec.health.throughputDeviation must be at most 10"),
+    (health(latencyFactor="999m"), "spec.health.latencyFactor must be at least 1"),
+    (health(latencyFactor=1001), "spec.health.latencyFactor must be at most 1000"),
+    # Only the kinds Flowkeeper scales, each with its own API version.
+    (manifest(target="{kind: DaemonSet, name: x}"), _TARGET_KINDS),
+    (manifest(target="{apiVersion: argoproj.io/v1alpha1, kind: Deployment, name: x}"), _TARGET_KINDS),
+    (manifest(target="{apiVersion: apps/v1, kind: Rollout, name: x}"), _TARGET_KINDS),
 ]
 
 
@@ -149,6 +182,12 @@ def test_out_of_bounds_values_are_refused_naming_the_field(cluster, namespace, b
     assert message in result.stderr, result.stderr
     assert result.stderr.count("Invalid value") == 1, result.stderr  # one error, the right one
     assert cluster.kubectl("get", "iflow", "-n", namespace, "-o", "name").stdout == ""
+
+
+def test_integers_beyond_int32_are_refused(cluster, namespace) -> None:
+    # The schema says int32 (the API conventions); the API server checks the format as well as the bound.
+    result = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=scaling(activationQueueDepth=2**62), check=False)
+    assert result.returncode != 0 and "format int32 in spec.scaling.activationQueueDepth" in result.stderr, result.stderr
 
 
 def test_bounds_are_inclusive(cluster, namespace, kubectl_json) -> None:

@@ -89,6 +89,9 @@ def assert_exact_verbs(cluster, env, namespace: str) -> None:
         ("get", "integrationflows.flowkeeper.io", "--subresource=status"),
         ("patch", "deployments.apps", "--subresource=scale"),
         ("get", "deployments.apps", "--subresource=scale"),
+        ("watch", "statefulsets.apps"),
+        ("patch", "statefulsets.apps", "--subresource=scale"),
+        ("get", "statefulsets.apps", "--subresource=scale"),
         ("create", "events"),
         ("patch", "events"),
     ]:
@@ -96,6 +99,11 @@ def assert_exact_verbs(cluster, env, namespace: str) -> None:
     for verb, resource, *sub in [
         ("update", "integrationflows.flowkeeper.io", "--subresource=status"),
         ("update", "deployments.apps", "--subresource=scale"),
+        ("update", "statefulsets.apps", "--subresource=scale"),
+        ("patch", "statefulsets.apps"),
+        # Rollouts only with argoRollouts.enabled (their CRD may be missing).
+        ("list", "rollouts.argoproj.io"),
+        ("patch", "rollouts.argoproj.io", "--subresource=scale"),
         ("create", "events.events.k8s.io"),
         ("patch", "events.events.k8s.io"),
         ("delete", "events"),
@@ -127,7 +135,7 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
         flow_manifest("consumer", queue, {"maxReplicas": 10}),
         flow_manifest("with-secret", queue, {"maxReplicas": 10}, **server("prom-token")),
         flow_manifest("ungranted-secret", queue, {"maxReplicas": 10}, **server("other-token")),
-        flow_manifest("no-deployment", queue, {"maxReplicas": 10}, consumer={"deployment": "missing"}),
+        flow_manifest("no-deployment", queue, {"maxReplicas": 10}, scaleTargetRef={"name": "missing"}),
     ]
     for manifest in manifests:
         cluster.kubectl("apply", "-n", team, "-f", "-", input=manifest)

@@ -84,9 +84,9 @@ def test_two_flows_on_one_deployment_do_not_fight(cluster, namespace, fresh_expo
     for name, depth in (("first", 500), ("second", 100)):
         set_depth(fresh_exporter, f"{unique}-{name}", depth)
     cluster.kubectl("create", "deployment", "shared", "-n", namespace, "--image=example/consumer:1", "--replicas=1")
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("first", f"{unique}-first", consumer={"deployment": "shared"}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("first", f"{unique}-first", scaleTargetRef={"name": "shared"}))
     time.sleep(1.1)  # creation timestamps have a resolution of one second: "first" is older
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("second", f"{unique}-second", {"scaleDown": {"stabilizationWindow": "0s"}}, consumer={"deployment": "shared"}))
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("second", f"{unique}-second", {"scaleDown": {"stabilizationWindow": "0s"}}, scaleTargetRef={"name": "shared"}))
     prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{unique}-second"}} == 100')
     run_operator(*operator_args(namespace, prometheus))
     owner, other = Flow(cluster, namespace, "first"), Flow(cluster, namespace, "second")

@@ -8,6 +8,7 @@ from kubernetes import client as k8s
 
 from flowkeeper.adapters.kubernetes import KubernetesGateway
 from flowkeeper.controller.events import EventRecorder
+from flowkeeper.domain.flow import ScaleTarget
 from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
 from flowkeeper.observability import metrics
 from tests.support.processes import free_port
@@ -26,7 +27,7 @@ REFERENCE = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow", 
 CALLS = {
     "list": lambda g: g.list_objects("flows", ()),
     "status": lambda g: g.patch_flow_status("shop", "orders", {"phase": "Running"}, "7"),
-    "scale": lambda g: g.scale("shop", "orders", 3, None),
+    "scale": lambda g: g.scale(ScaleTarget("apps", "v1", "statefulsets", "shop", "orders"), 3, None),
     "event": lambda g: g.create_event(EventRecorder(g, "test")._body(REFERENCE, "Normal", "Scaled", "replicas 1 -> 3")),
     "event repeat": lambda g: g.patch_event("shop", "orders.1", {"count": 2}),
     "secret": lambda g: g.read_secret_key("shop", "token", "token"),

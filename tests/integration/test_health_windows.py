@@ -49,7 +49,7 @@ def backfill(now: float, path: Path) -> None:
 
 def flow(name: str, queue: str) -> FlowTarget:
     spec = IntegrationFlowSpec.model_validate(
-        {"consumer": {"deployment": name}, "source": {"broker": "rabbitmq", "queue": queue, "integration": name}}
+        {"scaleTargetRef": {"name": name}, "source": {"broker": "rabbitmq", "queue": queue, "integration": name}}
     )
     return FlowTarget(f"shop/{name}", "shop", name, spec)
 

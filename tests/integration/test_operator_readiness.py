@@ -16,7 +16,7 @@ apiVersion: flowkeeper.io/v1alpha1
 kind: IntegrationFlow
 metadata: {name: orders}
 spec:
-  consumer: {deployment: order-consumer}
+  scaleTargetRef: {name: order-consumer}
   source: {broker: rabbitmq, queue: orders}
 """
 

@@ -1,4 +1,4 @@
-"""Scaling consumer Deployments from a real Prometheus, against the real control plane."""
+"""Scaling consumer Deployments and StatefulSets from a real Prometheus, against the real control plane."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.support.cluster_fixtures import eventually
-from tests.support.flows import POLL, SCRAPE, Flow, flow_manifest, set_depth
+from tests.support.flows import POLL, SCRAPE, Flow, flow_manifest, set_depth, statefulset_manifest
 from tests.support.prometheus import LocalPrometheus
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]
@@ -47,6 +47,31 @@ def test_backlog_step_scales_up_within_a_poll_and_down_after_the_window(
     assert flow.replicas() == 7
     flow.wait_replicas(1, timeout=12 + 2 * POLL + 6)
     assert time.monotonic() - cleared >= 12
+
+
+def test_a_statefulset_is_scaled_through_its_scale_subresource(
+    cluster, run_operator, namespace, prometheus, fresh_exporter, unique, kubectl_json
+) -> None:
+    # A Deployment of the same name stands next to it: targets are told apart by kind.
+    queue = f"{unique}-sts"
+    set_depth(fresh_exporter, queue, 50)
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=statefulset_manifest("consumer", 1))
+    cluster.kubectl("create", "deployment", "consumer", "-n", namespace, "--image=example/consumer:1", "--replicas=2")
+    target = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "consumer"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("consumer", queue, {"maxReplicas": 10}, scaleTargetRef=target))
+    flow = Flow(cluster, namespace, "consumer", kind="statefulset")
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{queue}"}} == 50')
+    run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
+    eventually(lambda: flow.condition("Ready").get("status") == "True", timeout=20, what="StatefulSet found")
+    assert "StatefulSet" in flow.condition("Ready")["message"]
+
+    set_depth(fresh_exporter, queue, 620)
+    flow.wait_replicas(7, timeout=POLL + 2 * SCRAPE + 8)
+    # kwok runs the pods: the StatefulSet's readiness reaches the flow's status.
+    eventually(lambda: flow.status().get("readyReplicas") == 7, timeout=30, what="7 ready StatefulSet pods in the status")
+    assert flow.replicas_of("consumer", "deployment") == 2  # the same-named Deployment is not the target
+    managers = kubectl_json("get", "statefulset", "consumer", "-n", namespace, "--show-managed-fields")["metadata"]["managedFields"]
+    assert any(m["manager"] == "flowkeeper" and m.get("subresource") == "scale" for m in managers)
 
 
 def test_prometheus_outage_holds_replicas_applies_fallback_and_recovers(

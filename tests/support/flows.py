@@ -1,4 +1,4 @@
-"""Helpers for tests that run flows end to end: manifests, and a handle on one flow and its Deployment."""
+"""Helpers for tests that run flows end to end: manifests, and a handle on one flow and its scale target."""
 
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ SCRAPE = 1
 
 
 def flow_manifest(name: str, queue: str, scaling: dict[str, Any] | None = None, **spec: Any) -> str:
-    """A RabbitMQ flow consuming `queue` with Deployment `name`; `spec` adds or replaces fields."""
+    """A RabbitMQ flow consuming `queue` with Deployment `name` (scaleTargetRef's defaults); `spec` adds
+    or replaces fields."""
     return json.dumps({
         "apiVersion": "flowkeeper.io/v1alpha1",
         "kind": "IntegrationFlow",
         "metadata": {"name": name},
         "spec": {
-            "consumer": {"deployment": name},
+            "scaleTargetRef": {"name": name},
             "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue, "integration": name},
             "scaling": {"pollInterval": f"{POLL}s", **(scaling or {})},
             **spec,
@@ -32,15 +33,32 @@ def set_depth(exporter: MetricsExporter, queue: str, value: float) -> None:
     exporter.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue}, value)
 
 
+def statefulset_manifest(name: str, replicas: int) -> str:
+    """A StatefulSet whose pods kwok runs; Parallel so that scaling does not wait pod by pod."""
+    labels = {"app": name}
+    return json.dumps({
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "serviceName": name,
+            "podManagementPolicy": "Parallel",
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "consumer", "image": "example/consumer:1"}]}},
+        },
+    })
+
+
 class Flow:
-    def __init__(self, cluster, namespace: str, name: str) -> None:
-        self.cluster, self.namespace, self.name = cluster, namespace, name
+    def __init__(self, cluster, namespace: str, name: str, kind: str = "deployment") -> None:
+        self.cluster, self.namespace, self.name, self.kind = cluster, namespace, name, kind
 
     def replicas(self) -> int:
-        return self.replicas_of(self.name)
+        return self.replicas_of(self.name, self.kind)
 
-    def replicas_of(self, deployment: str) -> int:
-        out = self.cluster.kubectl("get", "deployment", deployment, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
+    def replicas_of(self, target: str, kind: str = "deployment") -> int:
+        out = self.cluster.kubectl("get", kind, target, "-n", self.namespace, "-o", "jsonpath={.spec.replicas}")
         return int(out.stdout)
 
     def status(self) -> dict:

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from flowkeeper.api.crd import custom_resource_definition
 from flowkeeper.api.durations import DURATION_PATTERN, to_seconds
-from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
+from flowkeeper.api.v1alpha1 import DEPLOYMENT, IntegrationFlowSpec
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.flow import flow_from_body
 from flowkeeper.domain.planner import Inputs, plan
@@ -48,7 +48,7 @@ def spec_with(section: str, dotted: str, value: Any, **section_fields: Any) -> d
     """A minimal valid spec (wire form) with one field set; maxReplicas at its highest so that only
     the field under test can break a rule."""
     body = {
-        "consumer": {"deployment": "d"},
+        "scaleTargetRef": {"name": "d"},
         "source": {"broker": "rabbitmq", "queue": "q"},
         "scaling": {"maxReplicas": 10_000},
         "health": {},
@@ -169,13 +169,13 @@ def test_a_spec_past_an_older_crd_is_invalid_not_a_crash(poll: str) -> None:
     body = flow(poll=poll)
     record = flow_from_body(copy.deepcopy(body))
     assert record.spec is None and "scaling.pollInterval" in (record.spec_error or "")
-    result = plan(Inputs(flow=record, deployment=None), now=1000.0)
+    result = plan(Inputs(flow=record, target=None), now=1000.0)
     (ready,) = [c for c in result.status["conditions"] if c["type"] == "Ready"]
     assert (ready["status"], ready["reason"]) == ("False", "InvalidSpec")
     assert "pollInterval" in ready["message"]
     # The loop's schedule (which divides by the poll interval) still works for the flow.
     store = ClusterStore(lambda: 1000.0)
     store.flow_event("ADDED", body)
-    store.deployment_event("ADDED", deployment())
+    store.target_event(DEPLOYMENT, "ADDED", deployment())
     assert [f.name for f in store.take_due(1000.0)] == ["f"]
     assert store.seconds_until_next(1000.0) is not None

@@ -22,11 +22,16 @@ CRD = "flowkeeper.io_integrationflows.yaml"
 FLOW_RULES = {
     *(("flowkeeper.io", "integrationflows", verb) for verb in ("get", "list", "watch")),
     *(("flowkeeper.io", "integrationflows/status", verb) for verb in ("get", "patch")),
-    *(("apps", "deployments", verb) for verb in ("get", "list", "watch")),
-    *(("apps", "deployments/scale", verb) for verb in ("get", "patch")),
+    *(("apps", resource, verb) for resource in ("deployments", "statefulsets") for verb in ("get", "list", "watch")),
+    *(("apps", f"{resource}/scale", verb) for resource in ("deployments", "statefulsets") for verb in ("get", "patch")),
     *(("", "events", verb) for verb in ("create", "patch")),
 }
 SECRET_RULE = {("", "secrets", "get")}
+# Only with argoRollouts.enabled: a Rollout watch needs the Argo Rollouts CRD.
+ROLLOUT_RULES = {
+    *(("argoproj.io", "rollouts", verb) for verb in ("get", "list", "watch")),
+    *(("argoproj.io", "rollouts/scale", verb) for verb in ("get", "patch")),
+}
 
 # Value sets that every check of the whole chart (lint, no delete, no wildcard) runs on.
 VARIANTS = {
@@ -34,6 +39,7 @@ VARIANTS = {
     "namespaced": ("watchNamespaces={team-a,team-b}", "rbac.secretNames={prom-token,other}"),
     "cluster-wide with secrets": ("rbac.secretNames={prom-token}",),
     "standalone": ("leaderElection.enabled=false", "replicaCount=1"),
+    "argo rollouts": ("argoRollouts.enabled=true", "watchNamespaces={team-a}"),
     "monitoring": ("serviceMonitor.enabled=true", "serviceMonitor.labels.release=prometheus", "prometheusRule.enabled=true"),
     "credentials": (
         "prometheus.url=https://prometheus.monitoring:9090",
@@ -235,6 +241,16 @@ def test_tenant_safety_options_are_off_unless_set() -> None:
         "--allowed-prometheus-server=http://b/prometheus",
         "--allow-metrics-overrides",
     ]
+
+
+def test_argo_rollouts_are_watched_and_granted_only_when_enabled() -> None:
+    assert "--watch-rollouts" not in container(render())["args"]
+    assert not grants(only(render(), "ClusterRole")) & ROLLOUT_RULES
+    documents = render("argoRollouts.enabled=true")
+    assert "--watch-rollouts" in container(documents)["args"]
+    assert grants(only(documents, "ClusterRole")) == FLOW_RULES | ROLLOUT_RULES
+    namespaced = render("argoRollouts.enabled=true", "watchNamespaces={team-a}")
+    assert grants(flow_role(namespaced, "team-a")) == FLOW_RULES | ROLLOUT_RULES
 
 
 def test_extra_arguments_and_scheduling_values_reach_the_pod() -> None:

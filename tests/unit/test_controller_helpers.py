@@ -112,3 +112,22 @@ def _merge(target, patch):
 @given(current=_STATUSES, desired=_STATUSES)
 def test_status_patch_applied_as_a_merge_patch_gives_the_desired_status(current, desired) -> None:
     assert _merge(current, status_patch(desired, current)) == desired
+
+
+def test_the_startup_list_lists_every_watched_target_kind() -> None:
+    from flowkeeper.api.v1alpha1 import DEPLOYMENT, ROLLOUT, STATEFULSET
+
+    class ListingGateway:
+        def __init__(self) -> None:
+            self.listed: list[str] = []
+
+        def list_objects(self, kind, namespaces):
+            self.listed.append(kind)
+            return Listing([flow(kind="StatefulSet")] if kind == "flows" else [deployment()] if kind == "statefulsets" else [])
+
+    for kinds, expected in (((DEPLOYMENT, STATEFULSET), ["flows", "deployments", "statefulsets"]),
+                            ((DEPLOYMENT, STATEFULSET, ROLLOUT), ["flows", "deployments", "statefulsets", "rollouts"])):
+        gateway, store = ListingGateway(), ClusterStore()
+        asyncio.run(FlowController(store, gateway, target_kinds=kinds)._seed(asyncio.Event()))
+        assert gateway.listed == expected
+        assert store.target_of(next(iter(store.flows.values()))).kind == "StatefulSet"  # LIST items carry no kind: the loop gives it

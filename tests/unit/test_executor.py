@@ -9,6 +9,7 @@ from typing import Any
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.executor import PARKED_SECONDS, Executor
 from flowkeeper.controller.leadership import AlwaysLeader
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import ConflictError, RejectedError
 from flowkeeper.domain.planner import Event, Plan
@@ -43,10 +44,11 @@ class MemoryApi:
         body["status"] = status
         return body
 
-    def scale(self, namespace, name, replicas, resource_version):
+    def scale(self, target, replicas, resource_version):
         if resource_version not in (None, self.deployment_version):
             raise ConflictError("changed", reason="Conflict")
         self.writes.append(f"scale:{replicas}")
+        self.scaled = target
         self.deployment_version = self._next()
         return replicas, self.deployment_version
 
@@ -62,7 +64,7 @@ def setup():
     clock = Clock()
     store = ClusterStore(clock)
     store.flow_event("ADDED", flow())
-    store.deployment_event("ADDED", deployment(replicas=4))
+    store.target_event(DEPLOYMENT, "ADDED", deployment(replicas=4))
     api = MemoryApi()
     recorder = EventRecorder(api, instance="test", clock=clock)
     return clock, store, api, Executor(api, store, recorder, AlwaysLeader(), clock=clock)
@@ -70,7 +72,7 @@ def setup():
 
 def apply(executor: Executor, store: ClusterStore, plan: Plan):
     record = store.flows["uid-ns-f"]
-    return asyncio.run(executor.apply(record, store.deployment_of(record), plan, "p"))
+    return asyncio.run(executor.apply(record, store.target_of(record), plan, "p"))
 
 
 PAUSE = Plan(status={"phase": "Paused", "pause": {"reason": "ConsumerConfigurationError", "replicasBefore": 4}}, scale_to=0,
@@ -84,7 +86,9 @@ def test_a_pause_writes_its_record_then_scales_then_tells() -> None:
     assert [e["reason"] for e in api.events] == ["ConsumerConfigurationError"]
     # Written through: the next plan sees the pause and the new count even before the watch says so.
     assert store.flows["uid-ns-f"].status["pause"]["replicasBefore"] == 4
-    assert store.deployments["ns/d"].spec_replicas == 0 and store.deployments["ns/d"].replicas_manager == "flowkeeper"
+    assert store.targets["Deployment/ns/d"].spec_replicas == 0 and store.targets["Deployment/ns/d"].replicas_manager == "flowkeeper"
+    # Through the Deployment's /scale subresource.
+    assert (api.scaled.group, api.scaled.version, api.scaled.plural, api.scaled.namespace, api.scaled.name) == ("apps", "v1", "deployments", "ns", "d")
 
 
 def test_a_stale_flow_is_planned_again_and_nothing_is_scaled_without_the_record() -> None:

@@ -90,7 +90,7 @@ def test_error_ratio_above_threshold_is_p2_code() -> None:
     assert (finding.signal, finding.severity, finding.error_class) == ("ErrorRatioHigh", Severity.p2, ErrorClass.code)
     assert finding.message == "error ratio 3.2% > 1.0%"
     assert judge(error_ratio=0.01).healthy  # at the threshold is not above it
-    assert judge(spec=HealthSpec(error_ratio=0.05), error_ratio=0.032).healthy
+    assert judge(spec=HealthSpec(error_ratio="0.05"), error_ratio=0.032).healthy
 
 
 def test_latency_above_factor_times_baseline_is_p2() -> None:

@@ -61,7 +61,7 @@ def test_no_value_ever_scales_a_flow_below_its_count_without_a_backlog(depth: fl
 def test_a_flow_whose_planning_raises_gets_a_condition_that_says_why() -> None:
     from flowkeeper.domain.flow import flow_from_body
 
-    inputs = Inputs(flow=flow_from_body(flow_with()), deployment=None)
+    inputs = Inputs(flow=flow_from_body(flow_with()), target=None)
     failed = plan_failure(inputs, OverflowError("cannot convert float infinity to integer"), now=NOW)
     ready = condition(failed.status, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "PlanFailed")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from flowkeeper.domain import ownership
-from flowkeeper.domain.flow import deployment_from_body, flow_from_body
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
+from flowkeeper.domain.flow import flow_from_body, target_from_body
 from flowkeeper.domain.planner import FlowMemory, Inputs, plan
 from flowkeeper.domain.signals import FlowSignals
 from tests.unit.test_planner_pause import NOW, condition, flow_with, signals
@@ -15,13 +16,13 @@ def test_a_second_flow_on_a_claimed_target_never_writes_and_names_the_owner() ->
     young_body = flow_with()
     young_body["metadata"].update(name="young", uid="young", creationTimestamp="2026-03-01T00:00:00Z")
     young = flow_from_body(young_body)
-    result = plan(Inputs(flow=young, deployment=deployment_from_body(deployment(replicas=1)), signals=signals(queue_depth=5000.0),
+    result = plan(Inputs(flow=young, target=target_from_body(deployment(replicas=1), DEPLOYMENT), signals=signals(queue_depth=5000.0),
                          metrics_enabled=True, owner=old), now=NOW)
     assert result.scale_to is None
     ready = condition(result.status, "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "TargetClaimed") and "ns/old" in ready["message"]
     assert [e.reason for e in result.events] == ["TargetClaimed"]
-    again = plan(Inputs(flow=flow_from_body({**young_body, "status": result.status}), deployment=deployment_from_body(deployment()),
+    again = plan(Inputs(flow=flow_from_body({**young_body, "status": result.status}), target=target_from_body(deployment(), DEPLOYMENT),
                         signals=signals(queue_depth=5000.0), metrics_enabled=True, owner=old), now=NOW + 10)
     assert again.events == () and not again.status_changed(result.status)  # one Event, not one per pass
 
@@ -34,7 +35,7 @@ def test_the_oldest_claim_wins_whatever_order_the_flows_arrive_in() -> None:
 
 def _pass(status: dict, replicas: int, manager: str | None, memory: FlowMemory, now: float, depth: float = 300.0):
     body = flow_with(status, scaling={"scaleDown": {"stabilizationWindow": "0s"}, "pollInterval": "10s"})
-    return plan(Inputs(flow=flow_from_body(body), deployment=deployment_from_body(deployment(replicas=replicas, ready=replicas, manager=manager)),
+    return plan(Inputs(flow=flow_from_body(body), target=target_from_body(deployment(replicas=replicas, ready=replicas, manager=manager), DEPLOYMENT),
                        signals=FlowSignals(observed_at=now, queue_depth=depth), metrics_enabled=True, memory=memory, monotonic=now,
                        conflict_hold_off=60.0), now=now)
 

@@ -7,7 +7,8 @@ from dataclasses import replace
 import pytest
 
 from flowkeeper.domain.errors import ErrorClass
-from flowkeeper.domain.flow import deployment_from_body, flow_from_body
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
+from flowkeeper.domain.flow import flow_from_body, target_from_body
 from flowkeeper.domain.planner import RESUME_ANNOTATION, FlowMemory, Inputs, plan
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 from tests.unit.test_store import deployment, flow
@@ -31,7 +32,7 @@ def run(body: dict, deploy: dict | None, sig: FlowSignals | None = None, *, fail
     return plan(
         Inputs(
             flow=flow_from_body(body),
-            deployment=deployment_from_body(deploy) if deploy else None,
+            target=target_from_body(deploy, DEPLOYMENT) if deploy else None,
             signals=sig,
             failure=failure,
             metrics_enabled=True,
@@ -170,7 +171,7 @@ def test_hitting_the_replica_cap_is_a_warning() -> None:
 
 
 def test_unhealthy_condition_points_to_the_runbook() -> None:
-    result = run(flow_with(runbookUrl="https://runbooks.example.com/orders"), deployment(replicas=1, ready=1), signals(dead_letter_depth=4.0))
+    result = run(flow_with(runbookURL="https://runbooks.example.com/orders"), deployment(replicas=1, ready=1), signals(dead_letter_depth=4.0))
     healthy = condition(result.status, "Healthy")
     assert healthy["reason"] == "DeadLetters"
     assert healthy["message"].endswith("runbook: https://runbooks.example.com/orders")

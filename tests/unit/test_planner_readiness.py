@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from flowkeeper.domain.flow import deployment_from_body, flow_from_body
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
+from flowkeeper.domain.flow import flow_from_body, target_from_body
 from flowkeeper.domain.planner import Inputs, plan
 from tests.unit.test_store import deployment, flow
 
 
 def run(body: dict, deploy: dict | None, now: float):
-    return plan(Inputs(flow=flow_from_body(body), deployment=deployment_from_body(deploy) if deploy else None), now=now)
+    return plan(Inputs(flow=flow_from_body(body), target=target_from_body(deploy, DEPLOYMENT) if deploy else None), now=now)
 
 
 def condition(status: dict, type_: str) -> dict:
@@ -46,3 +47,25 @@ def test_deployment_found_turns_ready() -> None:
     assert [(e.type, e.reason) for e in found.events] == [("Normal", "Resumed"), ("Normal", "TargetFound")]
     assert found.scale_to is None  # a Deployment never seen before keeps its own count
     assert found.status_changed(missing.status)
+
+
+def test_status_signals_show_cpu_and_memory_in_percent() -> None:
+    # FlowSignals carries fractions; users read percent, as they write spec.*.cpuUtilization.
+    from tests.unit.test_planner_pause import flow_with, run, signals
+
+    status = run(flow_with(), deployment(replicas=2, ready=2), signals(cpu_utilization=0.734, memory_utilization=1.5)).status
+    assert (status["signals"]["cpuUtilization"], status["signals"]["memoryUtilization"]) == (73.4, 150.0)
+    assert "metricsFailures" not in status
+
+
+def test_a_statefulset_target_is_named_by_its_kind() -> None:
+    from flowkeeper.api.v1alpha1 import STATEFULSET
+
+    body = flow()
+    body["spec"]["scaleTargetRef"] = {"kind": "StatefulSet", "name": "d"}
+    missing = plan(Inputs(flow=flow_from_body(body), target=None), now=1000.0)
+    ready = next(c for c in missing.status["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "TargetNotFound" and ready["message"].startswith("StatefulSet ns/d")
+    found = plan(Inputs(flow=flow_from_body(body), target=target_from_body(deployment(), STATEFULSET)), now=1000.0)
+    ready = next(c for c in found.status["conditions"] if c["type"] == "Ready")
+    assert (ready["reason"], ready["message"]) == ("TargetFound", "StatefulSet ns/d found")

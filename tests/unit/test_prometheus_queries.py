@@ -28,7 +28,7 @@ SOURCES = {
 
 
 def flow(name: str, source: dict[str, Any], namespace: str = "shop", **spec: Any) -> FlowTarget:
-    body = {"consumer": {"deployment": f"{name}-consumer"}, "source": source, **spec}
+    body = {"scaleTargetRef": {"name": f"{name}-consumer"}, "source": source, **spec}
     return FlowTarget(f"{namespace}/{name}", namespace, name, IntegrationFlowSpec.model_validate(body))
 
 
@@ -111,7 +111,7 @@ def test_each_flow_reads_its_own_series() -> None:
     keys = {key: {r.signal: r.key for r in reads} for key, reads in plan.reads.items()}
     assert keys[rabbit.key]["queue_depth"] == ("eu", "orders")
     assert keys[rabbit.key]["dead_letter_depth"] == ("eu", "orders.dlq")
-    assert keys[rabbit.key]["cpu_utilization"] == ("shop", "r-consumer")
+    assert keys[rabbit.key]["cpu_utilization"] == ("shop", "Deployment", "r-consumer")
     assert keys[kafka.key]["queue_depth"] == ("wms", "events")
     assert keys[kafka.key]["dead_letter_depth"] == ("events.dlt",)
     assert keys[convention.key]["throughput"] == ("shop", "billing")
@@ -240,6 +240,16 @@ def test_assemble_picks_the_flows_series_and_leaves_the_absent_ones_none() -> No
     assert signals.throughput == 3.0 and signals.throughput_baseline is None and signals.observed_at == 10.0
 
 
+def test_a_cpu_override_answers_percent_and_the_signal_is_a_fraction() -> None:
+    # Users write CPU in percent everywhere (spec.metrics.cpuUtilization: 70 = 70 %); FlowSignals carries fractions.
+    own_cpu = Query("override:cpu_utilization", "c")
+    preset_cpu = Query("cpu_utilization", "p", ("namespace", "workload_kind", "workload"))
+    own = assemble([Read("cpu_utilization", own_cpu)], {own_cpu: vector(series("70"))}, now=0)
+    preset = assemble([Read("cpu_utilization", preset_cpu, ("shop", "StatefulSet", "s"))], {preset_cpu: {("shop", "StatefulSet", "s"): 0.7}}, now=0)
+    assert own.cpu_utilization == pytest.approx(0.7) and preset.cpu_utilization == 0.7
+    assert assemble([Read("cpu_utilization", own_cpu)], {own_cpu: vector()}, now=0).cpu_utilization is None
+
+
 def test_an_invalid_override_is_the_flows_problem_and_keeps_its_other_signals() -> None:
     problem = QueryProblem(QueryProblem.INVALID, "parse error")
     signals = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: problem, DERIVED: None}, now=0)
@@ -345,6 +355,16 @@ def test_empty_answers_give_unknown_signals_not_zeros() -> None:
     assert one.queue_depth is None and one.throughput is None and one.observed_at == 5.0
 
 
+def test_basic_auth_reads_each_credential_from_its_own_secret_key() -> None:
+    auth = {"usernameSecret": {"name": "prom-user", "key": "login"}, "passwordSecret": {"name": "prom-pass", "key": "secret"}}
+    own = flow("own", SOURCES["rabbitmq"](0), namespace="a", metrics={"server": {"address": OTHER, "basicAuth": auth}})
+    signals, clients = signals_with(secrets={("a", "prom-user", "login"): "alice", ("a", "prom-pass", "secret"): "pa55word"})
+    result = signals.collect([own])
+    assert not result.failures
+    assert clients[0].settings.auth == ("alice", "pa55word")
+    assert sorted(signals.secret_reads) == [("a", "prom-pass"), ("a", "prom-user")]
+
+
 def test_flows_with_their_own_server_are_batched_per_server() -> None:
     server = {"address": OTHER, "bearerTokenSecret": {"name": "prom", "key": "token"}}
     secrets = {("a", "prom", "token"): "s3cret\n", ("b", "prom", "token"): "s3cret"}
@@ -358,7 +378,7 @@ def test_flows_with_their_own_server_are_batched_per_server() -> None:
 
 
 def test_a_missing_secret_fails_that_flow_as_configuration() -> None:
-    server = {"address": OTHER, "basicAuthSecret": "missing"}
+    server = {"address": OTHER, "basicAuth": {"usernameSecret": {"name": "missing", "key": "user"}, "passwordSecret": {"name": "missing", "key": "pass"}}}
     broken = flow("broken", SOURCES["rabbitmq"](0), metrics={"server": server})
     signals, clients = signals_with()
     result = signals.collect([broken, *flows_of("rabbitmq", 1)])

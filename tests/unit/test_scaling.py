@@ -85,7 +85,7 @@ def test_backlog_just_outside_tolerance_moves() -> None:
 
 
 def test_tolerance_is_configurable() -> None:
-    assert run(scaling(tolerance=0.5), signals(580), current=4).desired_replicas == 4
+    assert run(scaling(tolerance="0.5"), signals(580), current=4).desired_replicas == 4
     assert run(scaling(tolerance=0), signals(401), current=4).desired_replicas == 5
 
 

@@ -8,6 +8,7 @@ from dataclasses import replace
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flowkeeper.api.quantities import to_text
 from flowkeeper.api.v1alpha1 import ScalingSpec
 from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
 from flowkeeper.domain.signals import FlowSignals
@@ -31,7 +32,8 @@ def specs(draw: st.DrawFn) -> ScalingSpec:
         activation_queue_depth=draw(st.integers(0, 50)),
         drain_within=draw(st.none() | st.sampled_from(["30s", "2m"])),
         cpu_utilization=draw(st.none() | st.integers(10, 100)),
-        tolerance=draw(st.floats(0, 0.5)),
+        # A quantity, as users write it: plain decimals and milli-units, at the extremes too.
+        tolerance=draw(st.floats(0, 0.5).map(to_text) | st.sampled_from(["0", "1m", "50m", "500m"])),
         poll_interval=draw(st.sampled_from(["15s", "30s"])),
         idle_after=draw(st.sampled_from(["0s", "1m", "5m"])),
         scale_up={

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from flowkeeper.adapters.kubernetes import Listing
+from flowkeeper.api.v1alpha1 import DEPLOYMENT, STATEFULSET
 from flowkeeper.controller.store import ClusterStore
 
 
 def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str = "10s", *, uid: str | None = None,
-         version: int = 1, created: str = "2026-01-01T00:00:00Z", namespace: str = "ns") -> dict:
+         version: int = 1, created: str = "2026-01-01T00:00:00Z", namespace: str = "ns", kind: str = "Deployment") -> dict:
     return {
         "metadata": {"namespace": namespace, "name": name, "uid": uid or f"uid-{namespace}-{name}", "generation": generation,
                      "resourceVersion": str(version), "creationTimestamp": created},
         "spec": {
-            "consumer": {"deployment": deployment},
+            "scaleTargetRef": {"kind": kind, "name": deployment},
             "source": {"broker": "rabbitmq", "queue": "q"},
             "scaling": {"pollInterval": poll},
         },
@@ -78,22 +79,22 @@ def test_deployment_changes_make_their_flow_due() -> None:
     store.flow_event("ADDED", flow())
     store.flow_event("ADDED", flow(name="other", deployment="other"))
     store.take_due(clock.now)
-    store.deployment_event("ADDED", deployment())
+    store.target_event(DEPLOYMENT, "ADDED", deployment())
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
-    store.deployment_event("MODIFIED", deployment(image="b", version=2))  # a new pod template: a fix deployed
+    store.target_event(DEPLOYMENT, "MODIFIED", deployment(image="b", version=2))  # a new pod template: a fix deployed
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
-    store.deployment_event("DELETED", deployment(image="b", version=3))
-    assert store.deployment_of(store.flows["uid-ns-f"]) is None
+    store.target_event(DEPLOYMENT, "DELETED", deployment(image="b", version=3))
+    assert store.target_of(store.flows["uid-ns-f"]) is None
     assert [f.name for f in store.take_due(clock.now + 1)] == ["f"]
 
 
 def test_seed_keeps_what_the_watch_already_delivered() -> None:
     clock = Clock()
     store = ClusterStore(clock)
-    store.deployment_event("ADDED", deployment(replicas=3, ready=3))
-    store.seed(Listing([flow()]), Listing([deployment(replicas=1), deployment(name="d2")]))
-    assert store.deployments["ns/d"].replicas == 3
-    assert "ns/d2" in store.deployments and store.seeded
+    store.target_event(DEPLOYMENT, "ADDED", deployment(replicas=3, ready=3))
+    store.seed(Listing([flow()]), {DEPLOYMENT: Listing([deployment(replicas=1), deployment(name="d2")])})
+    assert store.targets["Deployment/ns/d"].replicas == 3
+    assert "Deployment/ns/d2" in store.targets and store.seeded
     assert [f.name for f in store.take_due(clock.now)] == ["f"]
 
 
@@ -122,7 +123,7 @@ def test_a_retry_is_not_brought_forward_by_events() -> None:
     store.flow_event("ADDED", flow())
     store.take_due(clock.now)
     store.retry_at("uid-ns-f", 1040.0)
-    store.deployment_event("ADDED", deployment())  # would make the flow due at once
+    store.target_event(DEPLOYMENT, "ADDED", deployment())  # would make the flow due at once
     store.flow_event("MODIFIED", flow(generation=2, version=2))
     assert store.take_due(1039.0) == []
     assert [f.generation for f in store.take_due(1040.0)] == [2]
@@ -134,10 +135,10 @@ def test_a_flow_deleted_while_the_startup_list_was_in_flight_does_not_come_back(
     store = ClusterStore(clock)
     store.flow_event("ADDED", flow())
     store.flow_event("DELETED", flow())
-    store.deployment_event("ADDED", deployment())
-    store.deployment_event("DELETED", deployment())
-    store.seed(Listing([flow()]), Listing([deployment()]))
-    assert store.flows == {} and store.deployments == {}
+    store.target_event(DEPLOYMENT, "ADDED", deployment())
+    store.target_event(DEPLOYMENT, "DELETED", deployment())
+    store.seed(Listing([flow()]), {DEPLOYMENT: Listing([deployment()])})
+    assert store.flows == {} and store.targets == {}
     assert store.take_due(clock.now + 100) == []
 
 
@@ -223,8 +224,29 @@ def test_the_handlers_that_feed_the_store_are_coroutines() -> None:
 
     from flowkeeper.handlers import operator as handlers
 
+    import kopf
+
     assert inspect.iscoroutinefunction(handlers.flow_changed)
-    assert inspect.iscoroutinefunction(handlers.deployment_changed)
+    watched = {h.selector.any_name: h.fn for h in kopf.get_default_registry()._watching.get_all_handlers()}
+    # Deployments and StatefulSets always; Rollouts only with --watch-rollouts (their CRD may be missing).
+    assert {"integrationflows", "deployments", "statefulsets"} <= watched.keys() and "rollouts" not in watched
+    assert all(inspect.iscoroutinefunction(fn) for fn in watched.values())
+
+
+def test_a_deployment_and_a_statefulset_of_one_name_are_two_targets() -> None:
+    clock = Clock()
+    store = ClusterStore(clock)
+    store.flow_event("ADDED", flow("on-deployment"))
+    store.flow_event("ADDED", flow("on-statefulset", kind="StatefulSet"))
+    store.seed(Listing([]), {DEPLOYMENT: Listing([deployment(replicas=2)]), STATEFULSET: Listing([deployment(replicas=5, uid="uid-sts")])})
+    by_flow = {f.name: store.target_of(f) for f in store.flows.values()}
+    assert (by_flow["on-deployment"].kind, by_flow["on-deployment"].spec_replicas) == ("Deployment", 2)
+    assert (by_flow["on-statefulset"].kind, by_flow["on-statefulset"].spec_replicas) == ("StatefulSet", 5)
+    # Neither flow claims the other's target: both own theirs.
+    assert all(store.owner_of(f) is f for f in store.flows.values())
+    store.target_event(STATEFULSET, "DELETED", deployment(uid="uid-sts"))
+    assert store.target_of(store.flows["uid-ns-on-statefulset"]) is None
+    assert store.target_of(store.flows["uid-ns-on-deployment"]) is not None
 
 
 def test_a_resync_drops_what_was_deleted_while_a_watch_was_down() -> None:
@@ -235,10 +257,10 @@ def test_a_resync_drops_what_was_deleted_while_a_watch_was_down() -> None:
     store.flow_event("ADDED", flow("gone", version=5))
     store.flow_event("ADDED", flow("kept", version=6))
     store.flow_event("ADDED", flow("young", version=30))  # created after the list was made
-    store.deployment_event("ADDED", deployment("gone", version=7))
-    store.resync(Listing([flow("kept", version=6)], {None: "20"}), Listing([], {None: "20"}))
+    store.target_event(DEPLOYMENT, "ADDED", deployment("gone", version=7))
+    store.resync(Listing([flow("kept", version=6)], {None: "20"}), {DEPLOYMENT: Listing([], {None: "20"})})
     assert sorted(f.name for f in store.flows.values()) == ["kept", "young"]
-    assert store.deployments == {}
+    assert store.targets == {}
     assert [f.name for f in store.deleted] == ["gone"]
     store.flow_event("MODIFIED", flow("gone", version=8))  # a late event cannot bring it back
     assert "uid-ns-gone" not in store.flows
@@ -247,7 +269,7 @@ def test_a_resync_drops_what_was_deleted_while_a_watch_was_down() -> None:
 def test_a_resync_never_drops_on_versions_it_cannot_compare() -> None:
     store = ClusterStore(Clock())
     store.flow_event("ADDED", flow("f", version=5))
-    store.resync(Listing([], {None: "opaque"}), Listing([], {None: "opaque"}))
+    store.resync(Listing([], {None: "opaque"}), {DEPLOYMENT: Listing([], {None: "opaque"})})
     assert list(store.flows) == ["uid-ns-f"]
 
 

@@ -1,5 +1,5 @@
-"""The only place that talks to the Kubernetes API: flow status, Deployment scale, Events, Secrets
-read, and the leader-election Lease.
+"""The only place that talks to the Kubernetes API: flow status, the scale of scale targets
+(Deployments, StatefulSets, Argo Rollouts), Events, Secrets read, and the leader-election Lease.
 
 Errors are turned into the classes the controller answers to: a missing object is a configuration
 problem of the flow; a conflict (409) says the object changed since it was read (re-plan); a refused
@@ -26,7 +26,7 @@ from kubernetes.client.exceptions import ApiException
 
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError, TransientError
-from flowkeeper.domain.flow import FIELD_MANAGER
+from flowkeeper.domain.flow import FIELD_MANAGER, ScaleTarget
 from flowkeeper.domain.leadership import LeaseRecord
 from flowkeeper.observability import metrics
 
@@ -94,7 +94,6 @@ def load_client_config() -> k8s.ApiClient:
 class KubernetesGateway:
     def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0) -> None:
         self._custom = k8s.CustomObjectsApi(api_client)
-        self._apps = k8s.AppsV1Api(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self._coordination = k8s.CoordinationV1Api(api_client)
         self.instance = socket.gethostname()
@@ -102,25 +101,23 @@ class KubernetesGateway:
         self._timeout = (min(5.0, request_timeout), request_timeout)
 
     def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
-        """Every IntegrationFlow ("flows") or Deployment ("deployments") in the namespaces (all when
-        empty), as plain dicts like watch events carry them, with each list's resourceVersion."""
+        """Every IntegrationFlow ("flows") or scale target of one kind (its plural: "deployments",
+        "statefulsets", "rollouts") in the namespaces (all when empty), as plain dicts like watch
+        events carry them, with each list's resourceVersion. LIST items carry no kind: the caller knows it."""
+        if kind == "flows":
+            group, version, plural = api.GROUP, api.VERSION, api.PLURAL
+        else:
+            target = next(k for k in api.SCALE_TARGET_KINDS if k.plural == kind)
+            group, version, plural = target.group, target.version, target.plural
         t = self._timeout
-        calls = {
-            "flows": (
-                lambda ns: self._custom.list_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.PLURAL, _preload_content=False, _request_timeout=t),
-                lambda: self._custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.PLURAL, _preload_content=False, _request_timeout=t),
-            ),
-            "deployments": (
-                lambda ns: self._apps.list_namespaced_deployment(ns, _preload_content=False, _request_timeout=t),
-                lambda: self._apps.list_deployment_for_all_namespaces(_preload_content=False, _request_timeout=t),
-            ),
-        }
-        per_namespace, cluster_wide = calls[kind]
         listing = Listing()
+        # The custom-objects client serves any group's resources, apps/v1 included: one code path.
         with _api_errors(f"list {kind}"):
             for namespace in namespaces or (None,):
-                result = per_namespace(namespace) if namespace else cluster_wide()
-                body = json.loads(result.data)
+                if namespace:
+                    body = self._custom.list_namespaced_custom_object(group, version, namespace, plural, _request_timeout=t)
+                else:
+                    body = self._custom.list_cluster_custom_object(group, version, plural, _request_timeout=t)
                 listing.items.extend(body.get("items", []))
                 listing.versions[namespace] = str((body.get("metadata") or {}).get("resourceVersion") or "")
         return listing
@@ -139,18 +136,20 @@ class KubernetesGateway:
         metrics.API_WRITES.labels(kind="status").inc()
         return stored
 
-    def scale(self, namespace: str, name: str, replicas: int, resource_version: str | None) -> tuple[int, str]:
-        """Changes only spec.replicas, through the /scale subresource, at `resource_version` (a 409 when
-        someone else changed the Deployment since it was read). Returns (spec.replicas, resourceVersion)."""
+    def scale(self, target: ScaleTarget, replicas: int, resource_version: str | None) -> tuple[int, str]:
+        """Changes only spec.replicas, through the target's /scale subresource, at `resource_version`
+        (a 409 when someone else changed the target since it was read). The custom-objects client
+        speaks the /scale URL of any group (apps/v1 has the same shape), so every kind takes this one
+        path. Returns (spec.replicas, resourceVersion)."""
         body: dict[str, Any] = {"spec": {"replicas": replicas}}
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
-        with _api_errors(f"scale of Deployment {namespace}/{name}"):
-            response = self._apps.patch_namespaced_deployment_scale(
-                name, namespace, body, field_manager=FIELD_MANAGER, _preload_content=False, _request_timeout=self._timeout
+        with _api_errors(f"scale of {target.plural} {target.namespace}/{target.name}"):
+            stored = self._custom.patch_namespaced_custom_object_scale(
+                target.group, target.version, target.namespace, target.plural, target.name, body,
+                field_manager=FIELD_MANAGER, _request_timeout=self._timeout,
             )
         metrics.API_WRITES.labels(kind="scale").inc()
-        stored = json.loads(response.data)
         return int(stored.get("spec", {}).get("replicas") or 0), str(stored["metadata"].get("resourceVersion", ""))
 
     def create_event(self, event: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from flowkeeper.api import v1alpha1 as api
+from flowkeeper.api import quantities
 from flowkeeper.api.durations import BOUNDS_KEY, DURATION_PATTERN, to_seconds
 
 # Keys of pydantic's JSON schema that a structural CRD schema may keep.
@@ -42,7 +43,11 @@ _KEPT_KEYS = {
     "x-kubernetes-list-type",
     "x-kubernetes-list-map-keys",
     "x-kubernetes-preserve-unknown-fields",
+    "x-kubernetes-int-or-string",
 }
+
+# The one union a structural schema allows: an int-or-string (here: resource.Quantity).
+_INT_OR_STRING = [{"type": "integer"}, {"type": "string"}]
 
 PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Lifecycle phase of the flow."},
@@ -51,8 +56,11 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
     {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas", "description": "Consumer replicas decided."},
     {"name": "Backlog", "type": "number", "jsonPath": ".status.signals.queueDepth", "description": "Messages waiting."},
     {"name": "DLQ", "type": "number", "jsonPath": ".status.signals.deadLetterDepth", "description": "Dead letters waiting."},
-    {"name": "Source", "type": "string", "jsonPath": ".spec.sourceSystem", "priority": 1, "description": "Source system."},
-    {"name": "Target", "type": "string", "jsonPath": ".spec.targetSystem", "priority": 1, "description": "Target system."},
+    # A column shows one JSONPath, so the scale target's kind and name are two columns (as KEDA does).
+    {"name": "Target-Kind", "type": "string", "jsonPath": ".spec.scaleTargetRef.kind", "priority": 1, "description": "Kind of the scale target."},
+    {"name": "Target-Name", "type": "string", "jsonPath": ".spec.scaleTargetRef.name", "description": "Name of the scale target."},
+    {"name": "Source-System", "type": "string", "jsonPath": ".spec.sourceSystem", "priority": 1, "description": "Source system."},
+    {"name": "Target-System", "type": "string", "jsonPath": ".spec.targetSystem", "priority": 1, "description": "Target system."},
     {"name": "Owner", "type": "string", "jsonPath": ".spec.owner", "priority": 1, "description": "Owning team."},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -77,6 +85,24 @@ def _duration_rules(bounds: dict[str, str], path: str) -> list[dict[str, str]]:
     return rules
 
 
+def _quantity_rules(bounds: dict[str, str], path: str) -> list[dict[str, str]]:
+    """CEL rules for a bounded quantity (quantities.QuantityWithin), each message naming the field's
+    path. An int-or-string is a string or an int to CEL; string() makes it one text for quantity(). A
+    value that is not a quantity is left to the pattern's own error."""
+    value = "quantity(string(self))"
+    well_formed = "!isQuantity(string(self)) || "
+    low, high = bounds["minimum"], bounds["maximum"]
+    return [
+        api.cel(f"{well_formed}{value}.compareTo(quantity('{low}')) >= 0", f"{path} must be at least {low}"),
+        api.cel(f"{well_formed}{value}.compareTo(quantity('{high}')) <= 0", f"{path} must be at most {high}"),
+    ]
+
+
+def _integer_format(path: str) -> str:
+    """Integers are int32 per the API conventions; generations are int64, as metadata.generation is."""
+    return "int64" if path.rsplit(".", 1)[-1].lower().endswith("generation") else "int32"
+
+
 def _structural(node: Any, defs: dict[str, Any], path: str) -> Any:
     """Rewrites one pydantic JSON-schema node, found at `path` (e.g. spec.scaling), into its
     structural CRD form."""
@@ -91,7 +117,8 @@ def _structural(node: Any, defs: dict[str, Any], path: str) -> Any:
         # The field's own description and default win over the referenced type's.
         target.update(node)
         node = target
-    if "anyOf" in node:
+    int_or_string = node.get("x-kubernetes-int-or-string") is True
+    if "anyOf" in node and not int_or_string:
         variants = [v for v in node.pop("anyOf") if v.get("type") != "null"]
         if len(variants) != 1:
             raise ValueError(f"a CRD schema cannot express a union of {variants}")
@@ -124,8 +151,16 @@ def _structural(node: Any, defs: dict[str, Any], path: str) -> Any:
             out[key] = " ".join(value.split())
         else:
             out[key] = value
+    if int_or_string:
+        assert node.get("anyOf") == _INT_OR_STRING, f"{path}: an int-or-string must be exactly integer or string"
+        out["anyOf"] = copy.deepcopy(_INT_OR_STRING)
+    if out.get("type") == "integer":
+        out.setdefault("format", _integer_format(path))
     if BOUNDS_KEY in node:
         out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *_duration_rules(node[BOUNDS_KEY], path)]
+    if quantities.BOUNDS_KEY in node:
+        rules = _quantity_rules(node[quantities.BOUNDS_KEY], path)
+        out["x-kubernetes-validations"] = [*out.get("x-kubernetes-validations", []), *rules]
     if "enum" in out and "type" not in out:
         out["type"] = "string"
     return out

@@ -19,6 +19,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import CoreSchema
 
 from flowkeeper.api.durations import duration_within
+from flowkeeper.api.quantities import quantity_within
 
 GROUP = "flowkeeper.io"
 VERSION = "v1alpha1"
@@ -27,7 +28,7 @@ PLURAL = "integrationflows"
 SINGULAR = "integrationflow"
 SHORT_NAMES = ["iflow", "iflows"]
 
-# Kubernetes object names (DNS-1123 subdomain) as used for Deployments and Secrets.
+# Kubernetes object names (DNS-1123 subdomain) as used for workloads and Secrets.
 K8S_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 
 
@@ -96,12 +97,58 @@ def nested(model: type[ApiModel], description: str) -> Any:
 # --------------------------------------------------------------------------------------------- spec
 
 
-class ConsumerRef(ApiModel):
-    """The consumer Deployment that takes messages from the queue. Flowkeeper changes only its replica
-    count, through the /scale subresource, and never its template."""
+@dataclass(frozen=True)
+class ScaleTargetKind:
+    """A kind of workload Flowkeeper can scale: one with a /scale subresource."""
 
-    deployment: str = Field(
-        description="Name of the consumer Deployment, in the same namespace as the IntegrationFlow.",
+    api_version: str  # as written in spec.scaleTargetRef.apiVersion
+    kind: str
+    plural: str  # the resource name in API paths and RBAC rules
+
+    @property
+    def group(self) -> str:
+        return self.api_version.rpartition("/")[0]
+
+    @property
+    def version(self) -> str:
+        return self.api_version.rpartition("/")[2]
+
+
+DEPLOYMENT = ScaleTargetKind("apps/v1", "Deployment", "deployments")
+STATEFULSET = ScaleTargetKind("apps/v1", "StatefulSet", "statefulsets")
+ROLLOUT = ScaleTargetKind("argoproj.io/v1alpha1", "Rollout", "rollouts")
+SCALE_TARGET_KINDS = (DEPLOYMENT, STATEFULSET, ROLLOUT)
+BUILT_IN_TARGET_KINDS = (DEPLOYMENT, STATEFULSET)  # always watched; Rollouts need their CRD (--watch-rollouts)
+
+
+def scale_target_kind(api_version: str, kind: str) -> ScaleTargetKind | None:
+    return next((k for k in SCALE_TARGET_KINDS if (k.api_version, k.kind) == (api_version, kind)), None)
+
+
+def _kinds_text() -> str:
+    by_version: dict[str, list[str]] = {}
+    for k in SCALE_TARGET_KINDS:
+        by_version.setdefault(k.api_version, []).append(k.kind)
+    return " or ".join(f"{' or '.join(kinds)} ({version})" for version, kinds in by_version.items())
+
+
+class ScaleTargetRef(ApiModel):
+    """The workload that takes messages from the queue, like the HPA's and KEDA's scaleTargetRef.
+    Flowkeeper changes only its replica count, through the /scale subresource, and never its template."""
+
+    rules = (
+        Rule(
+            " || ".join(f"(self.apiVersion == '{k.api_version}' && self.kind == '{k.kind}')" for k in SCALE_TARGET_KINDS),
+            lambda s: scale_target_kind(s.api_version, s.kind) is not None,
+            f"spec.scaleTargetRef must be a {_kinds_text()}",
+            ".kind",
+        ),
+    )
+
+    api_version: str = Field(default=DEPLOYMENT.api_version, max_length=253, description="API version of the workload: apps/v1, or argoproj.io/v1alpha1 for a Rollout.")
+    kind: str = Field(default=DEPLOYMENT.kind, max_length=63, description="Kind of the workload: Deployment, StatefulSet or Rollout.")
+    name: str = Field(
+        description="Name of the workload, in the same namespace as the IntegrationFlow.",
         min_length=1,
         max_length=253,
         pattern=K8S_NAME_PATTERN,
@@ -196,6 +243,13 @@ class SecretKeyRef(ApiModel):
     key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253)
 
 
+class BasicAuth(ApiModel):
+    """HTTP basic auth credentials, each from a key of a Secret."""
+
+    username_secret: SecretKeyRef = Field(description="The user name.")
+    password_secret: SecretKeyRef = Field(description="The password.")
+
+
 class PrometheusServer(ApiModel):
     """A Prometheus to read this flow's signals from, instead of the operator's default one. Flows with
     their own server are queried in their own pass."""
@@ -207,12 +261,7 @@ class PrometheusServer(ApiModel):
         pattern=r"^https?://",
     )
     bearer_token_secret: SecretKeyRef | None = Field(default=None, description="Bearer token for the requests.")
-    basic_auth_secret: str | None = Field(
-        default=None,
-        max_length=253,
-        pattern=K8S_NAME_PATTERN,
-        description="Name of a Secret with keys `username` and `password` for HTTP basic auth.",
-    )
+    basic_auth: BasicAuth | None = Field(default=None, description="HTTP basic auth for the requests.")
     ca_secret: SecretKeyRef | None = Field(default=None, description="CA certificate (PEM) to verify the server's TLS certificate.")
 
 
@@ -236,7 +285,7 @@ class MetricsOverrides(ApiModel):
         default=None, max_length=4096, description="Unix time of the last successfully processed message."
     )
     cpu_utilization: str | None = Field(
-        default=None, max_length=4096, description="Consumer CPU use as a fraction of requests (0.7 = 70 %)."
+        default=None, max_length=4096, description="Consumer CPU use in percent of requests (70 = 70 %)."
     )
 
 
@@ -329,8 +378,10 @@ class ScalingSpec(ApiModel):
         le=100,
         description="Optional: target CPU use of the consumers, percent of their requests (HPA formula).",
     )
-    tolerance: float = Field(
-        default=0.1, ge=0, le=1, description="Ratios within this distance of 1.0 do not change replicas (like the HPA's 10 %)."
+    tolerance: quantity_within("0", "1") = Field(
+        default="0.1",
+        validate_default=True,
+        description="Ratios within this distance of 1.0 do not change replicas (like the HPA's 10 %). A quantity: \"0.1\" or \"100m\".",
     )
     poll_interval: duration_within("1s", "1h") = Field(default="15s", description="How often the flow's signals are read and decided on.")
     idle_after: duration_within("0s", "24h") = Field(
@@ -357,11 +408,17 @@ class HealthSpec(ApiModel):
         description="How long the flow may have no ready consumers while work waits before it counts as down "
         "(pods starting, a rollout, activation from zero).",
     )
-    error_ratio: float = Field(default=0.01, ge=0, le=1, description="Unhealthy above this fraction of failed messages.")
-    throughput_deviation: float = Field(
-        default=0.3, ge=0, le=10, description="Unhealthy when throughput is more than this fraction away from its baseline."
+    error_ratio: quantity_within("0", "1") = Field(
+        default="0.01", validate_default=True, description="Unhealthy above this fraction of failed messages. A quantity: \"0.01\" or \"10m\"."
     )
-    latency_factor: float = Field(default=2.0, ge=1, le=1000, description="Unhealthy when latency is above this multiple of its baseline.")
+    throughput_deviation: quantity_within("0", "10") = Field(
+        default="0.3",
+        validate_default=True,
+        description="Unhealthy when throughput is more than this fraction away from its baseline. A quantity: \"0.3\" or \"300m\".",
+    )
+    latency_factor: quantity_within("1", "1000") = Field(
+        default="2", validate_default=True, description="Unhealthy when latency is above this multiple of its baseline. A quantity: \"2\" or \"1.5\"."
+    )
     queue_growth_window: duration_within(MIN_SIGNAL_WINDOW, "168h") = Field(default="10m", description="Unhealthy when the backlog grew for this long straight.")
     cpu_utilization: int = Field(default=80, ge=1, le=1000, description="Unhealthy when consumer CPU stays above this percent of requests.")
     memory_utilization: int = Field(default=85, ge=1, le=1000, description="Unhealthy when consumer memory stays above this percent of limits.")
@@ -382,9 +439,13 @@ class IntegrationFlowSpec(ApiModel):
     source_system: str | None = Field(default=None, max_length=253, description="System the messages come from.")
     target_system: str | None = Field(default=None, max_length=253, description="System the messages are delivered to.")
     runbook_url: str | None = Field(
-        default=None, max_length=2048, pattern=r"^https?://", description="Runbook for this flow; linked from Events and conditions."
+        default=None,
+        alias="runbookURL",  # Kubernetes spells acronyms in capitals; the generator would write runbookUrl
+        max_length=2048,
+        pattern=r"^https?://",
+        description="Runbook for this flow; linked from Events and conditions.",
     )
-    consumer: ConsumerRef = Field(description="The consumer Deployment to scale.")
+    scale_target_ref: ScaleTargetRef = Field(description="The consumer workload to scale: a Deployment, a StatefulSet or an Argo Rollout.")
     source: Source = Field(description="Where the flow's messages wait.")
     metrics: MetricsOverrides = nested(MetricsOverrides, "Optional PromQL overrides per signal.")
     scaling: ScalingSpec = nested(ScalingSpec, "How many consumers the flow gets.")
@@ -426,7 +487,7 @@ class ConditionStatus(str, Enum):
 class Condition(ApiModel):
     """A condition in the standard metav1.Condition shape."""
 
-    type: str = Field(description="Condition type: Ready, Healthy, MetricsAvailable, Paused, ScalingLimited.", max_length=316)
+    type: str = Field(description="Condition type: Ready, Healthy, MetricsAvailable, Paused, ScalingLimited, ScalingConflict.", max_length=316)
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(
         description="One CamelCase word for machines.", min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$"
@@ -444,8 +505,8 @@ class Signals(ApiModel):
     throughput: float | None = Field(default=None, description="Messages processed per second.")
     error_ratio: float | None = Field(default=None, description="Failed / processed messages.")
     latency_seconds: float | None = Field(default=None, description="Processing latency per message.")
-    cpu_utilization: float | None = Field(default=None, description="Consumer CPU use, fraction of requests.")
-    memory_utilization: float | None = Field(default=None, description="Consumer memory use, fraction of limits.")
+    cpu_utilization: float | None = Field(default=None, description="Consumer CPU use, percent of requests.")
+    memory_utilization: float | None = Field(default=None, description="Consumer memory use, percent of limits.")
     observed_at: str | None = Field(default=None, description="When the signals were read.", json_schema_extra={"format": "date-time"})
 
 
@@ -473,23 +534,22 @@ class IntegrationFlowStatus(ApiModel):
     observed_generation: int | None = Field(default=None, description="The .metadata.generation last acted on.")
     phase: Phase | None = Field(default=None, description="Pending, Running, Scaling, Degraded, Paused or Down.")
     severity: Severity | None = Field(default=None, description="None, P4 (cosmetic), P3 (dead letters), P2 (degraded), P1 (down).")
-    replicas: int | None = Field(default=None, description="Replicas the consumer Deployment has, ready or not.")
+    replicas: int | None = Field(default=None, description="Replicas the scale target has, ready or not.")
     ready_replicas: int | None = Field(default=None, description="Ready consumer replicas.")
     desired_replicas: int | None = Field(default=None, description="Replicas Flowkeeper decided on.")
     last_scale_time: str | None = Field(default=None, description="When Flowkeeper last changed replicas.", json_schema_extra={"format": "date-time"})
     last_scale_reason: str | None = Field(default=None, description="Why, e.g. 'backlog 620 > 4 replicas x 100'.")
-    metrics_failures: int | None = Field(default=None, ge=0, description="Passes in a row whose metrics could not be read.")
     signals: Signals | None = Field(default=None, description="The last signals read.")
     pause: PauseState | None = Field(default=None, description="Set while the flow is paused.")
     conditions: list[Condition] = Field(
         default_factory=list,
-        description="Ready, Healthy, MetricsAvailable, Paused, ScalingLimited.",
+        description="Ready, Healthy, MetricsAvailable, Paused, ScalingLimited, ScalingConflict.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
 
 
 class IntegrationFlow(ApiModel):
-    """An integration flow: a consumer Deployment that takes messages from a queue and delivers them to a
+    """An integration flow: a consumer workload that takes messages from a queue and delivers them to a
     target system. Flowkeeper scales the consumers, pauses the flow on configuration errors, and records
     its health."""
 

@@ -28,7 +28,7 @@ from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.ports import ClusterGateway, Leader
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError
-from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.planner import Plan
 from flowkeeper.observability import metrics, tracing
 
@@ -98,13 +98,13 @@ class Executor:
         await self._rate.take()
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    async def apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
-        """Applies `plan`, made from `flow` and `deployment` as they were: writes are conditional on
+    async def apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
+        """Applies `plan`, made from `flow` and `target` as they were: writes are conditional on
         their resourceVersions."""
         async with self._slots:
-            return await self._apply(flow, deployment, plan, pass_id)
+            return await self._apply(flow, target, plan, pass_id)
 
-    async def _apply(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, pass_id: str) -> Outcome:
+    async def _apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
         context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
         steps = ("status", "scale") if plan.status_first else ("scale", "status")
         stage = steps[0]
@@ -113,7 +113,7 @@ class Executor:
                 if not self.leader.is_leading():
                     self.store.mark_due(flow.uid)  # the next leader plans it
                     return Outcome(False, stage)
-                wrote = await (self._scale(flow, deployment, plan, context) if stage == "scale" else self._status(flow, plan))
+                wrote = await (self._scale(flow, target, plan, context) if stage == "scale" else self._status(flow, plan))
                 if wrote:
                     crashpoints.after_write(plan.kind, stage)
             stage = "event"
@@ -125,7 +125,7 @@ class Executor:
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
                         crashpoints.after_write(plan.kind, stage)
         except ConflictError as exc:
-            # The flow or its Deployment moved on since the plan was made: plan again from what is there,
+            # The flow or its scale target moved on since the plan was made: plan again from what is there,
             # at once the first time, then with backoff (postponed only: the watch event that brings the
             # new version makes the flow due at once). A lagging watch must not make a hot loop.
             conflicts = self.conflicts.get(flow.uid, 0) + 1
@@ -147,8 +147,8 @@ class Executor:
             log.info(str(exc), extra={**context, "stage": stage, "reason": exc.reason, "outcome": "gone"})
             if stage == "status":
                 self.store.flow_gone(flow.uid)
-            elif deployment is not None:
-                self.store.target_gone(deployment.key)
+            elif target is not None:
+                self.store.target_gone(target.key)
             return Outcome(False, stage, exc)
         except Exception as exc:  # noqa: BLE001 - transient trouble, or a bug: this flow retries, the others go on
             if not isinstance(exc, FlowkeeperError):
@@ -167,15 +167,15 @@ class Executor:
         self.conflicts.pop(flow.uid, None)
         return Outcome(True)
 
-    async def _scale(self, flow: FlowRecord, deployment: DeploymentRecord | None, plan: Plan, context: dict[str, str]) -> bool:
-        if plan.scale_to is None or flow.spec is None or deployment is None or deployment.spec_replicas == plan.scale_to:
+    async def _scale(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, context: dict[str, str]) -> bool:
+        if plan.scale_to is None or flow.spec is None or target is None or target.spec_replicas == plan.scale_to:
             return False
-        direction = "up" if plan.scale_to > deployment.spec_replicas else "down"
+        direction = "up" if plan.scale_to > target.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
             replicas, version = await self._call(
-                self.gateway.scale, deployment.namespace, deployment.name, plan.scale_to, deployment.resource_version or None
+                self.gateway.scale, target.scale_target, plan.scale_to, target.resource_version or None
             )
-        self.store.scale_written(deployment.key, replicas, version)
+        self.store.scale_written(target.key, replicas, version)
         metrics.SCALE_ACTIONS.labels(direction=direction).inc()
         reason = plan.status.get("lastScaleReason", "")
         log.info("scaled", extra={**context, "stage": "scale", "replicas": plan.scale_to, "reason": reason, "outcome": "applied"})

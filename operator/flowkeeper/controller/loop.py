@@ -18,13 +18,14 @@ from collections.abc import Callable
 
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult
 from flowkeeper.api.durations import to_seconds
+from flowkeeper.api.v1alpha1 import BUILT_IN_TARGET_KINDS, ScaleTargetKind
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
 from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain.errors import FlowkeeperError
-from flowkeeper.domain.flow import FlowRecord
+from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
 from flowkeeper.observability import metrics, tracing
 
@@ -48,8 +49,10 @@ class FlowController:
         operator_ref: dict[str, str] | None = None,
         conflict_hold_off: float | None = None,
         write_concurrency: int = 16,
+        target_kinds: tuple[ScaleTargetKind, ...] = BUILT_IN_TARGET_KINDS,
     ) -> None:
         self.store = store
+        self.target_kinds = target_kinds  # the kinds the handlers watch: the startup LIST lists the same
         self.gateway = gateway
         self.signals = signals  # None: no Prometheus configured, flows are only checked for readiness
         self.namespaces = namespaces
@@ -132,8 +135,8 @@ class FlowController:
 
     async def _list(self):
         flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
-        deployments = await asyncio.to_thread(self.gateway.list_objects, "deployments", self.namespaces)
-        return flows, deployments
+        targets = {kind: await asyncio.to_thread(self.gateway.list_objects, kind.plural, self.namespaces) for kind in self.target_kinds}
+        return flows, targets
 
     async def _resync_now_and_then(self) -> None:
         """A LIST every RESYNC_SECONDS drops what was deleted while a watch was down: kopf re-lists
@@ -165,9 +168,9 @@ class FlowController:
             flow = self.store.flows.get(taken.uid)
             if flow is None:
                 continue  # deleted during the read
-            deployment = self.store.deployment_of(flow)
-            flow_plan = self._plan(flow, deployment, read, outage, now, mono)
-            applying.append(self.executor.apply(flow, deployment, flow_plan, pass_id))
+            target = self.store.target_of(flow)
+            flow_plan = self._plan(flow, target, read, outage, now, mono)
+            applying.append(self.executor.apply(flow, target, flow_plan, pass_id))
         await asyncio.gather(*applying)
         self._back_off_failed_reads(read, mono)
         self._after_pass()
@@ -181,10 +184,10 @@ class FlowController:
                    "seconds": round(time.monotonic() - started, 4)},
         )
 
-    def _plan(self, flow: FlowRecord, deployment, read: PassResult | None, outage: bool, now: float, mono: float) -> Plan:
+    def _plan(self, flow: FlowRecord, target: TargetRecord | None, read: PassResult | None, outage: bool, now: float, mono: float) -> Plan:
         inputs = Inputs(
             flow=flow,
-            deployment=deployment,
+            target=target,
             signals=read.signals.get(flow.uid) if read else None,
             failure=read.failures.get(flow.uid) if read else None,
             metrics_enabled=self.signals is not None,
@@ -240,21 +243,21 @@ class FlowController:
 
     async def _report_deletions(self) -> None:
         """A paused flow that is deleted leaves its consumers at 0 (its configuration is still broken:
-        restoring them would consume into it); the Deployment gets a Warning that says so and what
+        restoring them would consume into it); the scale target gets a Warning that says so and what
         to restore, since nobody else will."""
         deleted, self.store.deleted = self.store.deleted, []
         for flow in deleted:
             self.memory.pop(flow.uid, None)
             self.read_failures.pop(flow.uid, None)
             record = flow.status.get("pause")
-            deployment = self.store.deployments.get(flow.target_key or "")
-            if not record or deployment is None or deployment.spec_replicas != 0:
+            target = self.store.targets.get(flow.target_key or "")
+            if not record or target is None or target.spec_replicas != 0:
                 continue
             before = record.get("replicasBefore")
-            restore = f"; restore with `kubectl scale deployment/{deployment.name} --replicas={before}`" if before else ""
+            restore = f"; restore with `kubectl scale {target.kind.lower()}/{target.name} --replicas={before}`" if before else ""
             message = f"IntegrationFlow {flow.path} was deleted while paused ({record.get('reason')}): consumers left at 0{restore}"
             log.warning(message, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "delete", "reason": "PausedFlowDeleted"})
-            await self.recorder.record(deployment.reference, "Warning", "PausedFlowDeleted", message)
+            await self.recorder.record(target.reference, "Warning", "PausedFlowDeleted", message)
 
     def _back_off_failed_reads(self, read: PassResult | None, now: float) -> None:
         """A flow whose signals could not be read (Prometheus down, timing out) is asked less often,

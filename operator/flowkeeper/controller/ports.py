@@ -9,16 +9,18 @@ from typing import Any, Protocol
 
 from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult
+from flowkeeper.domain.flow import ScaleTarget
 from flowkeeper.domain.leadership import LeaseRecord
 
 
 class ClusterGateway(Protocol):
-    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing: ...
+    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
+        """kind: "flows", or the plural of a scale target kind ("deployments", "statefulsets", "rollouts")."""
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Returns the object as stored; raises ConflictError when resource_version is not current."""
 
-    def scale(self, namespace: str, name: str, replicas: int, resource_version: str | None) -> tuple[int, str]:
+    def scale(self, target: ScaleTarget, replicas: int, resource_version: str | None) -> tuple[int, str]:
         """Returns (spec.replicas, resourceVersion) as stored."""
 
     def create_event(self, event: dict[str, Any]) -> str:

@@ -17,14 +17,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import replace
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from flowkeeper.api.durations import to_seconds
 from flowkeeper.adapters.kubernetes import Listing
+from flowkeeper.api.durations import to_seconds
 from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
-from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord, deployment_from_body, flow_from_body, newer
+from flowkeeper.api.v1alpha1 import ScaleTargetKind
+from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
 DELETED_KEPT = 1_000  # deleted flows waiting to be reported by the leader
@@ -49,10 +50,10 @@ class ClusterStore:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self.flows: dict[str, FlowRecord] = {}  # by UID
-        self.deployments: dict[str, DeploymentRecord] = {}  # by namespace/name
-        self._by_target: dict[str, set[str]] = {}  # scale target namespace/name -> flow UIDs
+        self.targets: dict[str, TargetRecord] = {}  # by kind/namespace/name
+        self._by_target: dict[str, set[str]] = {}  # scale target kind/namespace/name -> flow UIDs
         self._gone_flows = _Tombstones()
-        self._gone_deployments = _Tombstones()
+        self._gone_targets = _Tombstones()
         self.schedule = DueQueue()
         self.wakeup = asyncio.Event()
         self.seeded = False  # no pass runs before the first LIST is in
@@ -68,30 +69,29 @@ class ClusterStore:
             raise RuntimeError("the store was changed from a thread other than the event loop's")
 
     # -- seeded by a LIST at startup, resynced by a LIST now and then, fed by watch events in between
-    def seed(self, flows: Listing, deployments: Listing) -> None:
+    def seed(self, flows: Listing, targets: Mapping[ScaleTargetKind, Listing]) -> None:
         """The startup LIST: fills in what the watches have not delivered yet, so the first pass sees
-        every Deployment (a restarted operator would otherwise take a flow's Deployment for missing)."""
-        self.resync(flows, deployments)
+        every scale target (a restarted operator would otherwise take a flow's target for missing)."""
+        self.resync(flows, targets)
         self.seeded = True
 
-    def resync(self, flows: Listing, deployments: Listing) -> None:
+    def resync(self, flows: Listing, targets: Mapping[ScaleTargetKind, Listing]) -> None:
         """Applies a fresh LIST. Objects the watches already delivered are newer and kept; objects they
         saw deleted stay deleted; and what the store holds at a version the list has seen, but the list
         does not hold, was deleted while a watch was down (kopf's re-list sends no DELETED for it)."""
         self.check_thread()
-        listed_targets = set()
-        for body in deployments.items:
-            record = deployment_from_body(body)
-            listed_targets.add(record.key)
-            known = self.deployments.get(record.key)
-            if record.uid not in self._gone_deployments and (known is None or known.uid != record.uid):
-                self.deployments[record.key] = record  # new, or re-created under the same name
-                self._wake_claimants(record.key)
-        for key, record in list(self.deployments.items()):
-            if key not in listed_targets and _listed_after(record.namespace, record.resource_version, deployments.versions):
-                self._gone_deployments.add(record.uid)
-                del self.deployments[key]
-                self._wake_claimants(key)
+        for kind, listing in targets.items():
+            listed = set()
+            for body in listing.items:
+                record = target_from_body(body, kind)
+                listed.add(record.key)
+                known = self.targets.get(record.key)
+                if record.uid not in self._gone_targets and (known is None or known.uid != record.uid):
+                    self.targets[record.key] = record  # new, or re-created under the same name
+                    self._wake_claimants(record.key)
+            for key, record in list(self.targets.items()):
+                if record.target_kind == kind and key not in listed and _listed_after(record.namespace, record.resource_version, listing.versions):
+                    self.target_gone(key)
         listed_flows = set()
         for body in flows.items:
             record = flow_from_body(body)
@@ -113,10 +113,10 @@ class ClusterStore:
             self.wakeup.set()
 
     def target_gone(self, key: str) -> None:
-        """The scale target was deleted (a 404 on its /scale)."""
-        record = self.deployments.pop(key, None)
+        """The scale target was deleted (a LIST without it, a 404 on its /scale)."""
+        record = self.targets.pop(key, None)
         if record is not None:
-            self._gone_deployments.add(record.uid)
+            self._gone_targets.add(record.uid)
             self._wake_claimants(key)
 
     # -- fed by watch events
@@ -136,20 +136,20 @@ class ClusterStore:
         if previous is None or previous.generation != record.generation or previous.annotations != record.annotations:
             self.mark_due(record.uid)
 
-    def deployment_event(self, event_type: str, body: dict[str, Any]) -> None:
+    def target_event(self, kind: ScaleTargetKind, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
-        record = deployment_from_body(body)
-        previous = self.deployments.get(record.key)
+        record = target_from_body(body, kind)
+        previous = self.targets.get(record.key)
         if event_type == "DELETED":
-            self._gone_deployments.add(record.uid)
+            self._gone_targets.add(record.uid)
             if previous is not None and previous.uid in (record.uid, ""):
-                del self.deployments[record.key]
+                del self.targets[record.key]
         else:
-            if record.uid in self._gone_deployments:
+            if record.uid in self._gone_targets:
                 return
             if previous is not None and previous.uid == record.uid and not newer(record.resource_version, previous.resource_version):
                 return
-            self.deployments[record.key] = record
+            self.targets[record.key] = record
         if previous != record or event_type == "DELETED":
             for uid in self._by_target.get(record.key, ()):
                 self.mark_due(uid)
@@ -165,13 +165,13 @@ class ClusterStore:
 
     def scale_written(self, key: str, replicas: int, resource_version: str) -> None:
         self.check_thread()
-        current = self.deployments.get(key)
+        current = self.targets.get(key)
         if current is not None and newer(resource_version, current.resource_version):
-            self.deployments[key] = replace(current, spec_replicas=replicas, resource_version=resource_version, replicas_manager=FIELD_MANAGER)
+            self.targets[key] = replace(current, spec_replicas=replicas, resource_version=resource_version, replicas_manager=FIELD_MANAGER)
 
     # -- lookups
-    def deployment_of(self, flow: FlowRecord) -> DeploymentRecord | None:
-        return None if flow.target_key is None else self.deployments.get(flow.target_key)
+    def target_of(self, flow: FlowRecord) -> TargetRecord | None:
+        return None if flow.target_key is None else self.targets.get(flow.target_key)
 
     def owner_of(self, flow: FlowRecord) -> FlowRecord | None:
         """The flow that owns this flow's scale target (the oldest claim), possibly itself."""
@@ -239,7 +239,6 @@ class ClusterStore:
     def _wake_claimants(self, key: str | None) -> None:
         for uid in self._by_target.get(key or "", ()):
             self.mark_due(uid)
-
 
 
 def _listed_after(namespace: str, resource_version: str, versions: dict[str | None, str]) -> bool:

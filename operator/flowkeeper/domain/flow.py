@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
+from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, ScaleTargetKind
 
 # The field manager of every write Flowkeeper makes: managedFields then tell its writes from others'.
 FIELD_MANAGER = "flowkeeper"
@@ -45,8 +45,17 @@ class FlowRecord:
 
     @property
     def target_key(self) -> str | None:
-        """namespace/name of the scale target, None when the spec does not parse."""
-        return None if self.spec is None else f"{self.namespace}/{self.spec.consumer.deployment}"
+        """kind/namespace/name of the scale target (a Deployment and a StatefulSet may share a name),
+        None when the spec does not parse."""
+        if self.spec is None:
+            return None
+        return target_key(self.spec.scale_target_ref.kind, self.namespace, self.spec.scale_target_ref.name)
+
+    @property
+    def target_text(self) -> str:
+        """The scale target for people, e.g. "StatefulSet shop/order-consumer"."""
+        ref = self.spec.scale_target_ref if self.spec is not None else None
+        return "its scale target" if ref is None else f"{ref.kind} {self.namespace}/{ref.name}"
 
     @property
     def reference(self) -> dict[str, str]:
@@ -60,8 +69,26 @@ class FlowRecord:
         }
 
 
+def target_key(kind: str, namespace: str, name: str) -> str:
+    return f"{kind}/{namespace}/{name}"
+
+
 @dataclass(frozen=True)
-class DeploymentRecord:
+class ScaleTarget:
+    """Where a workload's /scale subresource is: the same URL shape for every kind."""
+
+    group: str
+    version: str
+    plural: str
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class TargetRecord:
+    """A scale target as the watch last showed it: a Deployment, a StatefulSet or an Argo Rollout."""
+
+    target_kind: ScaleTargetKind
     namespace: str
     name: str
     spec_replicas: int
@@ -74,12 +101,26 @@ class DeploymentRecord:
     replicas_managed_at: str = ""  # when it did (RFC 3339, second resolution)
 
     @property
+    def kind(self) -> str:
+        return self.target_kind.kind
+
+    @property
     def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return target_key(self.kind, self.namespace, self.name)
+
+    @property
+    def path(self) -> str:
+        """kind namespace/name, for people."""
+        return f"{self.kind} {self.namespace}/{self.name}"
+
+    @property
+    def scale_target(self) -> ScaleTarget:
+        k = self.target_kind
+        return ScaleTarget(k.group, k.version, k.plural, self.namespace, self.name)
 
     @property
     def reference(self) -> dict[str, str]:
-        return {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name, "namespace": self.namespace, "uid": self.uid}
+        return {"apiVersion": self.target_kind.api_version, "kind": self.kind, "name": self.name, "namespace": self.namespace, "uid": self.uid}
 
 
 def template_hash(template: dict[str, Any] | None) -> str:
@@ -118,10 +159,12 @@ def replicas_manager(managed_fields: list[dict[str, Any]] | None) -> tuple[str |
     return None, ""
 
 
-def deployment_from_body(body: dict[str, Any]) -> DeploymentRecord:
+def target_from_body(body: dict[str, Any], kind: ScaleTargetKind) -> TargetRecord:
+    """A scale target from a watch event or a LIST item; `kind` is given because LIST items carry none."""
     metadata, spec, status = body.get("metadata", {}), body.get("spec", {}), body.get("status") or {}
     manager, managed_at = replicas_manager(metadata.get("managedFields"))
-    return DeploymentRecord(
+    return TargetRecord(
+        target_kind=kind,
         namespace=metadata.get("namespace", ""),
         name=metadata.get("name", ""),
         spec_replicas=int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1),

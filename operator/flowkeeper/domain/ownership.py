@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flowkeeper.domain.flow import FIELD_MANAGER, DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import FIELD_MANAGER, TargetRecord, FlowRecord
 
 FIRST_HOLD_OFF = 300.0  # seconds without writes after a foreign write is first seen
 MAX_HOLD_OFF = 3600.0
@@ -41,7 +41,7 @@ class ConflictVerdict:
     memory: ConflictMemory
 
 
-def foreign_write(flow: FlowRecord, deployment: DeploymentRecord) -> str | None:
+def foreign_write(flow: FlowRecord, target: TargetRecord) -> str | None:
     """The field manager that changed spec.replicas away from what Flowkeeper last decided, or None.
 
     After every pass spec.replicas equals status.desiredReplicas (Flowkeeper wrote it, or it already
@@ -50,17 +50,17 @@ def foreign_write(flow: FlowRecord, deployment: DeploymentRecord) -> str | None:
     pause began counts: until Flowkeeper's own scale to 0 lands (or if it crashed before it), the count
     is still the one the Deployment's creator or last writer left."""
     desired = flow.status.get("desiredReplicas")
-    manager = deployment.replicas_manager
-    if not isinstance(desired, int) or deployment.spec_replicas == desired or manager in (None, FIELD_MANAGER):
+    manager = target.replicas_manager
+    if not isinstance(desired, int) or target.spec_replicas == desired or manager in (None, FIELD_MANAGER):
         return None
     pause = flow.status.get("pause")
-    if pause and desired == 0 and not (deployment.replicas_managed_at and deployment.replicas_managed_at > str(pause.get("since") or "")):
+    if pause and desired == 0 and not (target.replicas_managed_at and target.replicas_managed_at > str(pause.get("since") or "")):
         return None
     return manager
 
 
-def judge(flow: FlowRecord, deployment: DeploymentRecord, memory: ConflictMemory, now: float, first_hold_off: float = FIRST_HOLD_OFF) -> ConflictVerdict:
-    manager = foreign_write(flow, deployment)
+def judge(flow: FlowRecord, target: TargetRecord, memory: ConflictMemory, now: float, first_hold_off: float = FIRST_HOLD_OFF) -> ConflictVerdict:
+    manager = foreign_write(flow, target)
     if manager is not None:
         if memory.hold_until is not None and now < memory.hold_until:
             # Changed again while we hold off: keep holding (the count is theirs for now).

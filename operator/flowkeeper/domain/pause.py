@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import TargetRecord, FlowRecord
 from flowkeeper.domain.signals import NOT_PAUSING, OVERRIDE_FIELDS, FlowSignals, SignalsFailure
 
 RESUME_ANNOTATION = "flowkeeper.io/resume"
@@ -34,7 +34,7 @@ class Facts:
     """What the pause rules look at for one flow in one pass."""
 
     flow: FlowRecord
-    deployment: DeploymentRecord | None
+    target: TargetRecord | None
     signals: FlowSignals | None
     failure: SignalsFailure | None
     # Configuration errors counted before a resume still show in rate() windows for a while.
@@ -47,8 +47,8 @@ def configuration_cause(facts: Facts) -> Cause | None:
     assert spec is not None
     if spec.paused:
         return Cause(MANUAL, "paused by spec.paused")
-    if facts.deployment is None:
-        return Cause("TargetNotFound", f"consumer Deployment {flow.namespace}/{spec.consumer.deployment} not found")
+    if facts.target is None:
+        return Cause("TargetNotFound", f"{flow.target_text} not found")
     if failure is not None and failure.error_class.value == "configuration" and failure.reason not in NOT_PAUSING:
         return Cause(failure.reason, failure.message)
     if signals is not None and signals.invalid_queries:
@@ -67,9 +67,9 @@ def configuration_cause(facts: Facts) -> Cause | None:
 
 def fix_deployed(facts: Facts, pause: dict[str, Any]) -> bool:
     """A consumer-configuration pause ends when something that could fix it changed since it began."""
-    flow, deployment = facts.flow, facts.deployment
+    flow, target = facts.flow, facts.target
     return (
-        (deployment is not None and pause.get("templateHash") is not None and deployment.template_hash != pause["templateHash"])
+        (target is not None and pause.get("templateHash") is not None and target.template_hash != pause["templateHash"])
         or flow.generation != pause.get("specGeneration")
         or resume_request(flow) != pause.get("resumeRequest")
     )
@@ -78,17 +78,17 @@ def fix_deployed(facts: Facts, pause: dict[str, Any]) -> bool:
 def pause_record(facts: Facts, cause: Cause, now_rfc3339: str) -> dict[str, Any]:
     """status.pause for a flow paused by `cause`: a new record when the reason changes, else the
     existing one with only its message refreshed."""
-    flow, deployment = facts.flow, facts.deployment
+    flow, target = facts.flow, facts.target
     previous = flow.status.get("pause") or {}
     if previous.get("reason") == cause.reason:
         return {**previous, "message": cause.message}
     record: dict[str, Any] = {"reason": cause.reason, "since": previous.get("since") or now_rfc3339, "message": cause.message}
     # The count from before the first pause reason stands; a reason that changed may fill it in later.
-    replicas_before = previous.get("replicasBefore") or _replicas_to_restore(flow, deployment)
+    replicas_before = previous.get("replicasBefore") or _replicas_to_restore(flow, target)
     if replicas_before is not None:
         record["replicasBefore"] = replicas_before
-    if deployment is not None:
-        record["templateHash"] = deployment.template_hash
+    if target is not None:
+        record["templateHash"] = target.template_hash
     elif previous.get("templateHash"):
         record["templateHash"] = previous["templateHash"]
     record["specGeneration"] = flow.generation
@@ -106,20 +106,20 @@ def resume_request(flow: FlowRecord) -> str | None:
     return None if value is None else value[:RESUME_REQUEST_MAX]
 
 
-def _replicas_to_restore(flow: FlowRecord, deployment: DeploymentRecord | None) -> int | None:
+def _replicas_to_restore(flow: FlowRecord, target: TargetRecord | None) -> int | None:
     """Never 0: a Deployment seen at 0 (watch lag, a scale-to-zero flow) says nothing about the count
     to restore. Then the last count Flowkeeper decided, when it was above 0; else unknown."""
-    if deployment is not None and deployment.spec_replicas > 0:
-        return deployment.spec_replicas
+    if target is not None and target.spec_replicas > 0:
+        return target.spec_replicas
     desired = flow.status.get("desiredReplicas")
     return int(desired) if isinstance(desired, int) and desired > 0 else None
 
 
-def replicas_on_resume(flow: FlowRecord, deployment: DeploymentRecord | None) -> int | None:
+def replicas_on_resume(flow: FlowRecord, target: TargetRecord | None) -> int | None:
     """The count to restore, within today's bounds; None when unknown (autoscaling decides)."""
     pause = flow.status.get("pause") or {}
     before = pause.get("replicasBefore")
-    if before is None or deployment is None or flow.spec is None:
+    if before is None or target is None or flow.spec is None:
         return None
     scaling = flow.spec.scaling
     return max(scaling.min_replicas, min(scaling.max_replicas, int(before)))

@@ -25,7 +25,7 @@ from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
 from flowkeeper.domain import conditions as cond
 from flowkeeper.domain import ownership, pause
 from flowkeeper.domain.conditions import rfc3339
-from flowkeeper.domain.flow import DeploymentRecord, FlowRecord
+from flowkeeper.domain.flow import TargetRecord, FlowRecord
 from flowkeeper.domain.health import HealthAssessment, assess
 from flowkeeper.domain.pause import RESUME_ANNOTATION, Cause
 from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
@@ -71,7 +71,7 @@ class FlowMemory:
 @dataclass(frozen=True)
 class Inputs:
     flow: FlowRecord
-    deployment: DeploymentRecord | None
+    target: TargetRecord | None
     signals: FlowSignals | None = None  # None: not read (no Prometheus configured, or the read failed)
     failure: SignalsFailure | None = None
     metrics_enabled: bool = False
@@ -111,7 +111,7 @@ class _Builder:
         self.flow = flow
         self.now = now
         self.status = dict(flow.status)
-        self.status.pop("metricsFailures", None)  # no longer written: a counter forced a write per pass
+        self.status.pop("metricsFailures", None)  # left by older versions; no longer in the API
         self.conditions = list(self.status.get("conditions") or [])
         self.events: list[Event] = []
 
@@ -161,7 +161,7 @@ def plan_failure(inputs: Inputs, error: Exception, *, now: float) -> Plan:
 
 
 def plan(inputs: Inputs, *, now: float) -> Plan:
-    flow, deployment = inputs.flow, inputs.deployment
+    flow, target = inputs.flow, inputs.target
     mono = now if inputs.monotonic is None else inputs.monotonic
     out = _Builder(flow, now)
     if flow.spec is None:
@@ -169,14 +169,14 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         out.status["phase"] = "Pending"
         return out.done(None, inputs.memory)
     spec = flow.spec
-    if deployment is not None:
-        out.status.update(replicas=deployment.replicas, readyReplicas=deployment.ready_replicas)
+    if target is not None:
+        out.status.update(replicas=target.replicas, readyReplicas=target.ready_replicas)
 
     if inputs.owner is not None and inputs.owner.uid != flow.uid:
         return _claimed_elsewhere(inputs, out)
 
     in_grace = _seconds_since_resume(inputs, now, mono) < inputs.config_error_grace_seconds
-    facts = pause.Facts(flow, deployment, inputs.signals, inputs.failure, in_resume_grace=in_grace)
+    facts = pause.Facts(flow, target, inputs.signals, inputs.failure, in_resume_grace=in_grace)
     cause = pause.configuration_cause(facts)
     if cause is not None and (spec.paused or spec.on_configuration_error == "Pause"):
         return _paused(inputs, out, facts, cause, mono)
@@ -188,33 +188,33 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     # when the flow resumed.
     not_paused = ("Resumed", "resumed: the cause of the pause is gone") if in_grace else ("NotPaused", "the flow is consuming")
 
-    if deployment is None:
-        message = f"consumer Deployment {flow.namespace}/{spec.consumer.deployment} not found"
+    if target is None:
+        message = f"{flow.target_text} not found"
         out.condition(cond.READY, False, "TargetNotFound", message, event=True)
         out.condition(cond.PAUSED, False, not_paused[0], "onConfigurationError is Alert")
         out.status.update(phase="Down", severity="P1")
         return out.done(None, memory)
-    out.condition(cond.READY, True, "TargetFound", f"consumer Deployment {deployment.name} found", event=True)
+    out.condition(cond.READY, True, "TargetFound", f"{target.path} found", event=True)
     out.condition(cond.PAUSED, False, *not_paused)
     if not inputs.metrics_enabled:
         out.condition(cond.METRICS_AVAILABLE, None, "NoPrometheus", "the operator runs without a Prometheus address")
         out.status["phase"] = "Running"
         return out.done(scale_to, memory)
 
-    current = scale_to if scale_to is not None else deployment.spec_replicas
+    current = scale_to if scale_to is not None else target.spec_replicas
     decision = decide(
         spec.scaling,
         None if inputs.failure else _on_monotonic_clock(inputs.signals, now, mono),
         current_replicas=current,
-        ready_replicas=deployment.ready_replicas,
+        ready_replicas=target.ready_replicas,
         memory=memory.scaling,
         now=mono,
     )
     memory = replace(memory, scaling=decision.memory)
     desired = decision.desired_replicas
-    holding, memory = (False, memory) if scale_to is not None else _hold_off_other_writers(inputs, out, deployment, memory, mono)
+    holding, memory = (False, memory) if scale_to is not None else _hold_off_other_writers(inputs, out, target, memory, mono)
     if holding:
-        desired = deployment.spec_replicas  # another writer's count stands until the hold-off ends
+        desired = target.spec_replicas  # another writer's count stands until the hold-off ends
     else:
         if desired != current:
             scale_to = desired
@@ -225,13 +225,13 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     _record_metrics(out, inputs, decision, failures_reached)
     _record_scaling_limit(out, spec, decision)
 
-    none_ready = deployment.ready_replicas == 0 and desired > 0
+    none_ready = target.ready_replicas == 0 and desired > 0
     not_ready_since = (memory.not_ready_since or mono) if none_ready else None
     memory = replace(memory, not_ready_since=not_ready_since)
     health = assess(
         spec.health,
         None if inputs.failure else inputs.signals,
-        ready_replicas=deployment.ready_replicas,
+        ready_replicas=target.ready_replicas,
         desired_replicas=desired,
         scaling_limited=decision.limited_by is not None,
         now=now,
@@ -240,7 +240,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     _record_health(out, inputs, health, alert=cause, failures_reached=failures_reached)
     severity = "P1" if cause else health.severity
     out.status["severity"] = str(getattr(severity, "value", severity))
-    out.status["phase"] = _phase(out.status["severity"], deployment, scale_to)
+    out.status["phase"] = _phase(out.status["severity"], target, scale_to)
     return out.done(scale_to, memory)
 
 
@@ -265,9 +265,9 @@ def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) ->
 # ------------------------------------------------------------------------------ ownership
 
 
-def _hold_off_other_writers(inputs: Inputs, out: _Builder, deployment: DeploymentRecord, memory: FlowMemory, mono: float) -> tuple[bool, FlowMemory]:
+def _hold_off_other_writers(inputs: Inputs, out: _Builder, target: TargetRecord, memory: FlowMemory, mono: float) -> tuple[bool, FlowMemory]:
     """Whether another writer's count must stand this pass (domain/ownership.py), and says so."""
-    verdict = ownership.judge(inputs.flow, deployment, memory.conflict, mono, inputs.conflict_hold_off)
+    verdict = ownership.judge(inputs.flow, target, memory.conflict, mono, inputs.conflict_hold_off)
     memory = replace(memory, conflict=verdict.memory)
     if not verdict.holding:
         out.condition(cond.SCALING_CONFLICT, False, "NoConflict", "no other writer changed the replicas")
@@ -276,7 +276,7 @@ def _hold_off_other_writers(inputs: Inputs, out: _Builder, deployment: Deploymen
         cond.SCALING_CONFLICT,
         True,
         "ForeignWriter",
-        f"spec.replicas of Deployment {deployment.name} was set to {deployment.spec_replicas} by {verdict.manager}; "
+        f"spec.replicas of {target.path} was set to {target.spec_replicas} by {verdict.manager}; "
         f"Flowkeeper does not write it for {verdict.memory.hold_off:.0f}s, then corrects it once",
         event=True,
     )
@@ -290,7 +290,7 @@ def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
         cond.READY,
         False,
         "TargetClaimed",
-        f"Deployment {flow.namespace}/{flow.spec.consumer.deployment} is scaled by IntegrationFlow {owner.path} "
+        f"{flow.target_text} is scaled by IntegrationFlow {owner.path} "
         "(the oldest claim); this flow does not write it",
         event=True,
     )
@@ -303,12 +303,12 @@ def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
 
 
 def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause, mono: float) -> Plan:
-    flow, deployment = inputs.flow, inputs.deployment
+    flow, target = inputs.flow, inputs.target
     out.status["pause"] = pause.pause_record(facts, cause, rfc3339(out.now))
     manual = cause.reason == pause.MANUAL
     what = "paused by hand" if manual else "paused: consumers stopped, the backlog waits in the queue"
     out.condition(cond.PAUSED, True, cause.reason, f"{what}; {cause.message}", event=True)
-    if deployment is None:
+    if target is None:
         out.condition(cond.READY, False, "TargetNotFound", cause.message)
     else:
         out.condition(cond.READY, False, "Paused", what)
@@ -317,11 +317,11 @@ def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause, mon
     if inputs.signals is not None and inputs.failure is None:
         _record_signal_values(out, inputs.signals)
     memory = inputs.memory
-    scale_to = 0 if deployment is not None and deployment.spec_replicas != 0 else None
-    if deployment is not None:
+    scale_to = 0 if target is not None and target.spec_replicas != 0 else None
+    if target is not None:
         # Someone scaling a paused flow's consumers up (a person debugging, Argo CD self-heal) is not
         # fought either: the same bounded hold-off as for a running flow.
-        holding, memory = _hold_off_other_writers(inputs, out, deployment, memory, mono)
+        holding, memory = _hold_off_other_writers(inputs, out, target, memory, mono)
         if holding:
             scale_to = None
     if scale_to is not None:
@@ -335,13 +335,13 @@ def _resume(inputs: Inputs, out: _Builder, mono: float) -> tuple[int | None, Flo
     out.status.pop("pause", None)
     # Autoscaling starts again from the restored count, with fresh stabilization history.
     memory = FlowMemory(scaling=ScalingMemory(), resumed_at=mono, conflict=inputs.memory.conflict)
-    restored = pause.replicas_on_resume(flow, inputs.deployment)
+    restored = pause.replicas_on_resume(flow, inputs.target)
     if restored is None:
         out.event("Normal", "Resumed", f"cause gone ({record.get('reason')})")
         return None, memory
     out.event("Normal", "Resumed", f"cause gone ({record.get('reason')}); replicas restored to {restored}")
-    assert inputs.deployment is not None  # replicas_on_resume needs it
-    if inputs.deployment.spec_replicas == restored:
+    assert inputs.target is not None  # replicas_on_resume needs it
+    if inputs.target.spec_replicas == restored:
         return None, memory
     out.status.update(lastScaleTime=rfc3339(out.now), lastScaleReason=f"resumed after {record.get('reason')}")
     return restored, memory
@@ -401,8 +401,9 @@ def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:
         "throughput": _round(signals.throughput),
         "errorRatio": _round(signals.error_ratio),
         "latencySeconds": _round(signals.latency_seconds),
-        "cpuUtilization": _round(signals.cpu_utilization),
-        "memoryUtilization": _round(signals.memory_utilization),
+        # Percent, as users write them in the spec; FlowSignals carries fractions.
+        "cpuUtilization": _percent(signals.cpu_utilization),
+        "memoryUtilization": _percent(signals.memory_utilization),
     }
     values = {k: v for k, v in values.items() if v is not None}
     previous = {k: v for k, v in (out.status.get("signals") or {}).items() if k != "observedAt"}
@@ -413,6 +414,10 @@ def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:
 
 def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def _percent(fraction: float | None) -> float | None:
+    return None if fraction is None else round(fraction * 100, 2)
 
 
 def _record_scaling_limit(out: _Builder, spec: IntegrationFlowSpec, decision: ScalingDecision) -> None:
@@ -439,11 +444,11 @@ def _record_health(out: _Builder, inputs: Inputs, health: HealthAssessment, aler
         out.condition(cond.HEALTHY, health.healthy, health.reason, message, event=True)
 
 
-def _phase(severity: str, deployment: DeploymentRecord, scale_to: int | None) -> str:
+def _phase(severity: str, target: TargetRecord, scale_to: int | None) -> str:
     if severity == "P1":
         return "Down"
     if severity in ("P2", "P3"):
         return "Degraded"
-    if scale_to is not None or deployment.spec_replicas != deployment.ready_replicas:
+    if scale_to is not None or target.spec_replicas != target.ready_replicas:
         return "Scaling"
     return "Running"

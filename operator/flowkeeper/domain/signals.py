@@ -53,7 +53,9 @@ class FlowSignals:
     latency_baseline: float | None = None  # the same over the trailing baseline window
     last_success_timestamp: float | None = None  # unix seconds of the last processed message
     queue_growing_seconds: float | None = None  # how long the backlog has grown without a break
-    cpu_utilization: float | None = None  # consumer CPU, fraction of requests (0.7 = 70 %)
+    # Fractions inside the operator (0.7 = 70 %), as the presets' PromQL answers; users read and write
+    # percent (spec, status.signals, spec.metrics.cpuUtilization): converted at those edges.
+    cpu_utilization: float | None = None  # consumer CPU, fraction of requests
     memory_utilization: float | None = None  # consumer memory, fraction of limits
     # Signals whose query failed in a way that is the flow's fault (bad override query): name -> message.
     invalid_queries: dict[str, str] = field(default_factory=dict)

@@ -73,6 +73,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     controller = FlowController(
         store, gateway, signals, namespaces=config.namespaces, leader=leader, operator_ref=_own_pod(),
         conflict_hold_off=config.conflict_hold_off, write_concurrency=config.write_concurrency,
+        target_kinds=config.target_kinds,
     )
     memo.store = store
     memo.leader = leader
@@ -126,6 +127,15 @@ async def flow_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None
     memo.store.flow_event(event.get("type") or "ADDED", event["object"])
 
 
-@kopf.on.event("apps", "v1", "deployments")
-async def deployment_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
-    memo.store.deployment_event(event.get("type") or "ADDED", event["object"])
+def watch_targets(kind: api.ScaleTargetKind) -> None:
+    """Registers the watch of one scale target kind, feeding the store. Called at import for the
+    built-in kinds, and by `flowkeeper run --watch-rollouts` for Argo Rollouts: a watch on a resource
+    whose CRD is missing must not be started."""
+
+    @kopf.on.event(kind.group, kind.version, kind.plural, id=f"{kind.plural}-changed")
+    async def target_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+        memo.store.target_event(kind, event.get("type") or "ADDED", event["object"])
+
+
+for _kind in api.BUILT_IN_TARGET_KINDS:
+    watch_targets(_kind)

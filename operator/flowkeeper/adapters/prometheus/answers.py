@@ -10,6 +10,7 @@ import ssl
 from collections.abc import Mapping
 from typing import Any
 
+from flowkeeper.adapters.prometheus.convention import PERCENT_OVERRIDES
 from flowkeeper.adapters.prometheus.queries import Query, Read
 from flowkeeper.domain.errors import ErrorClass
 from flowkeeper.domain.signals import OVERRIDE_FIELDS, FlowSignals, SignalsFailure
@@ -163,7 +164,12 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
                 base = _words(read.base, read.query.one_number) if read.base else "its query"
                 unread[read.signal] = f"{describe(read)} not computed: {base} has no value"
                 continue
-            values[read.signal] = single_value(answer) if read.query.one_number else answer.get(read.key)
+            if read.query.one_number:
+                value = single_value(answer)
+                own_percent = read.base is None and read.signal in PERCENT_OVERRIDES
+                values[read.signal] = value / 100 if own_percent and value is not None else value
+            else:
+                values[read.signal] = answer.get(read.key)
         except QueryProblem as problem:
             if read.base is None and read.query.one_number and problem.kind == QueryProblem.INVALID:
                 invalid[read.signal] = problem.message

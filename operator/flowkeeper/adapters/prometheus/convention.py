@@ -37,6 +37,10 @@ OVERRIDABLE = (
     "cpu_utilization",
 )
 
+# Overrides users write in percent (spec.metrics.cpuUtilization: 70 for 70 %), as every CPU figure
+# they read or write; FlowSignals carries fractions (the presets' answer), so these are divided by 100.
+PERCENT_OVERRIDES = frozenset({"cpu_utilization"})
+
 # Resolution of the windows computed with subqueries: the queue-growth window is looked at in 10
 # steps, a baseline window in 60.
 GROWTH_STEPS = 10

@@ -158,19 +158,19 @@ class Presets:
     def last_success(self) -> Query:
         return Query("last_success", f"max by ({BY}) ({LAST_SUCCESS})", CONVENTION_KEY)
 
-    # --- consumer pods, per (namespace, deployment)
+    # --- consumer pods, per (namespace, workload kind, workload name)
 
     @cache  # noqa: B019
     def cpu_utilization(self) -> Query:
         usage = f'rate(container_cpu_usage_seconds_total{{container!="", container!="POD"}}[{self.rate}])'
         promql = utilization_promql(usage, 'kube_pod_container_resource_requests{resource="cpu"}')
-        return Query("cpu_utilization", promql, ("namespace", "deployment"))
+        return Query("cpu_utilization", promql, WORKLOAD_KEY)
 
     @cache  # noqa: B019
     def memory_utilization(self) -> Query:
         usage = 'container_memory_working_set_bytes{container!="", container!="POD"}'
         promql = utilization_promql(usage, 'kube_pod_container_resource_limits{resource="memory"}')
-        return Query("memory_utilization", promql, ("namespace", "deployment"))
+        return Query("memory_utilization", promql, WORKLOAD_KEY)
 
     # --- a flow's own PromQL, and the signals derived from a preset or an override alike
 
@@ -207,30 +207,45 @@ class Presets:
         return self._derived(f"{depth.kind}:growth[{promql_duration(window_s)}]", "growth", depth, build)
 
 
-# Pods -> their Deployment, through kube-state-metrics' owner metrics (pod -> ReplicaSet -> Deployment).
-# Deriving the Deployment from the pod name (<deployment>-<hash>-<suffix>) would need no join, but it
-# cannot tell a Deployment from a CronJob or a ReplicaSet of the same prefix; the owners can.
-POD_DEPLOYMENT = (
-    "max by (namespace, pod, deployment) ("
+# The labels naming one workload's pod series: its namespace, kind (Deployment, StatefulSet,
+# Rollout) and name, as spec.scaleTargetRef names it.
+WORKLOAD_KEY = ("namespace", "workload_kind", "workload")
+
+
+def _owner_as_workload(selector_: str) -> str:
+    """kube-state-metrics' owner_kind/owner_name as workload_kind/workload."""
+    return f'label_replace(label_replace({selector_}, "workload_kind", "$1", "owner_kind", "(.+)"), "workload", "$1", "owner_name", "(.+)")'
+
+
+# Pods -> their workload, through kube-state-metrics' owner metrics: pod -> ReplicaSet -> Deployment or
+# Rollout, and pod -> StatefulSet directly. Deriving the workload from the pod name
+# (<deployment>-<hash>-<suffix>) would need no join, but it cannot tell a Deployment from a CronJob
+# or a ReplicaSet of the same prefix; the owners can.
+_REPLICASET_WORKLOAD = _owner_as_workload('kube_replicaset_owner{owner_kind=~"Deployment|Rollout"}')
+_STATEFULSET_WORKLOAD = _owner_as_workload('kube_pod_owner{owner_kind="StatefulSet"}')
+POD_WORKLOAD = (
+    "max by (namespace, pod, workload_kind, workload) ("
     'max by (namespace, pod, replicaset) (label_replace(kube_pod_owner{owner_kind="ReplicaSet"}, "replicaset", "$1", "owner_name", "(.+)"))'
-    " * on (namespace, replicaset) group_left (deployment) "
-    'max by (namespace, replicaset, deployment) (label_replace(kube_replicaset_owner{owner_kind="Deployment"}, "deployment", "$1", "owner_name", "(.+)"))'
+    " * on (namespace, replicaset) group_left (workload_kind, workload) "
+    f"max by (namespace, replicaset, workload_kind, workload) ({_REPLICASET_WORKLOAD})"
+    f" or {_STATEFULSET_WORKLOAD}"
     ")"
 )
 
 
 def utilization_promql(usage: str, capacity: str) -> str:
-    """sum(usage) / sum(capacity) of a Deployment's pods, like the HPA: only containers that have both a
+    """sum(usage) / sum(capacity) of a workload's pods, like the HPA: only containers that have both a
     usage and a request/limit count (a sidecar without requests does not inflate the ratio), and only
-    pods that run (a Pending pod has requests and no usage)."""
+    pods that run (a Pending pod has requests and no usage). A fraction: 0.7 is 70 %."""
     usage_c = f"sum by (namespace, pod, container) ({usage})"
     capacity_c = f"max by (namespace, pod, container) ({capacity})"  # max: KSM may run in HA pairs
+    by = ", ".join(WORKLOAD_KEY)
 
-    def per_deployment(per_container: str, present_in: str) -> str:
+    def per_workload(per_container: str, present_in: str) -> str:
         per_pod = f"sum by (namespace, pod) ({per_container} and on (namespace, pod, container) {present_in})"
-        return f"sum by (namespace, deployment) ({per_pod} * on (namespace, pod) group_left (deployment) {POD_DEPLOYMENT})"
+        return f"sum by ({by}) ({per_pod} * on (namespace, pod) group_left (workload_kind, workload) {POD_WORKLOAD})"
 
-    return f"{per_deployment(usage_c, capacity_c)} / {per_deployment(capacity_c, usage_c)}"
+    return f"{per_workload(usage_c, capacity_c)} / {per_workload(capacity_c, usage_c)}"
 
 
 def overrides_of(spec: IntegrationFlowSpec) -> dict[str, str]:
@@ -263,7 +278,7 @@ def flow_reads(flow: FlowTarget, presets: Presets) -> list[Read]:
     sources["configuration_errors"] = (presets.configuration_errors(), integration)
     sources["latency_seconds"] = (presets.latency(), integration)
     sources["last_success_timestamp"] = (presets.last_success(), integration)
-    pods = (flow.namespace, spec.consumer.deployment)
+    pods = (flow.namespace, spec.scale_target_ref.kind, spec.scale_target_ref.name)
     sources["cpu_utilization"] = (presets.cpu_utilization(), pods)
     sources["memory_utilization"] = (presets.memory_utilization(), pods)
 

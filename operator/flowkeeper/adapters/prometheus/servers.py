@@ -154,11 +154,8 @@ class FlowServers:
         verify: str | bool = True
         if server.bearer_token_secret is not None:
             headers["Authorization"] = f"Bearer {self._secret(namespace, server.bearer_token_secret).strip()}"
-        if server.basic_auth_secret is not None:
-            auth = (
-                self._secret(namespace, SecretKeyRef(name=server.basic_auth_secret, key="username")),
-                self._secret(namespace, SecretKeyRef(name=server.basic_auth_secret, key="password")),
-            )
+        if server.basic_auth is not None:
+            auth = (self._secret(namespace, server.basic_auth.username_secret), self._secret(namespace, server.basic_auth.password_secret))
         if server.ca_secret is not None:
             verify = self._ca_file(self._secret(namespace, server.ca_secret))
         return settings_for(server.address, headers, auth, verify, from_flow=True)
