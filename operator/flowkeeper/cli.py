@@ -58,6 +58,8 @@ def main() -> None:
 @click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
 @click.option("--request-timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True, envvar="FLOWKEEPER_REQUEST_TIMEOUT", help="Seconds for every Kubernetes API call.")
 @click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
+@click.option("--write-qps", type=click.FloatRange(1, 10000), default=50.0, show_default=True, envvar="FLOWKEEPER_WRITE_QPS", help="Client-side limit of Kubernetes API writes per second.")
+@click.option("--write-burst", type=click.IntRange(1, 10000), default=100, show_default=True, envvar="FLOWKEEPER_WRITE_BURST", help="Writes allowed at once above --write-qps.")
 @click.option("--write-concurrency", type=click.IntRange(1, 256), default=16, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
 @click.option(
     "--watch-rollouts", is_flag=True, envvar="FLOWKEEPER_WATCH_ROLLOUTS",
@@ -86,6 +88,8 @@ def run(
     request_timeout: float,
     conflict_hold_off: float,
     write_concurrency: int,
+    write_qps: float,
+    write_burst: int,
     watch_rollouts: bool,
     log_level: str,
     verbose: bool,
@@ -112,6 +116,8 @@ def run(
         request_timeout=request_timeout,
         conflict_hold_off=conflict_hold_off,
         write_concurrency=write_concurrency,
+        write_qps=write_qps,
+        write_burst=write_burst,
         watch_rollouts=watch_rollouts,
         lease=None if standalone else LeaseConfig(
             name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration

@@ -23,6 +23,8 @@ class OperatorConfig:
     request_timeout: float = 30.0  # seconds for every Kubernetes API call
     conflict_hold_off: float = 300.0  # seconds without replica writes after another writer changed them
     write_concurrency: int = 16  # flows written at once
+    write_qps: float = 50.0  # client-side limit of API writes per second (client-go's QPS)
+    write_burst: int = 100  # writes allowed at once above it (client-go's burst)
     # Watch Argo Rollouts too: only when asked, since a watch on a resource without its CRD fails.
     watch_rollouts: bool = False
     # Leader election over a Lease (None: no election, this replica always acts)

@@ -145,3 +145,16 @@ def test_a_write_to_a_flow_that_is_gone_forgets_it() -> None:
     api.patch_flow_status = gone
     apply(executor, store, Plan(status={"phase": "Running"}))
     assert store.flows == {} and [f.name for f in store.deleted] == ["f"]
+
+
+def test_writes_are_spread_by_the_client_side_rate_limit() -> None:
+    from flowkeeper.controller.executor import TokenBucket
+
+    async def take_all() -> float:
+        bucket = TokenBucket(qps=20, burst=5)
+        started = asyncio.get_running_loop().time()
+        for _ in range(15):  # 5 at once, then 10 at 20 per second
+            await bucket.take()
+        return asyncio.get_running_loop().time() - started
+
+    assert 0.4 <= asyncio.run(take_all()) < 1.5

@@ -68,3 +68,26 @@ def test_a_foreign_writer_is_reported_and_corrections_are_bounded() -> None:
 def test_our_own_write_is_not_a_conflict() -> None:
     result = _pass({"desiredReplicas": 3}, 5, "flowkeeper", FlowMemory(), NOW)
     assert condition(result.status, "ScalingConflict")["status"] == "False"
+
+
+def test_an_old_flow_re_pointed_at_a_claimed_target_does_not_take_it() -> None:
+    # Regression: the oldest flow won, not the oldest claim: a typo in an old flow's spec took over
+    # another flow's Deployment at once.
+    owner_body = flow("owner", created="2026-06-01T00:00:00Z")
+    owner_body["status"] = {"scaleTarget": {"kind": "Deployment", "name": "d", "since": "2026-06-01T00:00:00Z"}}
+    old_body = flow("old", created="2025-01-01T00:00:00Z")  # older flow, re-pointed at d today
+    old_body["status"] = {"scaleTarget": {"kind": "Deployment", "name": "elsewhere", "since": "2025-01-01T00:00:00Z"}}
+    owner_record, old_record = flow_from_body(owner_body), flow_from_body(old_body)
+    assert ownership.owner([old_record, owner_record]) == owner_record
+    # Its plan records the new claim from now on, so it stays behind the owner after a restart too.
+    today = 1_796_000_000.0  # 2026-12
+    result = plan(Inputs(flow=old_record, target=target_from_body(deployment(), DEPLOYMENT), metrics_enabled=True, owner=owner_record), now=today)
+    assert result.status["scaleTarget"]["name"] == "d" and result.status["scaleTarget"]["since"] > "2026-06-01T00:00:00Z"
+    again = flow_from_body({**old_body, "status": result.status})
+    assert ownership.owner([again, owner_record]) == owner_record
+
+
+def test_a_flow_created_with_its_target_claims_it_since_its_creation() -> None:
+    body = flow("new", created="2026-03-01T00:00:00Z")
+    result = plan(Inputs(flow=flow_from_body(body), target=target_from_body(deployment(), DEPLOYMENT), metrics_enabled=True), now=NOW)
+    assert result.status["scaleTarget"] == {"kind": "Deployment", "name": "d", "since": "2026-03-01T00:00:00Z"}

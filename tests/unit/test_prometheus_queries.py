@@ -519,3 +519,15 @@ def test_the_operator_options_reach_the_pass() -> None:
     signals = PrometheusSignals.from_config(config)
     assert (signals.timeout, signals.pass_timeout, signals.allow_overrides) == (2.0, 6.0, True)
     assert signals.allowed.allows("https://q:9090") and not signals.allowed.allows("https://r:9090")
+
+
+def test_a_prometheus_resource_limit_is_no_fault_of_the_query() -> None:
+    # Regression: "too many samples" (Prometheus' --query.max-samples) was taken for an invalid query,
+    # and the flow that asked it was paused.
+    body = b'{"status":"error","errorType":"execution","error":"query processing would load too many samples into memory in query execution"}'
+    with pytest.raises(QueryProblem) as raised:
+        read_answer(422, body)
+    assert raised.value.kind == QueryProblem.UNAVAILABLE
+    with pytest.raises(QueryProblem) as wrong:
+        read_answer(422, b'{"status":"error","errorType":"execution","error":"vector cannot contain metrics with the same labelset"}')
+    assert wrong.value.kind == QueryProblem.INVALID

@@ -528,6 +528,15 @@ class PauseState(ApiModel):
     )
 
 
+class TargetClaim(ApiModel):
+    """The scale target this flow claims, and since when: of several flows naming one target, the
+    oldest claim scales it."""
+
+    kind: str = Field(description="Kind of the scale target.", max_length=63)
+    name: str = Field(description="Name of the scale target.", max_length=253)
+    since: str = Field(description="When this flow began to claim it.", json_schema_extra={"format": "date-time"})
+
+
 class IntegrationFlowStatus(ApiModel):
     """Observed state of the flow, written by Flowkeeper only when a value changes."""
 
@@ -540,6 +549,7 @@ class IntegrationFlowStatus(ApiModel):
     last_scale_time: str | None = Field(default=None, description="When Flowkeeper last changed replicas.", json_schema_extra={"format": "date-time"})
     last_scale_reason: str | None = Field(default=None, description="Why, e.g. 'backlog 620 > 4 replicas x 100'.")
     signals: Signals | None = Field(default=None, description="The last signals read.")
+    scale_target: TargetClaim | None = Field(default=None, description="The scale target this flow claims, and since when.")
     pause: PauseState | None = Field(default=None, description="Set while the flow is paused.")
     conditions: list[Condition] = Field(
         default_factory=list,

@@ -24,6 +24,7 @@ from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
 from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
 from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain import ownership
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
@@ -49,6 +50,8 @@ class FlowController:
         operator_ref: dict[str, str] | None = None,
         conflict_hold_off: float | None = None,
         write_concurrency: int = 16,
+        write_qps: float = 50.0,
+        write_burst: int = 100,
         target_kinds: tuple[ScaleTargetKind, ...] = BUILT_IN_TARGET_KINDS,
     ) -> None:
         self.store = store
@@ -60,7 +63,7 @@ class FlowController:
         self.monotonic = monotonic
         self.leader = leader or AlwaysLeader()  # standbys keep the store warm but plan and write nothing
         self.recorder = EventRecorder(gateway, instance=(operator_ref or {}).get("name", "flowkeeper"), clock=monotonic)
-        self.executor = Executor(gateway, store, self.recorder, self.leader, concurrency=write_concurrency, clock=monotonic)
+        self.executor = Executor(gateway, store, self.recorder, self.leader, concurrency=write_concurrency, qps=write_qps, burst=write_burst, clock=monotonic)
         self.operator_ref = operator_ref  # the operator's own Pod: operator-wide trouble is told there, once
         self.conflict_hold_off = conflict_hold_off
         self.memory: dict[str, FlowMemory] = {}  # by flow UID
@@ -70,6 +73,7 @@ class FlowController:
         self.passes = 0
         self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
         self._resynced_at = 0.0
+        self.writing: dict[str, asyncio.Task] = {}  # flow UID -> its plan being written
 
     def seconds_since_iteration(self) -> float:
         """How long the loop has not come round: a loop stuck in a pass or a dead task grows this."""
@@ -103,6 +107,7 @@ class FlowController:
                 except Exception:  # noqa: BLE001 - one bad pass must not end the loop for every flow
                     # The flows were already scheduled again by take_due; the next pass retries them.
                     log.exception("pass failed", extra={"stage": "pass", "outcome": "error", "flows": len(due)})
+        await self.finish_writes(timeout=5.0)
 
     def _leader_changed(self) -> asyncio.Event | None:
         """The elector's gain-or-loss signal, cleared here: the loop is its only reader."""
@@ -160,18 +165,16 @@ class FlowController:
             read = await self._read_signals(flows)
         outage = await self._note_outage(flows, read)
         now, mono = self.clock(), self.monotonic()
-        applying = []
         for i, taken in enumerate(flows):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
             # Planned from the store as it is now, after the read: the watch may have moved on meanwhile.
             flow = self.store.flows.get(taken.uid)
-            if flow is None:
-                continue  # deleted during the read
+            if flow is None or flow.uid in self.writing:
+                continue  # deleted during the read, or its last plan is still being written
             target = self.store.target_of(flow)
             flow_plan = self._plan(flow, target, read, outage, now, mono)
-            applying.append(self.executor.apply(flow, target, flow_plan, pass_id))
-        await asyncio.gather(*applying)
+            self._write(flow, target, flow_plan, pass_id)
         self._back_off_failed_reads(read, mono)
         self._after_pass()
         self.passes += 1
@@ -183,6 +186,18 @@ class FlowController:
             extra={"pass_id": pass_id, "stage": "pass", "flows": len(flows), "queries": read.queries if read else 0,
                    "seconds": round(time.monotonic() - started, 4)},
         )
+
+    def _write(self, flow: FlowRecord, target, flow_plan: Plan, pass_id: str) -> None:
+        """Hands the plan to the executor without waiting for it: a slow write holds up its own flow
+        (planned again only when it is done), never the next pass of the others."""
+        task = asyncio.create_task(self.executor.apply(flow, target, flow_plan, pass_id), name=f"write-{flow.uid}")
+        self.writing[flow.uid] = task
+        task.add_done_callback(lambda _, uid=flow.uid: self.writing.pop(uid, None))
+
+    async def finish_writes(self, timeout: float) -> None:
+        """Lets the writes in flight land (on shutdown), up to `timeout` seconds."""
+        if self.writing:
+            await asyncio.wait(list(self.writing.values()), timeout=timeout)
 
     def _plan(self, flow: FlowRecord, target: TargetRecord | None, read: PassResult | None, outage: bool, now: float, mono: float) -> Plan:
         inputs = Inputs(
@@ -254,8 +269,13 @@ class FlowController:
             if not record or target is None or target.spec_replicas != 0:
                 continue
             before = record.get("replicasBefore")
-            restore = f"; restore with `kubectl scale {target.kind.lower()}/{target.name} --replicas={before}`" if before else ""
-            message = f"IntegrationFlow {flow.path} was deleted while paused ({record.get('reason')}): consumers left at 0{restore}"
+            heir = ownership.owner(self.store.flows_of_target(target.key))
+            if heir is not None:
+                # Another flow names the same target: it owns it now and decides its replicas.
+                then = f"IntegrationFlow {heir.path} scales it from now on"
+            else:
+                then = "consumers left at 0" + (f"; restore with `kubectl scale {target.kind.lower()}/{target.name} --replicas={before}`" if before else "")
+            message = f"IntegrationFlow {flow.path} was deleted while paused ({record.get('reason')}): {then}"
             log.warning(message, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "delete", "reason": "PausedFlowDeleted"})
             await self.recorder.record(target.reference, "Warning", "PausedFlowDeleted", message)
 

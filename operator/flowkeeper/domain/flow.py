@@ -52,6 +52,28 @@ class FlowRecord:
         return target_key(self.spec.scale_target_ref.kind, self.namespace, self.spec.scale_target_ref.name)
 
     @property
+    def claim(self) -> dict[str, str] | None:
+        """status.scaleTarget as the planner keeps it: which target this flow claims, and since when.
+        A claim of another target than the spec names now is none (the spec was changed)."""
+        if self.spec is None:
+            return None
+        ref = self.spec.scale_target_ref
+        recorded = self.status.get("scaleTarget") or {}
+        if recorded.get("kind") == ref.kind and recorded.get("name") == ref.name and recorded.get("since"):
+            return {"kind": ref.kind, "name": ref.name, "since": str(recorded["since"])}
+        return None
+
+    @property
+    def claim_since(self) -> str:
+        """When this flow's claim on its current target began (RFC 3339): its claim as recorded; the
+        flow's creation when none was ever recorded (it names the target it was created with); "~"
+        (after every time) when it was re-pointed and the new claim is not recorded yet."""
+        claim = self.claim
+        if claim is not None:
+            return claim["since"]
+        return "~" if self.status.get("scaleTarget") else (self.created or "~")
+
+    @property
     def target_text(self) -> str:
         """The scale target for people, e.g. "StatefulSet shop/order-consumer"."""
         ref = self.spec.scale_target_ref if self.spec is not None else None

@@ -1,8 +1,9 @@
 """Who may write a scale target's replicas (pure, no I/O; the clock is an argument).
 
 Two rules keep Flowkeeper from fighting:
-- one flow per scale target: the oldest claim wins (creation time, then namespace/name, then UID, so
-  every replica of the operator picks the same owner); the others are told who owns it and never write;
+- one flow per scale target: the oldest claim wins (status.scaleTarget.since, the flow's creation for
+  the target it was created with, then namespace/name, then UID, so every replica of the operator picks
+  the same owner); the others are told who owns it and never write;
 - another writer of spec.replicas (kubectl scale, an HPA, a KEDA ScaledObject, Argo CD self-heal) is
   detected from the target's managedFields and reported, not reverted at once: Flowkeeper holds off,
   then corrects once; a writer that changes the count again doubles the hold-off, up to a cap. So a
@@ -21,8 +22,9 @@ MAX_HOLD_OFF = 3600.0
 
 
 def owner(claims: Iterable[FlowRecord]) -> FlowRecord | None:
-    """The flow that owns a target, among all flows that name it."""
-    return min(claims, key=lambda f: (f.created or "~", f.namespace, f.name, f.uid), default=None)
+    """The flow that owns a target, among all flows that name it: the oldest claim (a flow re-pointed
+    at a target by mistake does not take it from its owner, however old the flow)."""
+    return min(claims, key=lambda f: (f.claim_since, f.namespace, f.name, f.uid), default=None)
 
 
 @dataclass(frozen=True)

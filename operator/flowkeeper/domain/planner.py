@@ -132,6 +132,18 @@ class _Builder:
             self.conditions, type_, status, reason, message, generation=self.flow.generation, now=self.now
         )
 
+    def _record_claim(self) -> None:
+        """status.scaleTarget: the target this flow claims and since when, so the oldest claim is
+        known across restarts (domain/ownership.py)."""
+        if self.flow.spec is None:
+            return
+        claim = self.flow.claim
+        if claim is None:
+            ref = self.flow.spec.scale_target_ref
+            first = not self.flow.status.get("scaleTarget")
+            claim = {"kind": ref.kind, "name": ref.name, "since": (self.flow.created if first and self.flow.created else rfc3339(self.now))}
+        self.status["scaleTarget"] = claim
+
     def keep(self, type_: str, reason: str, message: str) -> None:
         """Leaves a condition as it is; sets it Unknown when the flow has none yet."""
         if cond.get_condition(self.conditions, type_) is None:
@@ -146,6 +158,7 @@ class _Builder:
     def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
         self.status["conditions"] = self.conditions
         self.status["observedGeneration"] = self.flow.generation
+        self._record_claim()
         paused_before, paused_now = bool(self.flow.status.get("pause")), bool(self.status.get("pause"))
         kind = "pause" if paused_now and (scale_to == 0 or not paused_before) else "resume" if paused_before and not paused_now else ""
         return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first, kind=kind)

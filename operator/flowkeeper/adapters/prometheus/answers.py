@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import re
 import socket
 import ssl
 from collections.abc import Mapping
@@ -54,6 +55,11 @@ def classify(exc: BaseException) -> QueryProblem:
     return QueryProblem(QueryProblem.FAILED, f"Prometheus query failed: {_short(exc)}")
 
 
+# Execution errors that come from Prometheus' limits (--query.max-samples, remote read limits), not from
+# the query text.
+_RESOURCE_LIMIT = re.compile(r"too many samples|would load too many|limit exceeded|exceeded the limit|resource exhausted|out of memory", re.I)
+
+
 def read_answer(status: int, body: bytes) -> dict[str, Any]:
     """The `data` of a /api/v1/query answer ({resultType, result}), or the QueryProblem it is."""
     error_type, error, data = "", "", None
@@ -68,6 +74,10 @@ def read_answer(status: int, body: bytes) -> dict[str, Any]:
     text = f"HTTP {status}" + (f" {error_type}: {error}" if error else "")
     if error_type in ("timeout", "canceled"):  # Prometheus' own `timeout=` parameter ran out
         raise QueryProblem(QueryProblem.TIMEOUT, f"Prometheus gave up on the query: {text}")
+    if status == 422 and error_type == "execution" and _RESOURCE_LIMIT.search(error):
+        # Prometheus' own limits (too many samples, series, a query that ran out of its resources) say
+        # nothing about the query being wrong: the same query answers when the server is less loaded.
+        raise QueryProblem(QueryProblem.UNAVAILABLE, f"Prometheus hit a resource limit: {text}")
     if status in (400, 422) and error_type in ("bad_data", "execution"):
         raise QueryProblem(QueryProblem.INVALID, error or text)
     if status in (401, 403):
