@@ -56,7 +56,7 @@ class ClusterStore:
         self._gone_targets = _Tombstones()
         self.schedule = DueQueue()
         self.wakeup = asyncio.Event()
-        self.seeded = False  # no pass runs before the first LIST is in
+        self.seeded = False  # the startup LIST is in (the loop seeds before its first pass)
         self._thread: int | None = None
         self.deleted: list[FlowRecord] = []  # flows deleted since the loop last looked (drained by it)
 

@@ -79,9 +79,6 @@ class FlowSignals:
                     unread[f.name] = why
         object.__setattr__(self, "unread", unread)
 
-    @property
-    def has_backlog_signal(self) -> bool:
-        return self.queue_depth is not None
 
 
 # The spec field a user writes to override each signal: messages name it, never the internal name.
