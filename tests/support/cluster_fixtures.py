@@ -13,6 +13,7 @@ import pytest
 
 from tests.support.cluster import REPO, LocalCluster
 from tests.support.operator import OperatorProcess
+from tests.support.rollouts import CRD_NAME as ROLLOUT_CRD_NAME, ROLLOUT_CRD
 
 CRD_FILE = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
 
@@ -23,6 +24,16 @@ def cluster() -> Iterator[LocalCluster]:
         local.kubectl("apply", "-f", str(CRD_FILE))
         local.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
         yield local
+
+
+@pytest.fixture(scope="session")
+def rollout_crd(cluster: LocalCluster) -> str:
+    """The Argo Rollouts CRD, installed when a test first asks for it (never by `cluster`, which the
+    other tests share) and then left alone for the session: no test changes or deletes it. `apply` is
+    idempotent, so a cluster that already has it keeps it."""
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(ROLLOUT_CRD))
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{ROLLOUT_CRD_NAME}", "--timeout=60s")
+    return ROLLOUT_CRD_NAME
 
 
 @pytest.fixture
