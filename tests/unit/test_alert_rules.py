@@ -4,6 +4,8 @@ promtool checks the rule file and runs the unit tests in tests/alerts/*.test.yam
 keep the tests complete (every alert has a case where it fires with its labels asserted and one
 where it stays silent, so a new alert without tests fails), and the rule file fit for the chart
 (embedded verbatim: no Helm template syntax) and for the docs (every runbook_url anchor exists).
+The recording rule that maps pods to their workload is tested by promtool too, recorded before the
+alerts that read it, and holds the same join as the operator's own CPU and memory query.
 Skipped only when promtool is not installed (Debian: the prometheus package).
 """
 
@@ -22,6 +24,7 @@ import pytest
 import yaml
 
 from flowkeeper.adapters.prometheus import convention
+from flowkeeper.adapters.prometheus.queries import POD_WORKLOAD, Presets
 from flowkeeper.observability import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,8 +58,16 @@ def _output(result: subprocess.CompletedProcess[str]) -> str:
 
 @cache
 def _rules() -> list[dict[str, Any]]:
-    groups = yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
-    return [rule for group in groups for rule in group["rules"] if "alert" in rule]
+    return [rule for group in _groups() for rule in group["rules"] if "alert" in rule]
+
+
+@cache
+def _groups() -> list[dict[str, Any]]:
+    return yaml.safe_load(RULES.read_text(encoding="utf-8"))["groups"]
+
+
+def _recording_rules() -> dict[str, dict[str, Any]]:
+    return {rule["record"]: rule for group in _groups() for rule in group["rules"] if "record" in rule}
 
 
 def _alerts() -> dict[str, dict[str, Any]]:
@@ -165,6 +176,79 @@ def test_every_alert_fires_in_a_test_and_stays_silent_in_another() -> None:
     assert not missing, f"alerts without a test case in tests/alerts/*.test.yaml: {missing}"
     assert set(alerts) <= annotated, f"alerts whose annotations no test asserts: {sorted(set(alerts) - annotated)}"
 
+
+def _expr_tests() -> list[tuple[str, str, dict[str, Any]]]:
+    """(test file, test name, promql_expr_test entry) of every test file."""
+    out = []
+    for path in TEST_FILES:
+        for test in yaml.safe_load(path.read_text(encoding="utf-8")).get("tests") or []:
+            for case in test.get("promql_expr_test") or []:
+                out.append((path.name, test.get("name", "?"), case))
+    return out
+
+
+def test_every_recording_rule_is_tested_with_its_samples() -> None:
+    """A promql_expr_test reads the recorded series itself and lists the samples it expects (promtool
+    compares the whole set: a missing or an extra pod fails)."""
+    tested = {
+        name
+        for _, _, case in _expr_tests()
+        for name in _recording_rules()
+        if case.get("expr", "").strip() == name and case.get("exp_samples")
+    }
+    untested = sorted(set(_recording_rules()) - tested)
+    assert not untested, f"recording rules without a promql_expr_test of their own series: {untested}"
+
+
+# ------------------------------------------------------------------------------ the rule file
+
+
+def _reads(expr: str, name: str) -> bool:
+    return re.search(rf"(?<![\w:]){re.escape(name)}(?![\w:])", expr) is not None
+
+
+def test_recorded_series_are_read_after_they_are_recorded() -> None:
+    """Rules of a group are evaluated in order: a rule reading a recorded series of the same group
+    placed before the record would read the previous evaluation's, and one of another group (its own
+    schedule) could read it late. Every recorded series is read by some alert."""
+    read = set()
+    for group in _groups():
+        recorded_before: set[str] = set()
+        for rule in group["rules"]:
+            for name in _recording_rules():
+                if _reads(rule["expr"], name):
+                    read.add(name)
+                    who = rule.get("alert") or rule.get("record")
+                    assert name in recorded_before, f"{who} reads {name} before (or outside) its group records it"
+            if "record" in rule:
+                recorded_before.add(rule["record"])
+    assert read == set(_recording_rules()), f"recorded and never read: {sorted(set(_recording_rules()) - read)}"
+
+
+def _squeezed(promql: str) -> str:
+    """PromQL without the whitespace outside string literals (which does not change its meaning)."""
+    parts = re.split(r'("(?:[^"\\]|\\.)*")', promql)
+    return "".join(part if i % 2 else re.sub(r"\s+", "", part) for i, part in enumerate(parts))
+
+
+POD_WORKLOAD_RECORD = "flowkeeper:pod_workload:owner"
+
+
+def test_pods_are_joined_to_their_workload_like_the_operator_does() -> None:
+    """The recorded pod -> workload mapping is the operator's join (queries.POD_WORKLOAD), and the
+    CPU and memory alerts compute the operator's utilization (at the alerts' 5m rate) over it."""
+    record = _recording_rules()[POD_WORKLOAD_RECORD]
+    assert _squeezed(record["expr"]) == _squeezed(POD_WORKLOAD)
+    presets = Presets("5m")
+    alerts = _alerts()
+    for alert, query in (
+        ("FlowkeeperConsumerCpuHigh", presets.cpu_utilization()),
+        ("FlowkeeperConsumerMemoryHigh", presets.memory_utilization()),
+    ):
+        assert query.by == ("namespace", "workload_kind", "workload")
+        expected = _squeezed(query.promql.replace(POD_WORKLOAD, POD_WORKLOAD_RECORD))
+        assert expected in _squeezed(alerts[alert]["expr"]), f"{alert} does not compute {query.kind} like the operator"
+        assert _squeezed("and on (namespace, workload_kind, workload)") in _squeezed(alerts[alert]["expr"]), alert
 
 # ------------------------------------------------------------------------------ the rule file
 
