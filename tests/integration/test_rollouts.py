@@ -61,11 +61,11 @@ def test_a_rollout_is_scaled_through_its_scale_subresource(
     assert flow.status()["replicas"] == 7
 
 
-def test_without_watch_rollouts_a_rollout_target_is_not_found_and_never_written(
+def test_without_watch_rollouts_a_rollout_target_is_reported_and_never_written(
     cluster, rollout, run_operator, namespace, prometheus, fresh_exporter, unique, kubectl_json
 ) -> None:
     # The Rollout exists and the backlog wants 7, but an operator that does not watch Rollouts cannot
-    # see it: the flow pauses (onConfigurationError defaults to Pause) with TargetNotFound.
+    # see it: the flow says so (not "not found", not paused) and nothing is written.
     queue = f"{unique}-ro"
     set_depth(fresh_exporter, queue, 620)
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=flow_manifest("consumer", queue, {"maxReplicas": 10}, scaleTargetRef=ROLLOUT_REF))
@@ -77,14 +77,10 @@ def test_without_watch_rollouts_a_rollout_target_is_not_found_and_never_written(
     writes = cluster.write_requests("rollouts", "scale")
     run_operator("-n", namespace, f"--prometheus-url={prometheus.url}")
 
-    paused = eventually(lambda: (c := flow.condition("Paused")).get("status") == "True" and c, timeout=20, what="Paused")
-    message = f"Rollout {namespace}/consumer not found"
-    assert paused["reason"] == "TargetNotFound" and message in paused["message"]
-    ready = flow.condition("Ready")
-    assert (ready["status"], ready["reason"], ready["message"]) == ("False", "TargetNotFound", message)
+    ready = eventually(lambda: (c := flow.condition("Ready")).get("reason") == "TargetKindNotWatched" and c, timeout=20, what="reported")
+    assert ready["status"] == "False" and "--watch-rollouts" in ready["message"]
     status = flow.status()
-    assert (status["phase"], status["pause"]["reason"], status["desiredReplicas"]) == ("Paused", "TargetNotFound", 0)
-    assert "replicasBefore" not in status["pause"]  # it never saw the Rollout's count
+    assert status["phase"] == "Pending" and "pause" not in status and "desiredReplicas" not in status
 
     time.sleep(3 * POLL)  # passes with the backlog still there
     assert cluster.write_requests("rollouts", "scale") == writes

@@ -69,3 +69,16 @@ def test_a_statefulset_target_is_named_by_its_kind() -> None:
     found = plan(Inputs(flow=flow_from_body(body), target=target_from_body(deployment(), STATEFULSET)), now=1000.0)
     ready = next(c for c in found.status["conditions"] if c["type"] == "Ready")
     assert (ready["reason"], ready["message"]) == ("TargetFound", "StatefulSet ns/d found")
+
+
+def test_a_target_kind_the_operator_does_not_watch_is_reported_not_paused() -> None:
+    from flowkeeper.domain.flow import flow_from_body
+    from flowkeeper.domain.planner import Inputs, plan
+
+    body = {"metadata": {"namespace": "ns", "name": "f", "uid": "u", "generation": 1},
+            "spec": {"scaleTargetRef": {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "name": "r"},
+                     "source": {"broker": "rabbitmq", "queue": "q"}}}
+    result = plan(Inputs(flow=flow_from_body(body), target=None, metrics_enabled=True, target_watched=False), now=10_000.0)
+    ready = next(c for c in result.status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TargetKindNotWatched") and "--watch-rollouts" in ready["message"]
+    assert "pause" not in result.status and result.scale_to is None

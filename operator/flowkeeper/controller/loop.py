@@ -209,6 +209,7 @@ class FlowController:
             memory=self.memory.get(flow.uid, FlowMemory()),
             monotonic=mono,
             owner=self.store.owner_of(flow),
+            target_watched=flow.spec is None or flow.spec.scale_target_ref.kind in {k.kind for k in self.target_kinds},
             outage=outage,
             **({"conflict_hold_off": self.conflict_hold_off} if self.conflict_hold_off is not None else {}),
         )

@@ -81,6 +81,7 @@ class Inputs:
     monotonic: float | None = None  # the monotonic clock for windows; None: use `now` (tests)
     owner: FlowRecord | None = None  # the flow that owns the scale target (the oldest claim)
     outage: bool = False  # the operator's Prometheus is down for every flow: reported once, not per flow
+    target_watched: bool = True  # False: the operator does not watch this kind of scale target
     conflict_hold_off: float = ownership.FIRST_HOLD_OFF
 
 
@@ -185,6 +186,8 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     if target is not None:
         out.status.update(replicas=target.replicas, readyReplicas=target.ready_replicas)
 
+    if not inputs.target_watched:
+        return _kind_not_watched(inputs, out)
     if inputs.owner is not None and inputs.owner.uid != flow.uid:
         return _claimed_elsewhere(inputs, out)
 
@@ -294,6 +297,22 @@ def _hold_off_other_writers(inputs: Inputs, out: _Builder, target: TargetRecord,
         event=True,
     )
     return True, memory
+
+
+def _kind_not_watched(inputs: Inputs, out: _Builder) -> Plan:
+    """A target kind this operator does not watch is unknown to it, not missing: it is said so, and
+    nothing is paused or written (pausing would stop nothing and claim a cause that is not there)."""
+    spec = inputs.flow.spec
+    assert spec is not None
+    kind = spec.scale_target_ref.kind
+    out.condition(
+        cond.READY, False, "TargetKindNotWatched",
+        f"this operator does not watch {kind}s: run it with --watch-rollouts (chart value argoRollouts.enabled)",
+        event=True,
+    )
+    out.status.update(phase="Pending", severity="None")
+    out.status.pop("desiredReplicas", None)
+    return out.done(None, inputs.memory)
 
 
 def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
