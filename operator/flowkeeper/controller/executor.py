@@ -5,11 +5,14 @@ starts from the truth even when the watch lags.
 - Order within a flow: status before scale when the plan says so (a pause's record before the
   consumers go to 0), else scale then status; Events last, each through the recorder.
 - Optimistic concurrency: status and scale are written at the resourceVersion the plan was made
-  from; a 409 means the object moved on, so the flow is planned again at once from the new state and
-  the rest of its plan is dropped (never a scale to 0 without the pause record before it).
+  from; a 409 means the object moved on, so the rest of the plan is dropped (never a scale to 0
+  without the pause record before it) and the flow is planned again: at once the first time, then
+  with backoff that the watch event bringing the new version cuts short.
 - Failures: transient ones are retried with exponential backoff and jitter that events cannot bring
-  forward; a body the API server refuses (400/422) is not retried until the flow changes.
-- Nothing is written while this replica is not the leader.
+  forward; a body the API server refuses (400/422) is looked at again in an hour or when the flow or
+  its target changes; a 404 means the flow or its target is gone, and it is forgotten.
+- Writes run on threads of their own within a client-side rate limit (QPS and burst, like
+  client-go), and nothing is written while this replica is not the leader.
 """
 
 from __future__ import annotations
