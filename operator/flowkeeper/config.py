@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flowkeeper.domain.ownership import FIRST_HOLD_OFF
+
 from flowkeeper.api.v1alpha1 import BUILT_IN_TARGET_KINDS, ROLLOUT, ScaleTargetKind
 
 
@@ -21,7 +23,7 @@ class OperatorConfig:
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
     request_timeout: float = 30.0  # seconds for every Kubernetes API call
-    conflict_hold_off: float = 300.0  # seconds without replica writes after another writer changed them
+    conflict_hold_off: float = FIRST_HOLD_OFF  # seconds without replica writes after another writer changed them
     write_concurrency: int = 16  # flows written at once
     write_qps: float = 50.0  # client-side limit of API writes per second (client-go's QPS)
     write_burst: int = 100  # writes allowed at once above it (client-go's burst)

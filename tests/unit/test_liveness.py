@@ -29,7 +29,7 @@ def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 
         if stopped:
             memo.stopped.set()
         try:
-            return loop_alive(memo=memo)
+            return await loop_alive(memo=memo)
         finally:
             memo.loop_task.cancel()
 
@@ -80,3 +80,16 @@ def test_a_stuck_elector_fails_the_probe() -> None:
     assert probe_with(running_forever, leader=SilentElector(5.0)) == pytest.approx(0.0, abs=0.5)
     with pytest.raises(kopf.PermanentError, match="elector"):
         probe_with(running_forever, leader=SilentElector(2 * 15 + 2 * 30 + 1))
+
+
+def test_every_handler_of_ours_is_a_coroutine() -> None:
+    # kopf runs a plain `def` in its thread pool, beside the loop's state; ours all run on the loop.
+    import inspect
+
+    import flowkeeper.handlers.operator  # noqa: F401 - registers the handlers
+
+    registry = kopf.get_default_registry()
+    ours = [h for group in (registry._activities, registry._watching) for h in group.get_all_handlers()
+            if h.fn.__module__.startswith("flowkeeper.")]
+    assert {h.id for h in ours} >= {"configure", "stop", "loop"}
+    assert all(inspect.iscoroutinefunction(h.fn) for h in ours), [h.id for h in ours if not inspect.iscoroutinefunction(h.fn)]

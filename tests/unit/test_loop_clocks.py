@@ -29,7 +29,7 @@ def test_a_wall_clock_step_back_of_an_hour_does_not_stop_the_passes() -> None:
     def wall_clock() -> float:
         return time.time() + wall["offset"]
 
-    controller = FlowController(ClusterStore(), ListingApi(), clock=wall_clock)
+    controller = FlowController(ClusterStore(), ListingApi(), wall_clock=wall_clock)
 
     async def scenario() -> None:
         stopped = asyncio.Event()

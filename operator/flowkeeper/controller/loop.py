@@ -44,11 +44,11 @@ class FlowController:
         gateway: ClusterGateway,
         signals: SignalSource | None = None,
         namespaces: tuple[str, ...] = (),
-        clock: Callable[[], float] = time.time,
+        wall_clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         leader: Leader | None = None,
         operator_ref: dict[str, str] | None = None,
-        conflict_hold_off: float | None = None,
+        conflict_hold_off: float = ownership.FIRST_HOLD_OFF,
         write_concurrency: int = 16,
         write_qps: float = 50.0,
         write_burst: int = 100,
@@ -56,10 +56,13 @@ class FlowController:
     ) -> None:
         self.store = store
         self.target_kinds = target_kinds  # the kinds the handlers watch: the startup LIST lists the same
+        self._watched_kinds = frozenset(k.kind for k in target_kinds)
         self.gateway = gateway
         self.signals = signals  # None: no Prometheus configured, flows are only checked for readiness
         self.namespaces = namespaces
-        self.clock = clock
+        # Wall time only stamps what users read (conditions, lastScaleTime); scheduling and every window
+        # run on the monotonic clock.
+        self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.leader = leader or AlwaysLeader()  # standbys keep the store warm but plan and write nothing
         self.recorder = EventRecorder(gateway, instance=(operator_ref or {}).get("name", "flowkeeper"), clock=monotonic)
@@ -122,7 +125,7 @@ class FlowController:
         if self.memory or self.read_failures:
             self.memory.clear()
             self.read_failures.clear()
-            self.executor.failures.clear()
+            self.executor.forget(set())
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
 
     async def _seed(self, stopped: asyncio.Event) -> None:
@@ -164,7 +167,7 @@ class FlowController:
         with tracing.action_span("read_signals", "", ""):
             read = await self._read_signals(flows)
         outage = await self._note_outage(flows, read)
-        now, mono = self.clock(), self.monotonic()
+        now, mono = self.wall_clock(), self.monotonic()
         for i, taken in enumerate(flows):
             if i and i % YIELD_EVERY == 0:
                 await asyncio.sleep(0)
@@ -209,9 +212,9 @@ class FlowController:
             memory=self.memory.get(flow.uid, FlowMemory()),
             monotonic=mono,
             owner=self.store.owner_of(flow),
-            target_watched=flow.spec is None or flow.spec.scale_target_ref.kind in {k.kind for k in self.target_kinds},
+            target_watched=flow.spec is None or flow.spec.scale_target_ref.kind in self._watched_kinds,
             outage=outage,
-            **({"conflict_hold_off": self.conflict_hold_off} if self.conflict_hold_off is not None else {}),
+            conflict_hold_off=self.conflict_hold_off,
         )
         try:
             flow_plan = plan(inputs, now=now)
@@ -263,8 +266,6 @@ class FlowController:
         to restore, since nobody else will."""
         deleted, self.store.deleted = self.store.deleted, []
         for flow in deleted:
-            self.memory.pop(flow.uid, None)
-            self.read_failures.pop(flow.uid, None)
             record = flow.status.get("pause")
             target = self.store.targets.get(flow.target_key or "")
             if not record or target is None or target.spec_replicas != 0:

@@ -104,9 +104,9 @@ LOOP_STALL_SECONDS = 180.0
 
 
 @kopf.on.probe(id="loop")
-def loop_alive(memo: kopf.Memo, **_: Any) -> float:
-    """Part of `--liveness`: fails (HTTP 500) when the shared loop or the elector died or stopped
-    coming round, which kopf's own probe, alive as long as kopf is, would not notice."""
+async def loop_alive(memo: kopf.Memo, **_: Any) -> float:
+    """Part of `--liveness`, a coroutine so that it reads the loop's state on the loop's own thread:
+    fails (HTTP 500) when the shared loop or the elector died or stopped coming round, which kopf's own probe, alive as long as kopf is, would not notice."""
     for task in memo.tasks:
         if task.done() and not memo.stopped.is_set():
             raise kopf.PermanentError(f"{task.get_name()} ended: {task.exception() if not task.cancelled() else 'cancelled'}")
