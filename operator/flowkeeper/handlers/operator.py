@@ -82,8 +82,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.request_timeout = config.request_timeout
     memo.controller = controller
     memo.signals = signals
-    memo.loop_task = asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop")
-    memo.tasks.append(memo.loop_task)
+    memo.tasks.append(asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop"))
 
 
 @kopf.on.cleanup()
@@ -106,7 +105,8 @@ LOOP_STALL_SECONDS = 180.0
 @kopf.on.probe(id="loop")
 async def loop_alive(memo: kopf.Memo, **_: Any) -> float:
     """Part of `--liveness`, a coroutine so that it reads the loop's state on the loop's own thread:
-    fails (HTTP 500) when the shared loop or the elector died or stopped coming round, which kopf's own probe, alive as long as kopf is, would not notice."""
+    fails (HTTP 500) when the shared loop or the elector died or stopped coming round, which kopf's
+    own probe, alive as long as kopf is, would not notice."""
     for task in memo.tasks:
         if task.done() and not memo.stopped.is_set():
             raise kopf.PermanentError(f"{task.get_name()} ended: {task.exception() if not task.cancelled() else 'cancelled'}")
