@@ -71,6 +71,11 @@ def _api_errors(what: str):
         raise error from exc
 
 
+def _at_version(body: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+    """A patch the API server applies only while the object is at `resource_version` (else 409)."""
+    return {**body, "metadata": {"resourceVersion": resource_version}} if resource_version else body
+
+
 @dataclass
 class Listing:
     """The objects of a LIST, and the resourceVersion of each list made (by namespace; None when
@@ -125,9 +130,7 @@ class KubernetesGateway:
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Merge-patches status at `resource_version` (a 409 when the flow changed since it was read);
         conditions are sent whole (merge-patch replaces lists). Returns the flow as stored."""
-        body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
+        body = _at_version({"status": status}, resource_version)
         with _api_errors(f"status of IntegrationFlow {namespace}/{name}"):
             stored = self._custom.patch_namespaced_custom_object_status(
                 api.GROUP, api.VERSION, namespace, api.PLURAL, name, body,
@@ -141,9 +144,7 @@ class KubernetesGateway:
         (a 409 when someone else changed the target since it was read). The custom-objects client
         speaks the /scale URL of any group (apps/v1 has the same shape), so every kind takes this one
         path. Returns (spec.replicas, resourceVersion)."""
-        body: dict[str, Any] = {"spec": {"replicas": replicas}}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
+        body = _at_version({"spec": {"replicas": replicas}}, resource_version)
         with _api_errors(f"scale of {target.plural} {target.namespace}/{target.name}"):
             stored = self._custom.patch_namespaced_custom_object_scale(
                 target.group, target.version, target.namespace, target.plural, target.name, body,

@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pydantic.alias_generators import to_camel
+
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec
 from flowkeeper.domain import conditions as cond
 from flowkeeper.domain import ownership, pause
@@ -32,22 +34,6 @@ from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 
 __all__ = ["RESUME_ANNOTATION", "Event", "FlowMemory", "Inputs", "Plan", "plan", "plan_failure"]
-
-# Signal names as the status and the spec spell them.
-_STATUS_NAMES = {
-    "queue_depth": "queueDepth",
-    "dead_letter_depth": "deadLetterDepth",
-    "throughput": "throughput",
-    "throughput_baseline": "throughputBaseline",
-    "error_ratio": "errorRatio",
-    "configuration_errors": "configurationErrors",
-    "latency_seconds": "latencySeconds",
-    "latency_baseline": "latencyBaseline",
-    "last_success_timestamp": "lastSuccessTimestamp",
-    "queue_growing_seconds": "queueGrowingSeconds",
-    "cpu_utilization": "cpuUtilization",
-    "memory_utilization": "memoryUtilization",
-}
 
 
 @dataclass(frozen=True)
@@ -383,7 +369,8 @@ def _resume(inputs: Inputs, out: _Builder, mono: float) -> tuple[int | None, Flo
 
 
 def _unread_text(unread: dict[str, str]) -> str:
-    return ", ".join(f"{_STATUS_NAMES.get(k, k)} ({why})" for k, why in sorted(unread.items()))
+    # Signal names as the status spells them (camelCase, like every API field).
+    return ", ".join(f"{to_camel(k)} ({why})" for k, why in sorted(unread.items()))
 
 
 def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, failures_reached: bool) -> None:
