@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult
+from flowkeeper.domain.dead_letters import BatchResult, Cutoff, Review, Selection
 from flowkeeper.domain.flow import ScaleTarget
 from flowkeeper.domain.leadership import LeaseRecord
 
@@ -43,3 +44,39 @@ class SignalSource(Protocol):
 
 class Leader(Protocol):
     def is_leading(self) -> bool: ...
+
+
+class DeadLetterBroker(Protocol):
+    """One broker's dead letters (adapters/brokers/). Blocking calls: the controller runs them on its
+    own worker threads, at most one at a time per dead-letter queue. `deadline` is time.monotonic().
+    Nothing but `move` ever removes a message, and it removes only what it published first, with a
+    confirm; a review reads without consuming (RabbitMQ: unacknowledged, returned on close)."""
+
+    def review(self, dead_letters: str, *, limit: int, deadline: float) -> Review:
+        """Depth, and the first `limit` dead letters (oldest first) summarised."""
+
+    def begin(self, dead_letters: str, *, redrive_uid: str) -> Cutoff:
+        """Takes the cutoff: what is in the dead letters now. Called again after a restart before the
+        cutoff was recorded, it may return a new cutoff (never one earlier than a marker it left)."""
+
+    def move(
+        self,
+        dead_letters: str,
+        to: str,
+        *,
+        redrive_uid: str,
+        cutoff: Cutoff,
+        selection: Selection,
+        batch: int,
+        dry_run: bool,
+        scan_limit: int,
+        deadline: float,
+    ) -> BatchResult:
+        """Moves up to `batch` selected dead letters from before the cutoff to the queue (topic) `to`,
+        each marked with `moved_headers`: publish with confirms, then remove (RabbitMQ: ack; Kafka:
+        commit the group offset). Looks at no more than `scan_limit` messages. Raises CutoffLost."""
+
+    def finish(self, dead_letters: str, *, redrive_uid: str, cutoff: Cutoff) -> None:
+        """Cleans up what `begin` left (RabbitMQ: its marker). Idempotent."""
+
+    def close(self) -> None: ...
