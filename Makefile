@@ -25,8 +25,9 @@ unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 crds: setup
-	.venv/bin/flowkeeper crd > crds/flowkeeper.io_integrationflows.yaml
-	cp crds/flowkeeper.io_integrationflows.yaml charts/flowkeeper/crds/flowkeeper.io_integrationflows.yaml
+	.venv/bin/flowkeeper crd --kind IntegrationFlow > crds/flowkeeper.io_integrationflows.yaml
+	.venv/bin/flowkeeper crd --kind DeadLetterRedrive > crds/flowkeeper.io_deadletterredrives.yaml
+	cp crds/flowkeeper.io_*.yaml charts/flowkeeper/crds/
 
 cluster: setup
 	@mkdir -p $${TMPDIR:-/tmp}

@@ -138,11 +138,12 @@ def run(
 
 
 @main.command()
-def crd() -> None:
-    """Print the IntegrationFlow CustomResourceDefinition (YAML), generated from the API models."""
-    from flowkeeper.api.crd import render_yaml
+@click.option("--kind", type=click.Choice(["IntegrationFlow", "DeadLetterRedrive"]), default="IntegrationFlow", show_default=True)
+def crd(kind: str) -> None:
+    """Print a CustomResourceDefinition (YAML), generated from the API models."""
+    from flowkeeper.api.crd import RESOURCES, render_yaml
 
-    click.echo(render_yaml(), nl=False)
+    click.echo(render_yaml(next(r for r in RESOURCES if r.kind == kind)), nl=False)
 
 
 if __name__ == "__main__":

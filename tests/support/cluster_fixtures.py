@@ -16,13 +16,16 @@ from tests.support.operator import OperatorProcess
 from tests.support.rollouts import CRD_NAME as ROLLOUT_CRD_NAME, ROLLOUT_CRD
 
 CRD_FILE = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
+REDRIVE_CRD_FILE = REPO / "crds" / "flowkeeper.io_deadletterredrives.yaml"
 
 
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[LocalCluster]:
     with LocalCluster() as local:
-        local.kubectl("apply", "-f", str(CRD_FILE))
-        local.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
+        local.kubectl("apply", "-f", str(CRD_FILE), "-f", str(REDRIVE_CRD_FILE))
+        local.kubectl(
+            "wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "crd/deadletterredrives.flowkeeper.io", "--timeout=60s"
+        )
         yield local
 
 

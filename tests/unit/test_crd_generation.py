@@ -7,8 +7,10 @@ from typing import Any
 
 import yaml
 
-from flowkeeper.api.crd import custom_resource_definition, render_yaml
-from tests.support.cluster_fixtures import CRD_FILE
+import pytest
+
+from flowkeeper.api.crd import RESOURCES, Resource, custom_resource_definition, render_yaml
+from tests.support.cluster import REPO
 
 
 def _walk(node: Any, path: str = ""):
@@ -21,12 +23,14 @@ def _walk(node: Any, path: str = ""):
             yield from _walk(value, f"{path}[{i}]")
 
 
-def test_committed_crd_matches_the_models() -> None:
-    assert CRD_FILE.read_text() == render_yaml(), "crds/ is stale: run `make crds`"
+@pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.kind)
+def test_committed_crd_matches_the_models(resource: Resource) -> None:
+    assert (REPO / "crds" / resource.file_name).read_text() == render_yaml(resource), "crds/ is stale: run `make crds`"
 
 
-def test_schema_is_structural() -> None:
-    schema = custom_resource_definition()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+@pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.kind)
+def test_schema_is_structural(resource: Resource) -> None:
+    schema = custom_resource_definition(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     for path, node in _walk(schema):
         assert "$ref" not in node and "title" not in node, path
         # The one union a structural schema allows: an int-or-string (the quantities).
@@ -75,5 +79,6 @@ def test_every_integer_has_its_format() -> None:
     assert integers[".properties.spec.properties.scaling.properties.maxReplicas"] == "int32"
 
 
-def test_rendered_yaml_parses_back() -> None:
-    assert yaml.safe_load(render_yaml()) == custom_resource_definition()
+@pytest.mark.parametrize("resource", RESOURCES, ids=lambda r: r.kind)
+def test_rendered_yaml_parses_back(resource: Resource) -> None:
+    assert yaml.safe_load(render_yaml(resource)) == custom_resource_definition(resource)

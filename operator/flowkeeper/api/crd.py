@@ -1,4 +1,4 @@
-"""Generates the IntegrationFlow CustomResourceDefinition from the pydantic models.
+"""Generates the CustomResourceDefinitions (IntegrationFlow, DeadLetterRedrive) from the pydantic models.
 
 Kubernetes wants a *structural* OpenAPI v3 schema: no `$ref`, no `anyOf` for types, no titles. So the
 JSON schema pydantic produces is rewritten here: references inlined, `X | None` turned into plain `X`
@@ -10,12 +10,13 @@ field's full path, e.g. "spec.scaling.scaleDown.stabilizationWindow must be at m
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
+from flowkeeper.api import quantities, redrive
 from flowkeeper.api import v1alpha1 as api
-from flowkeeper.api import quantities
 from flowkeeper.api.durations import BOUNDS_KEY, DURATION_PATTERN, to_seconds
 
 # Keys of pydantic's JSON schema that a structural CRD schema may keep.
@@ -171,39 +172,79 @@ def schema_of(model: type[api.ApiModel], path: str) -> dict[str, Any]:
     return _structural(raw, raw.get("$defs", {}), path)
 
 
-def openapi_schema() -> dict[str, Any]:
-    """The openAPIV3Schema of the IntegrationFlow resource."""
+REDRIVE_PRINTER_COLUMNS: list[dict[str, Any]] = [
+    {"name": "Flow", "type": "string", "jsonPath": ".spec.flowRef.name", "description": "The IntegrationFlow whose dead letters are redriven."},
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Blocked, Running, Verifying, Succeeded, Stopped or Failed."},
+    {"name": "Moved", "type": "integer", "jsonPath": ".status.moved", "description": "Dead letters moved back to the queue."},
+    {"name": "Refailed", "type": "integer", "jsonPath": ".status.refailed", "description": "Moved messages that failed again."},
+    {"name": "Remaining", "type": "integer", "jsonPath": ".status.remaining", "description": "Selected dead letters still to move."},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """One custom resource of the flowkeeper.io group, as its CRD names it."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    model: type[api.ApiModel]  # the whole object: its docstring is the resource's description
+    spec: type[api.ApiModel]
+    status: type[api.ApiModel]
+    columns: tuple[dict[str, Any], ...]
+    source: str  # the module the CRD is generated from, for its header
+
+    @property
+    def file_name(self) -> str:
+        return f"{api.GROUP}_{self.plural}.yaml"
+
+
+INTEGRATION_FLOW = Resource(
+    api.KIND, api.PLURAL, api.SINGULAR, tuple(api.SHORT_NAMES), api.IntegrationFlow, api.IntegrationFlowSpec,
+    api.IntegrationFlowStatus, tuple(PRINTER_COLUMNS), "operator/flowkeeper/api/v1alpha1.py",
+)
+DEAD_LETTER_REDRIVE = Resource(
+    redrive.KIND, redrive.PLURAL, redrive.SINGULAR, tuple(redrive.SHORT_NAMES), redrive.DeadLetterRedrive,
+    redrive.DeadLetterRedriveSpec, redrive.DeadLetterRedriveStatus, tuple(REDRIVE_PRINTER_COLUMNS), "operator/flowkeeper/api/redrive.py",
+)
+RESOURCES = (INTEGRATION_FLOW, DEAD_LETTER_REDRIVE)
+
+
+def openapi_schema(resource: Resource = INTEGRATION_FLOW) -> dict[str, Any]:
+    """The openAPIV3Schema of one resource."""
     return {
         "type": "object",
-        "description": " ".join(api.IntegrationFlow.__doc__.split()),
+        "description": " ".join((resource.model.__doc__ or "").split()),
         "required": ["spec"],
         "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of this object: flowkeeper.io/v1alpha1."},
-            "kind": {"type": "string", "description": "Kind of this object: IntegrationFlow."},
+            "apiVersion": {"type": "string", "description": f"APIVersion of this object: {api.GROUP}/{api.VERSION}."},
+            "kind": {"type": "string", "description": f"Kind of this object: {resource.kind}."},
             "metadata": {"type": "object"},
-            "spec": schema_of(api.IntegrationFlowSpec, "spec"),
-            "status": schema_of(api.IntegrationFlowStatus, "status"),
+            "spec": schema_of(resource.spec, "spec"),
+            "status": schema_of(resource.status, "status"),
         },
     }
 
 
-def custom_resource_definition() -> dict[str, Any]:
+def custom_resource_definition(resource: Resource = INTEGRATION_FLOW) -> dict[str, Any]:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{api.PLURAL}.{api.GROUP}",
+            "name": f"{resource.plural}.{api.GROUP}",
             "labels": {"app.kubernetes.io/name": "flowkeeper", "app.kubernetes.io/part-of": "flowkeeper"},
         },
         "spec": {
             "group": api.GROUP,
             "scope": "Namespaced",
             "names": {
-                "kind": api.KIND,
-                "listKind": f"{api.KIND}List",
-                "plural": api.PLURAL,
-                "singular": api.SINGULAR,
-                "shortNames": list(api.SHORT_NAMES),
+                "kind": resource.kind,
+                "listKind": f"{resource.kind}List",
+                "plural": resource.plural,
+                "singular": resource.singular,
+                "shortNames": list(resource.short_names),
                 "categories": ["flowkeeper"],
             },
             "versions": [
@@ -212,14 +253,14 @@ def custom_resource_definition() -> dict[str, Any]:
                     "served": True,
                     "storage": True,
                     "subresources": {"status": {}},
-                    "additionalPrinterColumns": PRINTER_COLUMNS,
-                    "schema": {"openAPIV3Schema": openapi_schema()},
+                    "additionalPrinterColumns": list(resource.columns),
+                    "schema": {"openAPIV3Schema": openapi_schema(resource)},
                 }
             ],
         },
     }
 
 
-def render_yaml() -> str:
-    header = "# Generated from operator/flowkeeper/api/v1alpha1.py by `make crds`. Do not edit by hand.\n"
-    return header + yaml.safe_dump(custom_resource_definition(), sort_keys=False, width=120)
+def render_yaml(resource: Resource = INTEGRATION_FLOW) -> str:
+    header = f"# Generated from {resource.source} by `make crds`. Do not edit by hand.\n"
+    return header + yaml.safe_dump(custom_resource_definition(resource), sort_keys=False, width=120)

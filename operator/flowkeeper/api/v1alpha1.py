@@ -180,6 +180,24 @@ class Source(ApiModel):
             ".topic",
         ),
         Rule(
+            "!has(self.connection) || self.broker != 'rabbitmq' || self.connection.address.startsWith('amqp')",
+            lambda s: s.connection is None or s.broker != "rabbitmq" or s.connection.address.startswith("amqp"),
+            "spec.source.connection.address must be an amqp:// or amqps:// URL when broker is rabbitmq",
+            ".connection",
+        ),
+        Rule(
+            "!has(self.connection) || self.broker != 'kafka' || !self.connection.address.startsWith('amqp')",
+            lambda s: s.connection is None or s.broker != "kafka" or not s.connection.address.startswith("amqp"),
+            "spec.source.connection.address must be host:port[,host:port] when broker is kafka",
+            ".connection",
+        ),
+        Rule(
+            "!has(self.connection) || self.broker != 'prometheus'",
+            lambda s: s.connection is None or s.broker != "prometheus",
+            "spec.source.connection needs broker rabbitmq or kafka: Flowkeeper reviews dead letters on those brokers only",
+            ".connection",
+        ),
+        Rule(
             "self.broker != 'kafka' || has(self.consumerGroup)",
             lambda s: s.broker != "kafka" or s.consumer_group is not None,
             "spec.source.consumerGroup is required when broker is kafka",
@@ -218,6 +236,12 @@ class Source(ApiModel):
         description="Value of the `integration` label on the consumers' own metrics (metrics convention). "
         "Defaults to the IntegrationFlow's name.",
     )
+    connection: BrokerConnection | None = Field(
+        default=None,
+        description="How Flowkeeper itself reaches the broker, to review the dead letters (spec.source."
+        "deadLetterQueue or deadLetterTopic) and to redrive them (DeadLetterRedrive). Without it, dead "
+        "letters are only counted, from Prometheus.",
+    )
     metric_labels: dict[str, Annotated[str, StringConstraints(max_length=1024)]] | None = Field(
         default=None,
         max_length=10,
@@ -241,6 +265,21 @@ class SecretKeyRef(ApiModel):
 
     name: str = Field(description="Name of the Secret.", min_length=1, max_length=253, pattern=K8S_NAME_PATTERN)
     key: str = Field(description="Key inside the Secret.", min_length=1, max_length=253)
+
+
+class BrokerConnection(ApiModel):
+    """The broker's own address (not its metrics) and the credentials Flowkeeper uses there. The
+    operator reads the Secrets with GET only (no list or watch)."""
+
+    address: str = Field(
+        description="RabbitMQ: an AMQP URL without credentials, amqp://host:5672 or amqps://host:5671 "
+        "(the vhost is spec.source.vhost). Kafka: bootstrap servers, host:9092[,host2:9092].",
+        min_length=1,
+        max_length=2048,
+        pattern=r"^(amqps?://[^@/\s]+/?|[^,@/\s:]+:[0-9]{1,5}(,[^,@/\s:]+:[0-9]{1,5})*)$",
+    )
+    username_secret: SecretKeyRef | None = Field(default=None, description="The user name (RabbitMQ user, Kafka SASL PLAIN user).")
+    password_secret: SecretKeyRef | None = Field(default=None, description="The password.")
 
 
 class BasicAuth(ApiModel):
@@ -537,6 +576,26 @@ class TargetClaim(ApiModel):
     since: str = Field(description="When this flow began to claim it.", json_schema_extra={"format": "date-time"})
 
 
+class ReasonCount(ApiModel):
+    reason: str = Field(description="The consumer's reason (x-flowkeeper-error), else the broker's (x-death).", max_length=256)
+    count: int = Field(ge=0, description="Dead letters with this reason, among those examined.")
+
+
+class DeadLetterReview(ApiModel):
+    """What the dead letters are, read from the broker without consuming them (docs/dead-letters.md)."""
+
+    depth: int = Field(ge=0, description="Dead letters in the queue (topic) when reviewed.")
+    examined: int = Field(ge=0, description="Dead letters read for the counts below, oldest first (a review reads a bounded number).")
+    oldest: str | None = Field(default=None, description="When the oldest dead letter examined was dead-lettered.", json_schema_extra={"format": "date-time"})
+    newest: str | None = Field(default=None, description="When the newest dead letter examined was dead-lettered.", json_schema_extra={"format": "date-time"})
+    by_class: dict[str, int] = Field(default_factory=dict, description="Counts by error class (x-flowkeeper-error-class; unclassified when missing).")
+    by_reason: list[ReasonCount] = Field(default_factory=list, description="Counts by reason, most frequent first (the first 10).")
+    samples: list[str] = Field(default_factory=list, description="A few reasons, as written by the consumers.")
+    redriven: int = Field(default=0, ge=0, description="Dead letters a DeadLetterRedrive moved before that failed again; never redriven automatically.")
+    reviewed_at: str | None = Field(default=None, description="When the review ran.", json_schema_extra={"format": "date-time"})
+    error: str | None = Field(default=None, description="Why the last review failed, if it did (the counts are from the one before).")
+
+
 class IntegrationFlowStatus(ApiModel):
     """Observed state of the flow, written by Flowkeeper only when a value changes."""
 
@@ -551,6 +610,7 @@ class IntegrationFlowStatus(ApiModel):
     signals: Signals | None = Field(default=None, description="The last signals read.")
     scale_target: TargetClaim | None = Field(default=None, description="The scale target this flow claims, and since when.")
     pause: PauseState | None = Field(default=None, description="Set while the flow is paused.")
+    dead_letters: DeadLetterReview | None = Field(default=None, description="The last review of the dead letters, when spec.source.connection is set.")
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Ready, Healthy, MetricsAvailable, Paused, ScalingLimited, ScalingConflict.",
