@@ -104,6 +104,7 @@ class Review:
     oldest: float | None = None
     newest: float | None = None  # of the messages examined
     redriven: Counter[str] = field(default_factory=Counter)  # by redrive UID: moved once and back again
+    markers: set[str] = field(default_factory=set)  # RabbitMQ: redrives whose cutoff marker was seen
 
     def add(self, letter: DeadLetter) -> None:
         self.examined += 1
