@@ -65,6 +65,20 @@ def main() -> None:
     "--watch-rollouts", is_flag=True, envvar="FLOWKEEPER_WATCH_ROLLOUTS",
     help="Also watch and scale Argo Rollouts (argoproj.io/v1alpha1); needs their CRD installed.",
 )
+@click.option(
+    "--dead-letter-review-interval", type=click.FloatRange(5, 3600), default=60.0, show_default=True, envvar="FLOWKEEPER_DEAD_LETTER_REVIEW_INTERVAL",
+    help="Seconds between two reviews of a flow's dead letters (flows with spec.source.connection).",
+)
+@click.option(
+    "--dead-letter-review-limit", type=click.IntRange(1, 65535), default=10_000, show_default=True, envvar="FLOWKEEPER_DEAD_LETTER_REVIEW_LIMIT",
+    help="Dead letters one review reads at most, oldest first (the depth is always exact).",
+)
+@click.option(
+    "--allowed-broker", "allowed_brokers", multiple=True, envvar="FLOWKEEPER_ALLOWED_BROKERS",
+    callback=lambda _ctx, _param, value: tuple(v.strip() for item in value for v in item.split(",") if v.strip()),
+    help="A broker host:port flows may name in spec.source.connection (repeatable; the variable takes a comma-separated "
+    "list). Default: any.",
+)
 @click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True, envvar="FLOWKEEPER_LOG_LEVEL", help="debug: also Flowkeeper's routine lines (one per pass), without kopf's.")
 @click.option("--verbose", is_flag=True, help="Debug logs, kopf's included.")
 def run(
@@ -91,6 +105,9 @@ def run(
     write_qps: float,
     write_burst: int,
     watch_rollouts: bool,
+    dead_letter_review_interval: float,
+    dead_letter_review_limit: int,
+    allowed_brokers: tuple[str, ...],
     log_level: str,
     verbose: bool,
 ) -> None:
@@ -119,6 +136,9 @@ def run(
         write_qps=write_qps,
         write_burst=write_burst,
         watch_rollouts=watch_rollouts,
+        dead_letter_review_interval=dead_letter_review_interval,
+        dead_letter_review_limit=dead_letter_review_limit,
+        allowed_brokers=allowed_brokers,
         lease=None if standalone else LeaseConfig(
             name=lease_name, namespace=lease_namespace, identity=identity or socket.gethostname(), duration=lease_duration
         ),

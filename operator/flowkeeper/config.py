@@ -29,6 +29,11 @@ class OperatorConfig:
     write_burst: int = 100  # writes allowed at once above it (client-go's burst)
     # Watch Argo Rollouts too: only when asked, since a watch on a resource without its CRD fails.
     watch_rollouts: bool = False
+    # Dead letters (spec.source.connection): how often each flow's are reviewed, how many a review
+    # reads, and the brokers flows may name (empty: any).
+    dead_letter_review_interval: float = 60.0
+    dead_letter_review_limit: int = 10_000
+    allowed_brokers: tuple[str, ...] = ()
     # Leader election over a Lease (None: no election, this replica always acts)
     lease: LeaseConfig | None = None
 

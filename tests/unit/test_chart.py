@@ -22,6 +22,8 @@ CRD = "flowkeeper.io_integrationflows.yaml"
 FLOW_RULES = {
     *(("flowkeeper.io", "integrationflows", verb) for verb in ("get", "list", "watch")),
     *(("flowkeeper.io", "integrationflows/status", verb) for verb in ("get", "patch")),
+    *(("flowkeeper.io", "deadletterredrives", verb) for verb in ("get", "list", "watch")),
+    *(("flowkeeper.io", "deadletterredrives/status", verb) for verb in ("get", "patch")),
     *(("apps", resource, verb) for resource in ("deployments", "statefulsets") for verb in ("get", "list", "watch")),
     *(("apps", f"{resource}/scale", verb) for resource in ("deployments", "statefulsets") for verb in ("get", "patch")),
     *(("", "events", verb) for verb in ("create", "patch")),

@@ -61,7 +61,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/*
 What the operator does in the namespaces it serves, for the ClusterRole (all namespaces) or each
-namespace's Role: read flows, patch their status, read Deployments and patch only their scale, post
+namespace's Role: read flows and redrives, patch their status, read Deployments and patch only their scale, post
 core Events (create, and patch to count repeats), and get the Secrets named in rbac.secretNames.
 Exactly the calls it makes: no update, no delete, no list or watch of Secrets.
 */}}
@@ -71,6 +71,12 @@ Exactly the calls it makes: no update, no delete, no list or watch of Secrets.
   verbs: ["get", "list", "watch"]
 - apiGroups: ["flowkeeper.io"]
   resources: ["integrationflows/status"]
+  verbs: ["get", "patch"]
+- apiGroups: ["flowkeeper.io"]
+  resources: ["deadletterredrives"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["flowkeeper.io"]
+  resources: ["deadletterredrives/status"]
   verbs: ["get", "patch"]
 - apiGroups: ["apps"]
   resources: ["deployments", "statefulsets"]

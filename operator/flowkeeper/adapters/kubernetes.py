@@ -24,6 +24,7 @@ import urllib3.exceptions
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
+from flowkeeper.api import redrive as redrive_api
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError, TransientError
 from flowkeeper.domain.flow import FIELD_MANAGER, ScaleTarget
@@ -111,6 +112,8 @@ class KubernetesGateway:
         events carry them, with each list's resourceVersion. LIST items carry no kind: the caller knows it."""
         if kind == "flows":
             group, version, plural = api.GROUP, api.VERSION, api.PLURAL
+        elif kind == "redrives":
+            group, version, plural = api.GROUP, api.VERSION, redrive_api.PLURAL
         else:
             target = next(k for k in api.SCALE_TARGET_KINDS if k.plural == kind)
             group, version, plural = target.group, target.version, target.plural
@@ -130,10 +133,17 @@ class KubernetesGateway:
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Merge-patches status at `resource_version` (a 409 when the flow changed since it was read);
         conditions are sent whole (merge-patch replaces lists). Returns the flow as stored."""
+        return self._patch_status(api.PLURAL, api.KIND, namespace, name, status, resource_version)
+
+    def patch_redrive_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
+        """As patch_flow_status, for a DeadLetterRedrive."""
+        return self._patch_status(redrive_api.PLURAL, redrive_api.KIND, namespace, name, status, resource_version)
+
+    def _patch_status(self, plural: str, kind: str, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         body = _at_version({"status": status}, resource_version)
-        with _api_errors(f"status of IntegrationFlow {namespace}/{name}"):
+        with _api_errors(f"status of {kind} {namespace}/{name}"):
             stored = self._custom.patch_namespaced_custom_object_status(
-                api.GROUP, api.VERSION, namespace, api.PLURAL, name, body,
+                api.GROUP, api.VERSION, namespace, plural, name, body,
                 field_manager=FIELD_MANAGER, _request_timeout=self._timeout,
             )
         metrics.API_WRITES.labels(kind="status").inc()

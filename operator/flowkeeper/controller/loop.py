@@ -27,6 +27,7 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import ownership
 from flowkeeper.domain.errors import FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
+from flowkeeper.domain.redrive import replicas_cap
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
 from flowkeeper.observability import metrics, tracing
 
@@ -215,6 +216,8 @@ class FlowController:
             target_watched=flow.spec is None or flow.spec.scale_target_ref.kind in self._watched_kinds,
             outage=outage,
             conflict_hold_off=self.conflict_hold_off,
+            dead_letters=self.store.reviews.get(flow.uid),
+            replicas_cap=replicas_cap(self.store.redrives_of(flow)) if self.store.redrives else None,
         )
         try:
             flow_plan = plan(inputs, now=now)

@@ -16,10 +16,12 @@ from flowkeeper.domain.leadership import LeaseRecord
 
 class ClusterGateway(Protocol):
     def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
-        """kind: "flows", or the plural of a scale target kind ("deployments", "statefulsets", "rollouts")."""
+        """kind: "flows", "redrives", or the plural of a scale target kind ("deployments", "statefulsets", "rollouts")."""
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Returns the object as stored; raises ConflictError when resource_version is not current."""
+
+    def patch_redrive_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]: ...
 
     def scale(self, target: ScaleTarget, replicas: int, resource_version: str | None) -> tuple[int, str]:
         """Returns (spec.replicas, resourceVersion) as stored."""

@@ -25,6 +25,7 @@ from flowkeeper.api.durations import to_seconds
 from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
 from flowkeeper.api.v1alpha1 import ScaleTargetKind
+from flowkeeper.domain.redrive import RedriveRecord, redrive_from_body
 from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
@@ -59,6 +60,14 @@ class ClusterStore:
         self.seeded = False  # the startup LIST is in (the loop seeds before its first pass)
         self._thread: int | None = None
         self.deleted: list[FlowRecord] = []  # flows deleted since the loop last looked (drained by it)
+        # Dead letters (controller/dead_letters.py): redrives by UID, and each flow's last review as
+        # the flow's status.deadLetters, written by the executor with the flow's next plan.
+        self.redrives: dict[str, RedriveRecord] = {}
+        self.redrives_seeded = False
+        self._gone_redrives = _Tombstones()
+        self.deleted_redrives: list[RedriveRecord] = []  # drained by the dead-letter controller
+        self.reviews: dict[str, dict[str, Any]] = {}  # flow UID -> status.deadLetters
+        self.redrive_wakeup = asyncio.Event()
 
     def check_thread(self) -> None:
         """Every mutation runs on one thread: the first one that touched the store."""
@@ -135,6 +144,40 @@ class ClusterStore:
         # Status-only updates (our own writes coming back) do not make a flow due.
         if previous is None or previous.generation != record.generation or previous.annotations != record.annotations:
             self.mark_due(record.uid)
+
+    def redrive_event(self, event_type: str, body: dict[str, Any]) -> None:
+        self.check_thread()
+        record = redrive_from_body(body)
+        if event_type == "DELETED":
+            self._gone_redrives.add(record.uid)
+            gone = self.redrives.pop(record.uid, None)
+            self.deleted_redrives.append(gone or record)
+            del self.deleted_redrives[:-DELETED_KEPT]
+        elif record.uid not in self._gone_redrives:
+            previous = self.redrives.get(record.uid)
+            if previous is not None and not newer(record.resource_version, previous.resource_version):
+                return
+            self.redrives[record.uid] = record
+        self.redrive_wakeup.set()
+
+    def seed_redrives(self, listing: Listing) -> None:
+        """The startup LIST of redrives: until it is in, no cutoff marker may be taken for an orphan."""
+        self.check_thread()
+        for body in listing.items:
+            uid = (body.get("metadata") or {}).get("uid", "")
+            if uid not in self.redrives and uid not in self._gone_redrives:
+                self.redrives[uid] = redrive_from_body(body)
+        self.redrives_seeded = True
+
+    def redrive_written(self, uid: str, body: dict[str, Any]) -> None:
+        self.check_thread()
+        if uid in self.redrives:
+            record = redrive_from_body(body)
+            if newer(record.resource_version, self.redrives[uid].resource_version):
+                self.redrives[uid] = record
+
+    def redrives_of(self, flow: FlowRecord) -> list[RedriveRecord]:
+        return [r for r in self.redrives.values() if r.namespace == flow.namespace and r.spec is not None and r.spec.flow_ref.name == flow.name]
 
     def target_event(self, kind: ScaleTargetKind, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
@@ -222,6 +265,7 @@ class ClusterStore:
     def _drop_flow(self, uid: str) -> FlowRecord | None:
         record = self.flows.pop(uid, None)
         self.schedule.forget(uid)
+        self.reviews.pop(uid, None)
         if record is not None:
             self._unindex(record)
             self._wake_claimants(record.target_key)

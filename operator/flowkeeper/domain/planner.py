@@ -69,6 +69,8 @@ class Inputs:
     outage: bool = False  # the operator's Prometheus is down for every flow: reported once, not per flow
     target_watched: bool = True  # False: the operator does not watch this kind of scale target
     conflict_hold_off: float = ownership.FIRST_HOLD_OFF
+    dead_letters: dict[str, Any] | None = None  # the last review of the flow's dead letters (status.deadLetters)
+    replicas_cap: int | None = None  # a running DeadLetterRedrive's spec.maxReplicas
 
 
 @dataclass(frozen=True)
@@ -171,6 +173,10 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     spec = flow.spec
     if target is not None:
         out.status.update(replicas=target.replicas, readyReplicas=target.ready_replicas)
+    if inputs.dead_letters is not None:
+        out.status["deadLetters"] = inputs.dead_letters
+    elif spec.source.connection is None:
+        out.status.pop("deadLetters", None)
 
     if not inputs.target_watched:
         return _kind_not_watched(inputs, out)
@@ -205,7 +211,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
 
     current = scale_to if scale_to is not None else target.spec_replicas
     decision = decide(
-        spec.scaling,
+        _capped(spec.scaling, inputs.replicas_cap),
         None if inputs.failure else _on_monotonic_clock(inputs.signals, now, mono),
         current_replicas=current,
         ready_replicas=target.ready_replicas,
@@ -244,6 +250,13 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     out.status["severity"] = str(getattr(severity, "value", severity))
     out.status["phase"] = _phase(out.status["severity"], target, scale_to)
     return out.done(scale_to, memory)
+
+
+def _capped(scaling, cap: int | None):
+    """The scaling rules with maxReplicas lowered to a running redrive's cap (never below minReplicas)."""
+    if cap is None or cap >= scaling.max_replicas:
+        return scaling
+    return scaling.model_copy(update={"max_replicas": max(scaling.min_replicas, cap)})
 
 
 def _seconds_since_resume(inputs: Inputs, now: float, mono: float) -> float:

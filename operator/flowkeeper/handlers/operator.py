@@ -16,8 +16,10 @@ import kopf
 
 from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
 from flowkeeper.adapters.prometheus import PrometheusSignals
+from flowkeeper.api import redrive as redrive_api
 from flowkeeper.api import v1alpha1 as api
 from flowkeeper.config import OperatorConfig
+from flowkeeper.controller.dead_letters import DeadLetterController
 from flowkeeper.controller.leadership import LeaderElector
 from flowkeeper.controller.loop import FlowController
 from flowkeeper.controller.store import ClusterStore
@@ -76,6 +78,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         write_qps=config.write_qps, write_burst=config.write_burst,
         target_kinds=config.target_kinds,
     )
+    dead_letters = DeadLetterController(
+        store, gateway, controller.leader, controller.recorder, signals=signals, namespaces=config.namespaces,
+        review_interval=config.dead_letter_review_interval, review_limit=config.dead_letter_review_limit,
+        allowed_brokers=config.allowed_brokers,
+    )
     memo.store = store
     memo.leader = leader
     memo.lease_duration = config.lease.duration if config.lease else 0.0
@@ -83,6 +90,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.controller = controller
     memo.signals = signals
     memo.tasks.append(asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop"))
+    memo.tasks.append(asyncio.create_task(dead_letters.run_forever(memo.stopped), name="flowkeeper-dead-letters"))
 
 
 @kopf.on.cleanup()
@@ -126,6 +134,11 @@ async def loop_alive(memo: kopf.Memo, **_: Any) -> float:
 async def flow_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
     # The initial listing comes with type None: those objects are simply there, as if added.
     memo.store.flow_event(event.get("type") or "ADDED", event["object"])
+
+
+@kopf.on.event(api.GROUP, api.VERSION, redrive_api.PLURAL)
+async def redrive_changed(event: dict[str, Any], memo: kopf.Memo, **_: Any) -> None:
+    memo.store.redrive_event(event.get("type") or "ADDED", event["object"])
 
 
 def watch_targets(kind: api.ScaleTargetKind) -> None:

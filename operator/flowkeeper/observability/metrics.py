@@ -41,6 +41,14 @@ PROMETHEUS_QUERY_ERRORS = Counter(
     ["kind", "problem"],
     registry=REGISTRY,
 )
+DEAD_LETTER_REVIEWS = Counter(
+    "flowkeeper_dead_letter_reviews_total", "Reviews of flows' dead letters, by outcome (done, failed).", ["outcome"], registry=REGISTRY
+)
+DEAD_LETTER_REVIEW_SECONDS = Histogram(
+    "flowkeeper_dead_letter_review_seconds", "Time one review of a flow's dead letters took.", registry=REGISTRY,
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DEAD_LETTERS_MOVED = Counter("flowkeeper_dead_letters_moved_total", "Dead letters redriven to their flow's queue.", registry=REGISTRY)
 API_WRITES = Counter("flowkeeper_kubernetes_writes_total", "Writes to the Kubernetes API, by kind.", ["kind"], registry=REGISTRY)
 API_ERRORS = Counter(
     "flowkeeper_kubernetes_errors_total", "Failed Kubernetes API calls, by error class and reason.", ["error_class", "reason"], registry=REGISTRY

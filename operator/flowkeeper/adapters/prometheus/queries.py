@@ -320,3 +320,12 @@ def queries_of(reads_per_flow: Iterable[list[Read]]) -> list[Query]:
                 queries.setdefault(read.query.requires, None)
             queries.setdefault(read.query, None)
     return sorted(queries, key=lambda q: q.one_number)  # stable: keeps `requires` first
+
+
+def error_rate_promql(namespace: str, integration: str, classes: Iterable[str], window_s: float) -> str:
+    """Errors per second of the given classes that one flow's consumers counted over the window;
+    0 (not "no data") for consumers that report processed messages and no such error."""
+    labels = {"namespace": namespace, "integration": integration}
+    window = promql_duration(window_s)
+    by_class = f'{selector(ERRORS, as_labels(labels))[:-1]}, class=~"{"|".join(sorted(classes))}"}}'
+    return f"sum(rate({by_class}[{window}])) or sum(rate({selector(PROCESSED, as_labels(labels))}[{window}])) * 0"

@@ -10,9 +10,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, single_value
 from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient
-from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, flow_reads, overrides_of, queries_of
+from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, error_rate_promql, flow_reads, overrides_of, queries_of
 from flowkeeper.adapters.prometheus.servers import (
     AllowedServers,
     FlowServers,
@@ -300,3 +300,20 @@ class PrometheusSignals:
                     unread={k: redact(v, secrets) for k, v in signals.unread.items()},
                     invalid_queries={k: redact(v, secrets) for k, v in signals.invalid_queries.items()},
                 )
+
+    # --- one flow's error rate, for a redrive's "is the cause fixed?"
+
+    def error_rate(self, flow: FlowTarget, classes: Sequence[str], window_s: float) -> tuple[float | None, str | None]:
+        """Errors/s of `classes` that the flow's consumers counted over the window, from the flow's
+        Prometheus; (None, why) when that cannot be told. Never raises."""
+        integration = flow.spec.source.integration or flow.name
+        promql = error_rate_promql(flow.namespace, integration, classes, window_s)
+        try:
+            settings = self._server_of(flow, self._refresh_default_server())
+            data = self._client(settings).query(promql, at=self.clock(), deadline=time.monotonic() + self.timeout)
+            value = single_value(data)
+        except FlowProblem as problem:
+            return None, problem.failure.message
+        except Exception as exc:  # noqa: BLE001 - classified, never raised
+            return None, redact(classify(exc).message, self._secrets())
+        return (value, None) if value is not None else (None, "the consumers report no flowkeeper_messages_processed_total")

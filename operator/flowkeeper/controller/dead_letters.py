@@ -1,0 +1,355 @@
+"""The dead-letter controller: reviews each flow's dead letters now and then, and drives the
+DeadLetterRedrives (domain/redrive.py) one broker step at a time.
+
+- Broker calls block, so they run on worker threads of their own; at most one at a time per
+  dead-letter queue (a review holding messages unacknowledged would hide them from a redrive's batch),
+  and nothing waits for them: the flows' passes never do.
+- A review's result becomes the flow's status.deadLetters through the flow's next plan: the executor
+  stays the only writer of a flow. This controller is the only writer of a redrive's status.
+- A redrive writes its status before each broker step that needs it (Running before the cutoff is
+  taken) and after it (the cutoff, the counts); the broker is the truth in between, so a SIGKILL
+  anywhere loses no message and a restart goes on from what the broker shows.
+- Only the leader works. Everything here runs on the event loop's thread; the threads only talk
+  to the broker (and read Secrets).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from flowkeeper.adapters import brokers
+from flowkeeper.adapters.prometheus import FlowTarget
+from flowkeeper.api.durations import to_seconds
+from flowkeeper.api.v1alpha1 import SecretKeyRef
+from flowkeeper.controller import crashpoints
+from flowkeeper.controller.events import EventRecorder
+from flowkeeper.controller.executor import status_patch
+from flowkeeper.controller.ports import ClusterGateway, DeadLetterBroker, Leader
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain import redrive as rules
+from flowkeeper.domain.conditions import rfc3339
+from flowkeeper.domain.dead_letters import TOP_REASONS, BrokerAddress, Cutoff, CutoffLost, Review
+from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError
+from flowkeeper.domain.flow import FlowRecord
+from flowkeeper.domain.redrive import Action, RedriveRecord, Situation, Step
+from flowkeeper.observability import metrics
+
+log = logging.getLogger("flowkeeper.dead_letters")
+
+TICK_SECONDS = 1.0
+SECRET_SECONDS = 60.0  # a Secret read for a broker's credentials is reused this long
+
+
+def review_status(review: Review, now: float) -> dict[str, Any]:
+    """status.deadLetters of a flow, from a review."""
+    reasons = review.by_reason.most_common(TOP_REASONS)
+    return {
+        "depth": review.depth,
+        "examined": review.examined,
+        **({"oldest": rfc3339(review.oldest)} if review.oldest is not None else {}),
+        **({"newest": rfc3339(review.newest)} if review.newest is not None else {}),
+        "byClass": dict(sorted(review.by_class.items())),
+        "byReason": [{"reason": reason, "count": count} for reason, count in reasons],
+        "samples": list(review.samples),
+        "redriven": sum(review.redriven.values()),
+        "reviewedAt": rfc3339(now),
+    }
+
+
+def queues_of(flow: FlowRecord) -> tuple[str, str] | None:
+    """(dead letters, the flow's own queue or topic), None when the flow has no dead letters to reach."""
+    if flow.spec is None or flow.spec.source.connection is None:
+        return None
+    source = flow.spec.source
+    if source.broker == "rabbitmq" and source.dead_letter_queue and source.queue:
+        return source.dead_letter_queue, source.queue
+    if source.broker == "kafka" and source.dead_letter_topic and source.topic:
+        return source.dead_letter_topic, source.topic
+    return None
+
+
+class DeadLetterController:
+    def __init__(
+        self,
+        store: ClusterStore,
+        gateway: ClusterGateway,
+        leader: Leader,
+        recorder: EventRecorder,
+        *,
+        signals: Any = None,  # PrometheusSignals, for the cause check; None: the cause cannot be told
+        namespaces: tuple[str, ...] = (),
+        review_interval: float = 60.0,
+        review_limit: int = 10_000,
+        scan_limit: int = 10_000,
+        allowed_brokers: tuple[str, ...] = (),
+        connect: Callable[[BrokerAddress], DeadLetterBroker] = brokers.connect,
+        workers: int = 4,
+        wall_clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store, self.gateway, self.leader, self.recorder = store, gateway, leader, recorder
+        self.signals = signals
+        self.namespaces = namespaces
+        self.review_interval, self.review_limit, self.scan_limit = review_interval, review_limit, scan_limit
+        self.allowed_brokers = frozenset(a.lower() for a in allowed_brokers)
+        self.connect = connect
+        self.wall_clock, self.monotonic = wall_clock, monotonic
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="flowkeeper-broker")
+        self._busy_queues: set[tuple[str, str, str]] = set()
+        self._busy: set[str] = set()  # flow UIDs reviewing, redrive UIDs stepping
+        self._next_review: dict[str, float] = {}  # flow UID -> monotonic
+        self._next_step: dict[str, float] = {}  # redrive UID -> monotonic
+        self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
+        self.tasks: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------------------------------- loop
+
+    async def run_forever(self, stopped: asyncio.Event) -> None:
+        while not stopped.is_set():
+            if self.leader.is_leading():
+                try:
+                    if not self.store.redrives_seeded:
+                        self.store.seed_redrives(await asyncio.to_thread(self.gateway.list_objects, "redrives", self.namespaces))
+                    self.tick()
+                except FlowkeeperError as exc:
+                    log.warning("dead letters: %s", exc, extra={"stage": "dead_letters", "reason": exc.reason, "outcome": "retry"})
+                except Exception:  # noqa: BLE001 - one bad tick must not end the loop
+                    log.exception("dead letters: tick failed", extra={"stage": "dead_letters", "outcome": "error"})
+            self.store.redrive_wakeup.clear()
+            try:
+                await asyncio.wait_for(self.store.redrive_wakeup.wait(), TICK_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+        if self.tasks:
+            await asyncio.wait(list(self.tasks), timeout=5.0)
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+    def tick(self) -> None:
+        mono = self.monotonic()
+        self._forget_deleted()
+        for flow in list(self.store.flows.values()):
+            if flow.uid not in self._busy and queues_of(flow) and self._next_review.get(flow.uid, 0.0) <= mono:
+                self._start(flow.uid, self._review(flow))
+        for record in list(self.store.redrives.values()):
+            if record.uid not in self._busy and record.phase not in rules.TERMINAL and self._next_step.get(record.uid, 0.0) <= mono:
+                self._start(record.uid, self._step(record))
+
+    def _start(self, key: str, work: Any) -> None:
+        self._busy.add(key)
+        task = asyncio.create_task(work, name=f"dead-letters-{key}")
+        self.tasks.add(task)
+
+        def done(finished: asyncio.Task, key: str = key) -> None:
+            self._busy.discard(key)
+            self.tasks.discard(finished)
+            if not finished.cancelled() and finished.exception() is not None:
+                log.error("dead letters: %s", finished.exception(), extra={"stage": "dead_letters", "outcome": "error"})
+
+        task.add_done_callback(done)
+
+    def _forget_deleted(self) -> None:
+        deleted, self.store.deleted_redrives = self.store.deleted_redrives, []
+        for record in deleted:
+            self._next_step.pop(record.uid, None)
+            # A redrive deleted while it held a cutoff marker: the marker goes too.
+            flow = self._flow_of(record)
+            if record.cutoff is not None and flow is not None and queues_of(flow):
+                self._start(f"finish-{record.uid}", self._finish(flow, record.uid, record.cutoff))
+        for uid in self._next_review.keys() - self.store.flows.keys():
+            del self._next_review[uid]
+
+    def _flow_of(self, record: RedriveRecord) -> FlowRecord | None:
+        if record.spec is None:
+            return None
+        return next((f for f in self.store.flows.values() if f.namespace == record.namespace and f.name == record.spec.flow_ref.name), None)
+
+    # ------------------------------------------------------------------------------------- broker
+
+    async def _broker_call(self, flow: FlowRecord, credentials: Any, call: Callable[[DeadLetterBroker, str, str], Any]) -> Any:
+        """Runs `call(broker, dead_letters, queue)` on a worker thread, alone on its dead-letter queue."""
+        dead_letters, queue = queues_of(flow) or ("", "")
+        address = await asyncio.to_thread(self._address, flow, credentials)
+        key = (address.address, address.vhost, dead_letters)
+        while key in self._busy_queues:
+            await asyncio.sleep(0.2)
+        self._busy_queues.add(key)
+        try:
+            broker = self.connect(address)
+            try:
+                return await asyncio.get_running_loop().run_in_executor(self._threads, call, broker, dead_letters, queue)
+            finally:
+                broker.close()
+        finally:
+            self._busy_queues.discard(key)
+
+    def _address(self, flow: FlowRecord, credentials: Any) -> BrokerAddress:
+        """Runs on a thread: reads the Secrets."""
+        assert flow.spec is not None and flow.spec.source.connection is not None
+        source, connection = flow.spec.source, flow.spec.source.connection
+        if self.allowed_brokers and not _allowed(connection.address, self.allowed_brokers):
+            raise ConfigurationError(
+                f"spec.source.connection.address {connection.address} is not a broker this operator may connect to: "
+                "its option --allowed-broker (FLOWKEEPER_ALLOWED_BROKERS) must list it",
+                reason="BrokerNotAllowed",
+            )
+        username_ref = credentials.username_secret if credentials else connection.username_secret
+        password_ref = credentials.password_secret if credentials else connection.password_secret
+        return BrokerAddress(
+            broker=str(source.broker),
+            address=connection.address,
+            vhost=source.vhost,
+            username=self._secret(flow.namespace, username_ref),
+            password=self._secret(flow.namespace, password_ref),
+        )
+
+    def _secret(self, namespace: str, ref: SecretKeyRef | None) -> str | None:
+        if ref is None:
+            return None
+        key = (namespace, ref.name, ref.key)
+        cached = self._secrets.get(key)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        try:
+            value = self.gateway.read_secret_key(namespace, ref.name, ref.key)
+        except ConfigurationError as exc:
+            reason = {"NotFound": "SecretNotFound", "Forbidden": "SecretForbidden"}.get(exc.reason, exc.reason)
+            raise ConfigurationError(f"Secret {namespace}/{ref.name} key {ref.key!r}: {exc}", reason=reason) from exc
+        self._secrets[key] = (time.monotonic() + SECRET_SECONDS, value)
+        return value
+
+    # ------------------------------------------------------------------------------------- review
+
+    async def _review(self, flow: FlowRecord) -> None:
+        self._next_review[flow.uid] = self.monotonic() + self.review_interval
+        started = time.monotonic()
+        try:
+            review: Review = await self._broker_call(
+                flow, None, lambda broker, dlq, _: broker.review(dlq, limit=self.review_limit, deadline=time.monotonic() + 30.0)
+            )
+        except FlowkeeperError as exc:
+            previous = self.store.reviews.get(flow.uid) or {"depth": 0, "examined": 0}
+            self.store.reviews[flow.uid] = {**previous, "error": f"{exc.reason}: {exc}"[:1024]}
+            metrics.DEAD_LETTER_REVIEWS.labels(outcome="failed").inc()
+            log.warning("dead-letter review failed: %s", exc, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "review", "reason": exc.reason})
+            return
+        metrics.DEAD_LETTER_REVIEWS.labels(outcome="done").inc()
+        metrics.DEAD_LETTER_REVIEW_SECONDS.observe(time.monotonic() - started)
+        if flow.uid in self.store.flows:
+            self.store.reviews[flow.uid] = review_status(review, self.wall_clock())
+        await self._clean_orphan_markers(flow, review)
+
+    async def _clean_orphan_markers(self, flow: FlowRecord, review: Review) -> None:
+        """Markers of redrives that are gone or done (deleted while the operator was down, killed
+        before their last step) are removed, once every redrive is known."""
+        if not review.markers or not self.store.redrives_seeded:
+            return
+        live = {r.uid for r in self.store.redrives.values() if r.holds_marker}
+        for uid in review.markers - live - self._busy:
+            await self._finish(flow, uid, None)
+
+    async def _finish(self, flow: FlowRecord, uid: str, cutoff: Any) -> None:
+        try:
+            await self._broker_call(flow, None, lambda broker, dlq, _: broker.finish(dlq, redrive_uid=uid, cutoff=cutoff))
+        except FlowkeeperError as exc:
+            log.warning("cutoff marker not removed: %s", exc, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "redrive", "reason": exc.reason})
+
+    # ------------------------------------------------------------------------------------- redrive
+
+    async def _step(self, record: RedriveRecord) -> None:
+        flow = self._flow_of(record)
+        situation = Situation(flow=flow, now=self.wall_clock())
+        if record.phase in ("Pending", "Blocked") and record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None:
+            rate, problem = await self._cause_rate(flow, record)
+            situation = Situation(flow=flow, cause_rate=rate, cause_problem=problem, now=situation.now)
+        step = rules.decide(record, situation)
+        # Before a broker step, the status is written only when the phase changes: the step's own
+        # result is written right after it, and the broker keeps the truth in between.
+        if (step.action == Action.none or step.status.get("phase") != record.phase) and not await self._write(record, step):
+            return
+        record = self.store.redrives.get(record.uid, record)
+        if step.action == Action.none or flow is None or record.spec is None:
+            self._again(record.uid, step.retry_in)
+            return
+        spec = record.spec
+        try:
+            if step.action == Action.begin:
+                cutoff = await self._broker_call(flow, spec.credentials, lambda broker, dlq, _: broker.begin(dlq, redrive_uid=record.uid))
+                crashpoints.after_write("redrive", "begin")
+                step = rules.after_begin(record, cutoff, self.wall_clock())
+            elif step.action == Action.move:
+                result = await self._broker_call(flow, spec.credentials, lambda broker, dlq, queue: broker.move(
+                    dlq, queue, redrive_uid=record.uid, cutoff=record.cutoff or Cutoff("", 0), selection=rules.selection_of(spec),
+                    batch=_batch(spec, record), dry_run=spec.dry_run, scan_limit=self.scan_limit, deadline=time.monotonic() + 60.0,
+                ))
+                crashpoints.after_write("redrive", "move")
+                metrics.DEAD_LETTERS_MOVED.inc(result.moved)
+                step = rules.after_batch(record, result, self.wall_clock())
+            elif step.action == Action.verify:
+                review = await self._broker_call(flow, spec.credentials, lambda broker, dlq, _: broker.review(
+                    dlq, limit=self.review_limit, deadline=time.monotonic() + 30.0))
+                step = rules.after_verify(record, review.redriven.get(record.uid, 0), self.wall_clock())
+        except CutoffLost as exc:
+            step = rules.after_failure(record, "CutoffLost", str(exc), lost_cutoff=True, configuration=False, now=self.wall_clock())
+        except FlowkeeperError as exc:
+            configuration = isinstance(exc, ConfigurationError)
+            step = rules.after_failure(record, exc.reason, str(exc), lost_cutoff=False, configuration=configuration, now=self.wall_clock())
+        if not await self._write(record, step):
+            return
+        if step.action == Action.finish and record.cutoff is not None:
+            await self._finish(flow, record.uid, record.cutoff)
+        self._again(record.uid, step.retry_in)
+
+    def _again(self, uid: str, seconds: float | None) -> None:
+        self._next_step[uid] = self.monotonic() + (rules.BLOCKED_RETRY if seconds is None else seconds)
+
+    async def _cause_rate(self, flow: FlowRecord, record: RedriveRecord) -> tuple[float | None, str | None]:
+        if self.signals is None:
+            return None, "the operator runs without a Prometheus address"
+        assert flow.spec is not None and record.spec is not None
+        target = FlowTarget(flow.uid, flow.namespace, flow.name, flow.spec)
+        window = to_seconds(record.spec.cause_window)
+        return await asyncio.to_thread(self.signals.error_rate, target, rules.checked_classes(record.spec), window)
+
+    async def _write(self, record: RedriveRecord, step: Step) -> bool:
+        """Writes the step's status (when it changed) and its Events. False: not written, the step is
+        dropped (a conflict or another failure: the redrive is decided again from what is stored)."""
+        if not self.leader.is_leading():
+            return False
+        current = self.store.redrives.get(record.uid)
+        if current is None:
+            return False
+        patch = status_patch(step.status, current.status)
+        if patch:
+            try:
+                stored = await asyncio.to_thread(self.gateway.patch_redrive_status, record.namespace, record.name, patch, current.resource_version or None)
+            except ConflictError:
+                self._again(record.uid, 0.5)
+                return False
+            except FlowkeeperError as exc:
+                log.warning("redrive status not written: %s", exc, extra={"redrive": record.name, "namespace": record.namespace, "stage": "redrive", "reason": exc.reason})
+                if exc.reason == "NotFound":
+                    self.store.redrive_event("DELETED", {"metadata": {"uid": record.uid, "namespace": record.namespace, "name": record.name}})
+                self._again(record.uid, rules.BLOCKED_RETRY)
+                return False
+            self.store.redrive_written(record.uid, stored)
+        for type_, reason, message in step.events:
+            log.info(message, extra={"redrive": record.name, "namespace": record.namespace, "stage": "redrive", "reason": reason})
+            await self.recorder.record(record.reference, type_, reason, message)
+        return True
+
+
+def _batch(spec: Any, record: RedriveRecord) -> int:
+    if spec.max_messages is None:
+        return spec.batch_size
+    return max(0, min(spec.batch_size, spec.max_messages - int(record.status.get("moved") or 0)))
+
+
+def _allowed(address: str, allowed: frozenset[str]) -> bool:
+    """Every host:port of the address is listed (case-blind; amqp URLs compared by their host:port)."""
+    hosts = address.split("://", 1)[1].rstrip("/") if "://" in address else address
+    return all(host.strip().lower() in allowed for host in hosts.split(","))
