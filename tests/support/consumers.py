@@ -18,6 +18,7 @@ from the operator's own adapter, so the two cannot drift), labelled integration=
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -31,6 +32,7 @@ import pika.exceptions
 from kubernetes import client, config
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from flowkeeper.domain.dead_letters import ERROR_CLASS_HEADER, ERROR_HEADER, REDRIVE_HEADER
 from flowkeeper.adapters.prometheus.convention import ERRORS, INTEGRATION, LAST_SUCCESS, NAMESPACE, PROCESSED, PROCESSING_SECONDS
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,8 @@ class ConsumerPool:
         replicas: int | Callable[[], int | DeploymentState] = 1,
         poll_interval: float = 1.0,
         namespace: str | None = None,
+        dead_letter_queue: str | None = None,
+        data_bug: Callable[[bytes], str | None] | None = None,
     ) -> None:
         if rate_per_replica <= 0 or not 0 <= dead_letter_fraction <= 1:
             raise ValueError("rate_per_replica must be > 0 and dead_letter_fraction within [0, 1]")
@@ -121,6 +125,14 @@ class ConsumerPool:
         self.dead_letter_fraction = dead_letter_fraction
         self.configuration_error = configuration_error  # the switch: read by every consumer, per message
         self.poll_interval = poll_interval
+        # With a dead-letter queue, a failed message is published there by the consumer itself, with
+        # the convention's headers (x-flowkeeper-error-class, x-flowkeeper-error), then acked; without
+        # one it is rejected to the queue's dead-letter exchange. `data_bug(body)` returns the reason
+        # a message fails (a data error), or None: switch it at any time (a bug deployed, then fixed).
+        self.dead_letter_queue = dead_letter_queue
+        self.data_bug = data_bug
+        self.handled: collections.Counter[bytes] = collections.Counter()  # bodies acked, by times (duplicates show)
+        self.redriven_seen = 0  # messages carrying a redrive's mark that came by
         self._replicas = replicas
         self._metrics = _Metrics(integration, namespace)
         self._lock = threading.Lock()
@@ -216,7 +228,8 @@ class ConsumerPool:
     def metrics_url(self) -> str:
         return f"http://{self.metrics_target}/metrics"
 
-    def _handle(self, channel: pika.adapters.blocking_connection.BlockingChannel, delivery_tag: int) -> None:
+    def _handle(self, channel: pika.adapters.blocking_connection.BlockingChannel, delivery_tag: int,
+                properties: pika.BasicProperties | None = None, body: bytes = b"") -> None:
         """One message: the work takes seconds_per_message, then ack, dead-letter, or put back."""
         started = time.monotonic()
         time.sleep(self.seconds_per_message)
@@ -229,13 +242,25 @@ class ConsumerPool:
             with self._lock:
                 self._configuration_errors += 1
             return
+        headers = dict((properties.headers if properties else None) or {})
+        bug = self.data_bug
+        reason = bug(body) if bug is not None else None
         with self._lock:
             self._finished += 1
+            if REDRIVE_HEADER in headers:
+                self.redriven_seen += 1
             # Exactly the fraction asked, spread evenly: the n-th message is a dead letter when the
             # whole number of dead letters due grows at n.
-            dead_letter = int(self._finished * self.dead_letter_fraction) > int((self._finished - 1) * self.dead_letter_fraction)
-        if dead_letter:
-            channel.basic_reject(delivery_tag, requeue=False)  # to the dead-letter queue
+            if reason is None and int(self._finished * self.dead_letter_fraction) > int((self._finished - 1) * self.dead_letter_fraction):
+                reason = "invalid order"
+        if reason is not None:
+            if self.dead_letter_queue:
+                headers.update({ERROR_CLASS_HEADER: "data", ERROR_HEADER: reason})
+                channel.basic_publish("", self.dead_letter_queue, body, pika.BasicProperties(
+                    headers=headers, delivery_mode=2, timestamp=int(time.time()), message_id=properties.message_id if properties else None))
+                channel.basic_ack(delivery_tag)
+            else:
+                channel.basic_reject(delivery_tag, requeue=False)  # to the dead-letter queue
             self._metrics.error.inc()
             self._metrics.data_errors.inc()
         else:
@@ -244,10 +269,11 @@ class ConsumerPool:
             self._metrics.last_success.set(time.time())
         self._metrics.seconds.observe(time.monotonic() - started)
         with self._lock:
-            if dead_letter:
+            if reason is not None:
                 self._dead_lettered += 1
             else:
                 self._consumed += 1
+                self.handled[body] += 1
 
 
 class _Consumer(threading.Thread):
@@ -275,11 +301,13 @@ class _Consumer(threading.Thread):
         with pika.BlockingConnection(self.pool.parameters) as connection:
             channel = connection.channel()
             channel.basic_qos(prefetch_count=1)
+            if self.pool.dead_letter_queue:
+                channel.confirm_delivery()  # a dead letter is published with a confirm before its original is acked
             # The timeout wakes the loop up on an idle queue, to notice leave().
-            for method, _properties, _body in channel.consume(self.pool.queue, inactivity_timeout=0.2):
+            for method, properties, body in channel.consume(self.pool.queue, inactivity_timeout=0.2):
                 if self._leaving.is_set():
                     break  # a message delivered now goes back to the queue when the connection closes
                 if method is not None:
-                    self.pool._handle(channel, method.delivery_tag)
+                    self.pool._handle(channel, method.delivery_tag, properties, body)
             with contextlib.suppress(pika.exceptions.AMQPError):
                 channel.cancel()
