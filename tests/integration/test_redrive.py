@@ -44,6 +44,7 @@ class Setup:
     namespace: str
     broker: LocalRabbitMQ
     pool: ConsumerPool
+    prometheus: LocalPrometheus
     operator: object
     queue: str
     dlq: str
@@ -62,8 +63,13 @@ class Setup:
     def redrive_status(self, name: str) -> dict:
         return self.kubectl_json("get", "dlr", name).get("status") or {}
 
-    def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float) -> dict:
-        eventually(lambda: self.redrive_status(name).get("phase") in phases, timeout=timeout, what=f"redrive {name} in {phases}")
+    def wait_phase(self, name: str, phases: tuple[str, ...], timeout: float, reason: str | None = None) -> dict:
+        def there() -> bool:
+            status = self.redrive_status(name)
+            reasons = {c.get("reason") for c in status.get("conditions") or []}
+            return status.get("phase") in phases and (reason is None or reason in reasons)
+
+        eventually(there, timeout=timeout, what=f"redrive {name} in {phases} {reason or ''}")
         return self.redrive_status(name)
 
     def dead_letters(self, n: int, *, error_class: str, reason: str, prefix: str) -> None:
@@ -117,7 +123,7 @@ def setup(cluster, namespace, broker, tmp_path, run_operator) -> Iterator[callab
             "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=10s", "--dead-letter-review-interval=5",
             env=operator_env,
         )
-        return Setup(cluster, namespace, broker, pool, operator, name, dlq)
+        return Setup(cluster, namespace, broker, pool, prometheus, operator, name, dlq)
 
     yield make
     stack.close()
@@ -140,13 +146,15 @@ def test_the_review_shows_the_dead_letters_by_class_and_reason_without_consuming
 def test_a_redrive_waits_for_the_fix_then_moves_in_batches_and_leaves_the_still_bad(setup) -> None:
     s = setup(data_bug=buggy)
     publish(s.broker.parameters, s.queue, 45, body=lambda n: b"order-%d" % n)
+    eventually(lambda: depth(s.broker.parameters, s.dlq) == 15, timeout=60, what="15 orders dead-lettered")
     s.dead_letters(2, error_class="data", reason="customerId missing", prefix="still-bad")
-    eventually(lambda: depth(s.broker.parameters, s.dlq) == 17, timeout=60, what="15 orders dead-lettered")
-    # The bug is still deployed and keeps failing new orders: the redrive must not start.
+    # The bug is still deployed and keeps failing new orders (Prometheus sees them): the redrive must not start.
+    s.prometheus.wait_for(f'flowkeeper_errors_total{{namespace="{s.namespace}", class="data"}} >= 15')
     publish(s.broker.parameters, s.queue, 3, body=lambda n: b"order-%d" % (300 + n * 3))
-    s.redrive("after-fix", batchSize=4)
-    blocked = s.wait_phase("after-fix", ("Blocked",), timeout=30)
-    assert "CauseStillFiring" in json.dumps(blocked["conditions"]) and blocked["moved"] == 0
+    s.prometheus.wait_for(f'flowkeeper_errors_total{{namespace="{s.namespace}", class="data"}} >= 18')
+    s.redrive("after-fix", batchSize=10)
+    blocked = s.wait_phase("after-fix", ("Blocked",), timeout=45, reason="CauseStillFiring")
+    assert blocked["moved"] == 0 and "fix the cause first" in blocked["message"]
     assert depth(s.broker.parameters, s.dlq) == 20  # 17, and the 3 new orders the bug failed: nothing moved
 
     s.pool.data_bug = bad  # the fix is deployed
@@ -169,7 +177,7 @@ def test_a_redrive_stops_by_itself_when_too_many_fail_again(setup) -> None:
     # Messages a code defect sent to the dead letters; the "fix" did not fix most of them.
     s.dead_letters(12, error_class="code", reason="NullPointerException", prefix="still-bad")
     s.dead_letters(3, error_class="code", reason="NullPointerException", prefix="order-ok")
-    s.redrive("too-early", batchSize=5, classes=["code"], maxRefailureRatio="0.2")
+    s.redrive("too-early", batchSize=5, interval="2s", classes=["code"], maxRefailureRatio="0.2")
     status = s.wait_phase("too-early", ("Stopped", "Succeeded", "Failed"), timeout=90)
     assert status["phase"] == "Stopped" and "RefailureRatioExceeded" in json.dumps(status["conditions"])
     assert status["refailed"] > 0.2 * status["moved"] and status["moved"] < 15
@@ -196,8 +204,8 @@ def test_a_redrive_waits_while_its_flow_is_paused(setup) -> None:
     eventually(lambda: s.flow_status().get("phase") == "Paused", timeout=30, what="the flow paused")
     s.dead_letters(3, error_class="transient", reason="timeout", prefix="order")
     s.redrive("while-paused", classes=["transient"])
-    blocked = s.wait_phase("while-paused", ("Blocked",), timeout=30)
-    assert "FlowPaused" in json.dumps(blocked["conditions"]) and depth(s.broker.parameters, s.dlq) == 3
+    s.wait_phase("while-paused", ("Blocked",), timeout=30, reason="FlowPaused")
+    assert depth(s.broker.parameters, s.dlq) == 3
     s.cluster.kubectl("patch", "iflow", "orders", "-n", s.namespace, "--type=merge", "-p", '{"spec":{"paused":false}}')
     assert s.wait_phase("while-paused", ("Succeeded", "Stopped", "Failed"), timeout=60)["phase"] == "Succeeded"
     assert depth(s.broker.parameters, s.dlq) == 0

@@ -18,7 +18,6 @@ from enum import Enum
 from typing import Any
 
 from flowkeeper.api.durations import to_seconds
-from flowkeeper.api.quantities import to_float
 from flowkeeper.api.redrive import DeadLetterRedriveSpec, Phase
 from flowkeeper.domain.conditions import parse_rfc3339, rfc3339, set_condition
 from flowkeeper.domain.dead_letters import BatchResult, Cutoff, Selection
@@ -215,7 +214,7 @@ def _progress(status: dict[str, Any], doing: str) -> str:
 
 
 def _too_many_refailed(spec: DeadLetterRedriveSpec, moved: int, refailed: int) -> bool:
-    return moved > 0 and refailed > to_float(spec.max_refailure_ratio) * moved
+    return moved > 0 and refailed > float(spec.max_refailure_ratio) * moved
 
 
 def after_begin(record: RedriveRecord, cutoff: Cutoff, now: float) -> Step:
@@ -262,7 +261,7 @@ def after_verify(record: RedriveRecord, refailed_now: int, now: float) -> Step:
 
 
 def _stopped(draft: _Draft, spec: DeadLetterRedriveSpec, moved: int, refailed: int) -> Step:
-    limit = to_float(spec.max_refailure_ratio)
+    limit = float(spec.max_refailure_ratio)
     message = (
         f"{refailed} of {moved} moved messages failed again ({refailed / moved:.0%} > maxRefailureRatio {limit:.0%}): "
         "stopped; the rest stays in the dead letters"
