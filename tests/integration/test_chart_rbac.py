@@ -214,3 +214,51 @@ def test_cluster_wide_install_reads_every_namespace_and_still_deletes_nothing(cl
     assert refused(cluster, env, "get", "pods", "-A")
     assert refused(cluster, env, "get", "nodes")
     assert refused(cluster, env, "get", "leases", "-n", team)  # its lease lives in its own namespace only
+
+
+@pytest.mark.rabbitmq
+def test_dead_letters_are_reached_only_with_the_broker_secrets_that_were_granted(
+    cluster, install, namespaces, prometheus, fresh_exporter, tmp_path: Path
+) -> None:
+    """Both ways: a broker Secret named in rbac.secretNames is read (the review and a redrive work), one
+    that is not is refused, and the flow and the redrive say so instead of failing silently."""
+    from tests.support.rabbitmq import LocalRabbitMQ, declare_queue
+
+    release, team = namespaces["release"], namespaces["team"]
+    documents = install(release, f"watchNamespaces={{{team}}}", "rbac.secretNames={broker-creds}", "leaderElection.leaseDuration=5")
+    env = cluster.env_for_service_account(release, RELEASE)
+    for verb, sub in [("watch", ()), ("patch", ("--subresource=status",))]:
+        assert allowed(cluster, env, verb, "deadletterredrives.flowkeeper.io", *sub, "-n", team)
+    for verb in ("create", "update", "delete"):
+        assert not allowed(cluster, env, verb, "deadletterredrives.flowkeeper.io", "-n", team)
+    with LocalRabbitMQ() as broker:
+        for secret in ("broker-creds", "other-creds"):
+            cluster.kubectl("create", "secret", "generic", secret, "-n", team, "--from-literal=user=guest", "--from-literal=password=guest")
+        for name, secret in (("granted", "broker-creds"), ("ungranted", "other-creds")):
+            declare_queue(broker.parameters, name, dead_letter_queue=f"{name}.dlq")
+            cluster.kubectl("create", "deployment", name, "-n", team, "--image=example/consumer:1", "--replicas=1")
+            connection = {"address": f"amqp://127.0.0.1:{broker.amqp_port}",
+                          "usernameSecret": {"name": secret, "key": "user"}, "passwordSecret": {"name": secret, "key": "password"}}
+            source = {"broker": "rabbitmq", "vhost": "/", "queue": name, "deadLetterQueue": f"{name}.dlq", "connection": connection}
+            cluster.kubectl("apply", "-n", team, "-f", "-", input=flow_manifest(name, name, source=source))
+        redrive = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "DeadLetterRedrive", "metadata": {"name": "with-other-creds"},
+                   "spec": {"flowRef": {"name": "granted"}, "classes": ["transient"],
+                            "credentials": {"usernameSecret": {"name": "other-creds", "key": "user"},
+                                            "passwordSecret": {"name": "other-creds", "key": "password"}}}}
+        cluster.kubectl("apply", "-n", team, "-f", "-", input=json.dumps(redrive))
+        # The consumers count messages and no error: the redrive's cause check passes, the broker step comes next.
+        fresh_exporter.set("flowkeeper_messages_processed_total", {"namespace": team, "integration": "granted", "status": "success"}, 5)
+        prometheus.wait_for(f'flowkeeper_messages_processed_total{{namespace="{team}"}}')
+        args = operator_arguments(documents, release)
+        with OperatorProcess(env, tmp_path, *args, f"--prometheus-url={prometheus.url}", "--dead-letter-review-interval=5", standalone=False):
+            granted, ungranted = Flow(cluster, team, "granted"), Flow(cluster, team, "ungranted")
+            review = eventually(lambda: granted.status().get("deadLetters"), timeout=60, what="the granted flow's review")
+            assert review["depth"] == 0 and "error" not in review
+            failed = eventually(lambda: (ungranted.status().get("deadLetters") or {}).get("error"), timeout=60, what="the ungranted review")
+            assert failed.startswith("SecretForbidden") and "other-creds" in failed
+            blocked = eventually(
+                lambda: (lambda s: s if s.get("phase") == "Blocked" and "Secret" in s.get("message", "") else None)(
+                    json.loads(cluster.kubectl("get", "dlr", "with-other-creds", "-n", team, "-o", "json").stdout).get("status") or {}),
+                timeout=60, what="the redrive with ungranted credentials blocked")
+            assert "SecretForbidden" in json.dumps(blocked["conditions"])
+    assert refused(cluster, env, "get", "secret", "other-creds", "-n", team)
