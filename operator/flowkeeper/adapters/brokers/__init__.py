@@ -1,0 +1,1 @@
+"""Adapters to the brokers a flow reads from, for its dead letters (controller.ports.DeadLetterBroker)."""
