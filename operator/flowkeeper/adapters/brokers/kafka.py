@@ -219,8 +219,9 @@ class KafkaDeadLetters:
                     if record.offset >= stop:
                         break
                     if record.offset >= progress[tp]:
-                        yield record
+                        # Before the yield: a caller that stops after this record has examined it.
                         progress[tp] = record.offset + 1
+                        yield record
             # Every record fetched so far was yielded: the consumer's position is where we are.
             for tp, stop in list(pending.items()):
                 position = consumer.position(tp, timeout_ms=max(1, int(left * 1000)))
