@@ -10,7 +10,10 @@
   A crash between the flush and the commit moves that batch again (its copies are duplicates, each
   marked by `moved_headers`), never loses one.
 - Nothing is ever deleted from the dead-letter topic: Kafka does not remove single records. A moved
-  record stays there, behind the group's committed offset; retention removes it in time.
+  record stays there, behind the group's committed offset; retention removes it in time. So a later
+  redrive of the same topic, with a group of its own, starts from the beginning again and moves such
+  a record a second time (a copy that came back marked is never moved again: `Selection`).
+- `remaining` counts offsets not yet examined before the cutoff, selected or not: an upper bound.
 """
 
 from __future__ import annotations
@@ -98,8 +101,8 @@ class KafkaDeadLetters:
 
     # --- clients
 
-    def _config(self, timeout: float | None = None) -> dict[str, Any]:
-        ms = int((timeout or self.timeout) * 1000)
+    def _config(self) -> dict[str, Any]:
+        ms = int(self.timeout * 1000)
         config: dict[str, Any] = {
             "bootstrap_servers": self.address.address.split(","),
             "client_id": "flowkeeper",
