@@ -126,7 +126,21 @@ def test_the_broker_starts_fast_and_stops_leaving_nothing() -> None:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
 
 
-def test_the_broker_keeps_its_data_across_a_stop(kafka: LocalKafka) -> None:
+def test_a_first_start_takes_other_ports_when_one_was_taken_meanwhile() -> None:
+    broker = LocalKafka()
+    taken = broker.controller_port
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", taken))
+        squatter.listen()
+        try:
+            broker.start()
+            assert broker.controller_port != taken
+            create_topic(broker.bootstrap, "works", partitions=1)
+        finally:
+            broker.close()
+
+
+def test_the_broker_keeps_its_data_across_a_stop() -> None:
     broker = LocalKafka().start()
     try:
         create_topic(broker.bootstrap, "kept", partitions=1)

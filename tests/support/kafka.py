@@ -123,10 +123,12 @@ class LocalKafka:
     def __init__(self, *, partitions: int = 3) -> None:
         self.lib = jars()
         self.java = java()
+        self.partitions = partitions
         self.port, self.sasl_port, self.controller_port = free_port(), free_port(), free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="flowkeeper-kafka-"))
         self.config = self.workdir / "server.properties"
-        self._write_config(partitions)
+        self._write_config()
+        self._served = False  # True once it answered: from then on its ports are its own
         classpath = ["-cp", str(self.lib / "*")]
         options = [*JVM_OPTIONS, f"-Dlog4j2.configurationFile={LOG4J_CONFIG}", f"-Dkafka.logs.dir={self.workdir / 'logs'}"]
         self._java = [self.java, *options, *classpath]
@@ -135,7 +137,7 @@ class LocalKafka:
         self._finalizer = weakref.finalize(self, _cleanup, self.broker, self.workdir)
         atexit.register(self._finalizer)
 
-    def _write_config(self, partitions: int) -> None:
+    def _write_config(self) -> None:
         user = f'user_{self.sasl_username}="{self.sasl_password}"'
         jaas = f'org.apache.kafka.common.security.plain.PlainLoginModule required {user};'
         settings = {
@@ -152,7 +154,7 @@ class LocalKafka:
             "listener.name.sasl_plaintext.sasl.enabled.mechanisms": "PLAIN",
             "listener.name.sasl_plaintext.plain.sasl.jaas.config": jaas,
             "log.dirs": str(self.workdir / "data"),
-            "num.partitions": str(partitions),
+            "num.partitions": str(self.partitions),
             "auto.create.topics.enable": "false",
             "offsets.topic.replication.factor": "1",
             "offsets.topic.num.partitions": "1",
@@ -192,16 +194,38 @@ class LocalKafka:
         if result.returncode != 0:
             raise RuntimeError(f"formatting the Kafka storage failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}")
 
-    def start(self, timeout: float = 90) -> LocalKafka:
+    def start(self, timeout: float = 90, *, attempts: int = 3) -> LocalKafka:
+        for attempt in range(1, attempts + 1):
+            logged = self.broker.log_path.stat().st_size if self.broker.log_path.exists() else 0
+            try:
+                self._format()
+                if not self.broker.running:
+                    self.broker.start()
+                wait_until(self._ready, timeout, "kafka", self.broker)
+                self._served = True
+                return self
+            except RuntimeError:
+                self.stop()
+                # A free port is only free until someone takes it: between free_port() and the
+                # JVM's bind, any outgoing connection on the machine may get it as its local port.
+                # A first start can take other ports (its data is new); a restart keeps its own.
+                if self._served or attempt == attempts or b"Address already in use" not in self._log_since(logged):
+                    raise
+                self.port, self.sasl_port, self.controller_port = free_port(), free_port(), free_port()
+                self._write_config()
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _log_since(self, offset: int) -> bytes:
         try:
-            self._format()
-            if not self.broker.running:
-                self.broker.start()
-            wait_until(self._ready, timeout, "kafka", self.broker)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+            with open(self.broker.log_path, "rb") as log:
+                log.seek(offset)
+                return log.read()
+        except FileNotFoundError:  # the storage format failed: the broker never ran
+            return b""
 
     def _ready(self) -> bool:
         admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=3000, bootstrap_timeout_ms=3000)
