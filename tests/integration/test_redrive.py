@@ -96,7 +96,7 @@ class Setup:
 def setup(cluster, namespace, broker, tmp_path, run_operator) -> Iterator[callable]:
     stack = contextlib.ExitStack()
 
-    def make(data_bug=None, operator_env: dict | None = None) -> Setup:
+    def make(data_bug=None, operator_env: dict | None = None, operator_args: tuple[str, ...] = ()) -> Setup:
         name = f"q-{uuid.uuid4().hex[:6]}"
         dlq = f"{name}.dlq"
         declare_queue(broker.parameters, name, dead_letter_queue=dlq)
@@ -121,7 +121,7 @@ def setup(cluster, namespace, broker, tmp_path, run_operator) -> Iterator[callab
         prometheus = stack.enter_context(LocalPrometheus([broker.prometheus_scrape_target, pool.metrics_target]).start())
         operator = run_operator(
             "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=10s", "--dead-letter-review-interval=5",
-            env=operator_env,
+            *operator_args, env=operator_env,
         )
         return Setup(cluster, namespace, broker, pool, prometheus, operator, name, dlq)
 
@@ -226,3 +226,27 @@ def test_a_kill_between_the_redrives_writes_loses_nothing(setup, run_operator, c
     assert {b"order-%d" % i for i in range(12)} == set(handled), "nothing lost"
     assert sum(handled.values()) - len(handled) <= 5, "duplicates at most one batch (at-least-once)"
     assert restarted.process.popen.poll() is None
+
+
+def test_reviewing_100000_dead_letters_is_bounded_and_holds_up_no_other_flow(setup, cluster, namespace) -> None:
+    s = setup(data_bug=bad, operator_args=("--dead-letter-review-limit=20000",))
+    publish(s.broker.parameters, s.dlq, 100_000, body=lambda n: b"dead-%d" % n)
+    # Another flow of the same operator gets a backlog while the big review runs.
+    other = f"{s.queue}-other"
+    declare_queue(s.broker.parameters, other)
+    cluster.kubectl("create", "deployment", "other", "-n", namespace, "--image=example/consumer:1", "--replicas=1")
+    manifest = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow", "metadata": {"name": "other"},
+                "spec": {"scaleTargetRef": {"name": "other"}, "source": {"broker": "rabbitmq", "queue": other},
+                         "scaling": {"pollInterval": "2s", "maxReplicas": 5, "queueDepthPerReplica": 20}}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(manifest))
+    eventually(lambda: s.operator.metric("flowkeeper_dead_letter_reviews_total") >= 1, timeout=60, what="a first review")
+    publish(s.broker.parameters, other, 200)
+    started = time.monotonic()
+    eventually(lambda: s.kubectl_json("get", "deployment", "other")["spec"]["replicas"] == 5, timeout=30, what="the other flow scaled")
+    reaction = time.monotonic() - started
+    review = eventually(lambda: (lambda r: r if r.get("depth") == 100_000 else None)(s.flow_status().get("deadLetters") or {}),
+                        timeout=120, what="the big review in the status")
+    assert review["examined"] == 20_000, "a review reads at most its limit"
+    assert depth(s.broker.parameters, s.dlq) == 100_000, "and consumes nothing"
+    print(f"reaction of another flow during a review of 100000 dead letters: {reaction:.1f}s")
+    assert reaction < 20
