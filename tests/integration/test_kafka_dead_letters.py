@@ -467,3 +467,39 @@ def test_a_recreated_topic_loses_the_cutoff(kafka: LocalKafka, adapter: KafkaDea
             move(fresh, topics, "u", Cutoff("not json", 0))
     finally:
         fresh.close()
+
+
+# ------------------------------------------------------------------------------------- through the operator
+
+
+@pytest.mark.cluster
+def test_the_operator_reviews_a_kafka_dead_letter_topic_and_dry_runs_a_redrive(kafka, topics, cluster, namespace, run_operator) -> None:
+    dlt, topic = topics
+    produce(kafka.bootstrap, dlt, letters(4, reason="bad currency", tag="a") + letters(2, error_class="code", reason="NPE", tag="b"))
+    cluster.kubectl("create", "deployment", "payments", "-n", namespace, "--image=example/consumer:1", "--replicas=1")
+    flow = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow", "metadata": {"name": "payments"},
+            "spec": {"scaleTargetRef": {"name": "payments"},
+                     "source": {"broker": "kafka", "topic": topic, "consumerGroup": "payments", "deadLetterTopic": dlt,
+                                "connection": {"address": kafka.bootstrap}}}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(flow))
+    run_operator("-n", namespace, "--dead-letter-review-interval=5")
+
+    def status(kind: str, name: str) -> dict:
+        return json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout).get("status") or {}
+
+    deadline = time.monotonic() + 60
+    while not (status("iflow", "payments").get("deadLetters") or {}).get("examined") and time.monotonic() < deadline:
+        time.sleep(1)
+    review = status("iflow", "payments")["deadLetters"]
+    assert (review["depth"], review["byClass"]) == (6, {"code": 2, "data": 4}), review
+    assert {r["reason"]: r["count"] for r in review["byReason"]} == {"bad currency": 4, "NPE": 2}
+
+    dry = {"apiVersion": "flowkeeper.io/v1alpha1", "kind": "DeadLetterRedrive", "metadata": {"name": "look"},
+           "spec": {"flowRef": {"name": "payments"}, "classes": ["data"], "dryRun": True}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(dry))
+    deadline = time.monotonic() + 60
+    while status("dlr", "look").get("phase") != "Succeeded" and time.monotonic() < deadline:
+        time.sleep(1)
+    looked = status("dlr", "look")
+    assert (looked.get("phase"), looked.get("wouldMove"), looked.get("moved")) == ("Succeeded", 4, 0), looked
+    assert depth(kafka.bootstrap, topic) == 0, "a dry run moves nothing"

@@ -236,3 +236,9 @@ def test_a_review_counts_every_letter_once(letters) -> None:
     times = [at for _, _, at, _ in letters if at is not None]
     assert (review.oldest, review.newest) == ((min(times), max(times)) if times else (None, None))
     assert sum(review.redriven.values()) == sum(1 for *_, by in letters if by)
+
+
+def test_a_dry_run_may_look_before_the_fix() -> None:
+    step = decide(redrive(dryRun=True), Situation(flow(), cause_rate=3.0, now=NOW))
+    assert step.action == Action.move and step.status["phase"] == "Running"
+    assert reasons(decide(redrive(dryRun=True), Situation(flow(paused=True), now=NOW))) == {"FlowPaused"}

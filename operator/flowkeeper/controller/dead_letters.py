@@ -263,7 +263,8 @@ class DeadLetterController:
     async def _step(self, record: RedriveRecord) -> None:
         flow = self._flow_of(record)
         situation = Situation(flow=flow, now=self.wall_clock())
-        if record.phase in ("Pending", "Blocked") and record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None:
+        if record.phase in ("Pending", "Blocked") and record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None \
+                and not record.spec.dry_run:
             rate, problem = await self._cause_rate(flow, record)
             situation = Situation(flow=flow, cause_rate=rate, cause_problem=problem, now=situation.now)
         step = rules.decide(record, situation)

@@ -163,7 +163,8 @@ def decide(record: RedriveRecord, situation: Situation, *, mono_due: bool = True
         return draft.to(Phase.failed, "InvalidSpec", f"the spec cannot be read: {record.spec_error}")
     spec = record.spec
     flow = situation.flow
-    blocked = _blocked(spec, flow, situation, started=record.cutoff is not None)
+    # A dry run moves nothing: it may look before the cause is fixed.
+    blocked = _blocked(spec, flow, situation, started=record.cutoff is not None or spec.dry_run)
     if blocked is not None:
         reason, message = blocked
         return draft.to(Phase.blocked, reason, message, retry_in=BLOCKED_RETRY)

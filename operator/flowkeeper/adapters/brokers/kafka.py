@@ -259,6 +259,8 @@ class KafkaDeadLetters:
         self, dead_letters: str, to: str, *, redrive_uid: str, cutoff: Cutoff, selection: Selection,
         batch: int, dry_run: bool, scan_limit: int, deadline: float,
     ) -> BatchResult:
+        if dry_run and not cutoff.token:
+            cutoff = self.begin(dead_letters, redrive_uid=redrive_uid)  # a dry run counts what is there now
         with self._errors(f"redriving {dead_letters!r} to {to!r}"):
             stops = parse_cutoff(cutoff.token)
             partitions = {tp.partition: tp for tp in self._partitions(dead_letters, reason="DeadLetterTopicNotFound")}
