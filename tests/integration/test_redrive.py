@@ -140,6 +140,7 @@ def test_the_review_shows_the_dead_letters_by_class_and_reason_without_consuming
     assert review["samples"] == ["bad date format"] and review["oldest"] <= review["newest"]
     assert depth(s.broker.parameters, s.dlq) == 10, "reviews consume nothing"
     described = s.cluster.kubectl("describe", "iflow", "orders", "-n", s.namespace).stdout
+    print(described)
     assert "Dead Letters" in described and "bad date format" in described
 
 
@@ -250,3 +251,23 @@ def test_reviewing_100000_dead_letters_is_bounded_and_holds_up_no_other_flow(set
     assert depth(s.broker.parameters, s.dlq) == 100_000, "and consumes nothing"
     print(f"reaction of another flow during a review of 100000 dead letters: {reaction:.1f}s")
     assert reaction < 20
+
+
+def test_a_deleted_redrive_takes_its_marker_along_even_when_the_operator_missed_the_deletion(setup, run_operator) -> None:
+    s = setup(data_bug=bad)
+    s.dead_letters(30, error_class="transient", reason="timeout", prefix="order")
+    s.redrive("slow", batchSize=1, interval="1h", classes=["transient"])
+    s.wait_phase("slow", ("Running",), timeout=60, reason="Moving")
+    eventually(lambda: s.redrive_status("slow").get("moved") == 1, timeout=30, what="one message moved")
+    assert any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), "the marker is in the dead letters"
+    s.cluster.kubectl("delete", "dlr", "slow", "-n", s.namespace)
+    eventually(lambda: not any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), timeout=30, what="the marker removed on delete")
+
+    s.redrive("orphaned", batchSize=1, interval="1h", classes=["transient"])
+    eventually(lambda: s.redrive_status("orphaned").get("moved") == 1, timeout=60, what="the second redrive moving")
+    s.operator.stop()
+    s.cluster.kubectl("delete", "dlr", "orphaned", "-n", s.namespace)
+    args = [a for a in s.operator.process.argv if a.startswith("--prometheus-url")]
+    run_operator("-n", s.namespace, *args, "--rate-window=10s", "--dead-letter-review-interval=5")
+    eventually(lambda: not any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), timeout=60, what="the orphaned marker removed by a review")
+    assert depth(s.broker.parameters, s.dlq) == 28, "only the markers went: 30 dead letters, 2 moved"
