@@ -242,3 +242,30 @@ def test_a_dry_run_may_look_before_the_fix() -> None:
     step = decide(redrive(dryRun=True), Situation(flow(), cause_rate=3.0, now=NOW))
     assert step.action == Action.move and step.status["phase"] == "Running"
     assert reasons(decide(redrive(dryRun=True), Situation(flow(paused=True), now=NOW))) == {"FlowPaused"}
+
+
+def test_a_broker_is_allowed_only_when_every_host_of_its_address_is_listed() -> None:
+    from flowkeeper.controller.dead_letters import broker_allowed
+
+    allowed = frozenset({"rabbitmq.messaging:5672", "kafka-0:9092", "kafka-1:9092"})
+    assert broker_allowed("amqp://RabbitMQ.messaging:5672", allowed)
+    assert broker_allowed("amqps://rabbitmq.messaging:5672/", allowed)
+    assert broker_allowed("kafka-0:9092,kafka-1:9092", allowed)
+    assert not broker_allowed("kafka-0:9092,evil:9092", allowed)
+    assert not broker_allowed("amqp://rabbitmq.messaging:5673", allowed)
+    assert not broker_allowed("amqp://internal-admin:15672", allowed)
+
+
+def test_a_review_becomes_the_flows_status_dead_letters() -> None:
+    from collections import Counter
+
+    from flowkeeper.controller.dead_letters import review_status
+    from flowkeeper.domain.dead_letters import Review
+
+    review = Review(depth=30, examined=12, by_class=Counter(data=10, code=2), by_reason=Counter({f"r{i}": 12 - i for i in range(12)}),
+                    samples=["r0"], oldest=NOW - 60, newest=NOW, redriven=Counter(x=2, y=1))
+    status = review_status(review, NOW)
+    assert status["byClass"] == {"code": 2, "data": 10} and len(status["byReason"]) == 10
+    assert status["byReason"][0] == {"reason": "r0", "count": 12} and status["redriven"] == 3
+    assert status["oldest"] < status["newest"] == status["reviewedAt"]
+    assert "oldest" not in review_status(Review(depth=0), NOW)

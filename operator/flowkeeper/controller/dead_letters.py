@@ -191,7 +191,7 @@ class DeadLetterController:
         """Runs on a thread: reads the Secrets."""
         assert flow.spec is not None and flow.spec.source.connection is not None
         source, connection = flow.spec.source, flow.spec.source.connection
-        if self.allowed_brokers and not _allowed(connection.address, self.allowed_brokers):
+        if self.allowed_brokers and not broker_allowed(connection.address, self.allowed_brokers):
             raise ConfigurationError(
                 f"spec.source.connection.address {connection.address} is not a broker this operator may connect to: "
                 "its option --allowed-broker (FLOWKEEPER_ALLOWED_BROKERS) must list it",
@@ -350,7 +350,7 @@ def _batch(spec: Any, record: RedriveRecord) -> int:
     return max(0, min(spec.batch_size, spec.max_messages - int(record.status.get("moved") or 0)))
 
 
-def _allowed(address: str, allowed: frozenset[str]) -> bool:
+def broker_allowed(address: str, allowed: frozenset[str]) -> bool:
     """Every host:port of the address is listed (case-blind; amqp URLs compared by their host:port)."""
     hosts = address.split("://", 1)[1].rstrip("/") if "://" in address else address
     return all(host.strip().lower() in allowed for host in hosts.split(","))
