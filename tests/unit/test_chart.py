@@ -195,6 +195,8 @@ def test_arguments_elect_a_leader_over_a_lease() -> None:
         "--identity=$(POD_NAME)",
         "--lease-duration=15",
         "--rate-window=1m",
+        "--dead-letter-review-interval=60",
+        "--dead-letter-review-limit=10000",
     ]
     env = {e["name"]: e for e in operator["env"]}
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
@@ -245,6 +247,15 @@ def test_tenant_safety_options_are_off_unless_set() -> None:
         "--allowed-prometheus-server=http://b/prometheus",
         "--allow-metrics-overrides",
     ]
+
+
+def test_dead_letter_options_reach_the_operator() -> None:
+    args = container(render())["args"]
+    assert "--dead-letter-review-interval=60" in args and "--dead-letter-review-limit=10000" in args
+    assert not [a for a in args if a.startswith("--allowed-broker")]
+    args = container(render("deadLetters.allowedBrokers={rabbitmq.messaging:5672,kafka-0:9092}", "deadLetters.reviewInterval=30"))["args"]
+    assert [a for a in args if a.startswith("--allowed-broker")] == ["--allowed-broker=rabbitmq.messaging:5672", "--allowed-broker=kafka-0:9092"]
+    assert "--dead-letter-review-interval=30" in args
 
 
 def test_argo_rollouts_are_watched_and_granted_only_when_enabled() -> None:
@@ -359,6 +370,8 @@ def test_rbac_can_be_left_to_the_cluster_admin() -> None:
         ("prometheus.allowedServers={https://p:9090?x=1}", "allowedServers"),
         ("prometheus.allowMetricsOverrides=yes", "allowMetricsOverrides"),
         ("rbac.sekretNames={prom-token}", "sekretNames"),
+        ("deadLetters.reviewInterval=1", "reviewInterval"),
+        ("deadLetters.allowedBrokers={amqp://rabbit:5672}", "allowedBrokers"),
         ("image.tag=2", "tag"),
         ("resources=big", "resources"),
     ],
