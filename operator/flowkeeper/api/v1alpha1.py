@@ -592,7 +592,7 @@ class DeadLetterReview(ApiModel):
     by_reason: list[ReasonCount] = Field(default_factory=list, description="Counts by reason, most frequent first (the first 10).")
     samples: list[str] = Field(default_factory=list, description="A few reasons, as written by the consumers.")
     redriven: int = Field(default=0, ge=0, description="Dead letters a DeadLetterRedrive moved before that failed again; never redriven automatically.")
-    reviewed_at: str | None = Field(default=None, description="When the review ran.", json_schema_extra={"format": "date-time"})
+    reviewed_at: str | None = Field(default=None, description="When these counts were found (a review that finds the same rewrites nothing).", json_schema_extra={"format": "date-time"})
     error: str | None = Field(default=None, description="Why the last review failed, if it did (the counts are from the one before).")
 
 
