@@ -1,0 +1,221 @@
+"""The dead-letter controller's own rules, with an in-memory API and broker that answer like the real
+ones: a standby touches no broker, one call at a time per dead-letter queue, a cutoff missed now and
+then is not lost, a failed status write is not followed by a broker step, and quiet reviews write nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+from flowkeeper.controller.dead_letters import DeadLetterController
+from flowkeeper.controller.events import EventRecorder
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.adapters.kubernetes import Listing
+from flowkeeper.domain.dead_letters import BatchResult, Cutoff, CutoffLost, Review
+from flowkeeper.domain.errors import ConflictError
+
+
+class Leader:
+    def __init__(self, leading: bool = True) -> None:
+        self.leading = leading
+
+    def is_leading(self) -> bool:
+        return self.leading
+
+
+class Api:
+    def __init__(self) -> None:
+        self.version = 100
+        self.status_writes: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
+        self.conflict = False
+        self.status: dict[str, Any] = {}  # the redrive's status as stored
+
+    def list_objects(self, kind, namespaces):
+        return Listing()
+
+    def patch_redrive_status(self, namespace, name, status, resource_version):
+        if self.conflict:
+            raise ConflictError("changed", reason="Conflict")
+        self.version += 1
+        self.status_writes.append(status)
+        return {"metadata": {"name": name, "namespace": namespace, "uid": "r1", "generation": 1, "resourceVersion": str(self.version)},
+                "spec": {"flowRef": {"name": "orders"}, "classes": ["transient"], "interval": "0s"}, "status": self.merged(status)}
+
+    def merged(self, patch):
+        self.status = {**self.status, **{k: v for k, v in patch.items() if v is not None}}
+        return self.status
+
+    def read_secret_key(self, namespace, name, key):
+        return "secret"
+
+    def create_event(self, event):
+        self.events.append(event)
+        return f"e{len(self.events)}"
+
+    def patch_event(self, namespace, name, patch):
+        pass
+
+
+class Broker:
+    """Records every call; `cutoff_seen` False makes move raise CutoffLost."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.active = 0
+        self.most_at_once = 0
+        self.cutoff_seen = True
+        self.depth = 5
+        self.lock = threading.Lock()
+
+    def _enter(self, name: str) -> None:
+        with self.lock:
+            self.calls.append(name)
+            self.active += 1
+            self.most_at_once = max(self.most_at_once, self.active)
+        time.sleep(0.05)
+        with self.lock:
+            self.active -= 1
+
+    def review(self, dead_letters, *, limit, deadline):
+        self._enter("review")
+        return Review(depth=self.depth, examined=self.depth)
+
+    def begin(self, dead_letters, *, redrive_uid):
+        self._enter("begin")
+        return Cutoff(redrive_uid, self.depth)
+
+    def move(self, dead_letters, to, **kwargs):
+        self._enter("move")
+        if not self.cutoff_seen:
+            raise CutoffLost("marker not seen")
+        return BatchResult(moved=1, remaining=4, refailed=0, reached_cutoff=False)
+
+    def finish(self, dead_letters, *, redrive_uid, cutoff):
+        self._enter("finish")
+
+    def close(self) -> None:
+        pass
+
+
+FLOW = {
+    "metadata": {"name": "orders", "namespace": "shop", "uid": "f1", "generation": 1, "resourceVersion": "1"},
+    "spec": {"scaleTargetRef": {"name": "orders"},
+             "source": {"broker": "rabbitmq", "queue": "orders", "deadLetterQueue": "orders.dlq", "connection": {"address": "amqp://mq:5672"}}},
+}
+
+
+def redrive(status: dict | None = None) -> dict:
+    return {"metadata": {"name": "r", "namespace": "shop", "uid": "r1", "generation": 1, "resourceVersion": "5"},
+            "spec": {"flowRef": {"name": "orders"}, "classes": ["transient"], "interval": "0s"}, "status": status or {}}
+
+
+class Signals:
+    def error_rate(self, flow, classes, window):
+        return 0.0, None
+
+
+def controller(*, leading: bool = True, review_interval: float = 0.0, **_: Any):
+    store = ClusterStore()
+    store.flow_event("ADDED", FLOW)
+    store.redrives_seeded = True
+    api, broker = Api(), Broker()
+    leader = Leader(leading)
+    recorder = EventRecorder(api, instance="test")
+    dlc = DeadLetterController(store, api, leader, recorder, signals=Signals(), review_interval=review_interval, connect=lambda address: broker)
+    return store, api, broker, leader, dlc
+
+
+async def ticks(dlc: DeadLetterController, n: int, pause: float = 0.12) -> None:
+    for _ in range(n):
+        dlc.tick()
+        await asyncio.sleep(pause)
+    if dlc.tasks:
+        await asyncio.wait(list(dlc.tasks), timeout=5)
+
+
+def test_a_standby_touches_no_broker_and_writes_nothing() -> None:
+    async def run() -> tuple[Broker, Api]:
+        store, api, broker, leader, dlc = controller(leading=False)
+        store.redrive_event("ADDED", redrive())
+        stopped = asyncio.Event()
+        task = asyncio.create_task(dlc.run_forever(stopped))
+        await asyncio.sleep(1.5)
+        stopped.set()
+        await task
+        return broker, api
+
+    broker, api = asyncio.run(run())
+    assert broker.calls == [] and api.status_writes == []
+
+
+def test_one_call_at_a_time_per_dead_letter_queue() -> None:
+    async def run() -> Broker:
+        store, api, broker, leader, dlc = controller()
+        store.redrive_event("ADDED", redrive())
+        await ticks(dlc, 20, pause=0.1)
+        return broker
+
+    broker = asyncio.run(run())
+    assert {"review", "begin", "move"} <= set(broker.calls)
+    assert broker.most_at_once == 1, "a review and a redrive of one queue never overlap"
+
+
+def test_a_cutoff_missed_twice_is_not_lost_but_three_times_is() -> None:
+    async def run() -> list[str]:
+        store, api, broker, leader, dlc = controller(review_interval=3600)
+        api.status = {"phase": "Running", "cutoff": {"token": "r1", "depth": 5, "at": "2026-12-01T00:00:00Z"}}
+        store.redrive_event("ADDED", redrive(api.status))
+        broker.cutoff_seen = False
+        phases = []
+        for _ in range(3):
+            dlc._next_step.clear()  # the 15 s between retries, skipped
+            await ticks(dlc, 1)
+            phases.append(store.redrives["r1"].phase)
+        return phases, {c["reason"] for w in api.status_writes for c in w.get("conditions") or []}
+
+    phases, reasons = asyncio.run(run())
+    assert phases == ["Running", "Running", "Failed"] and {"CutoffNotSeen", "CutoffLost"} <= reasons
+
+
+def test_a_status_write_that_conflicts_is_not_followed_by_a_broker_step() -> None:
+    async def run() -> Broker:
+        store, api, broker, leader, dlc = controller(review_interval=3600)
+        store.redrive_event("ADDED", redrive())
+        api.conflict = True
+        await ticks(dlc, 3)
+        return broker
+
+    broker = asyncio.run(run())
+    assert "begin" not in broker.calls and "move" not in broker.calls
+
+
+def test_a_review_that_finds_the_same_leaves_the_status_alone() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller()
+        await ticks(dlc, 1)
+        first = store.reviews["f1"]
+        await asyncio.sleep(1.1)  # a later second: reviewedAt would differ
+        await ticks(dlc, 1)
+        same = store.reviews["f1"]
+        broker.depth = 7
+        await ticks(dlc, 1)
+        return first, same, store.reviews["f1"], broker
+
+    first, same, changed, broker = asyncio.run(run())
+    assert broker.calls.count("review") == 3
+    assert same is first and changed["depth"] == 7
+
+
+def test_dead_letters_known_to_be_empty_are_not_read() -> None:
+    async def run() -> Broker:
+        store, api, broker, leader, dlc = controller()
+        broker.depth = 0
+        await ticks(dlc, 1)
+        store.flow_event("MODIFIED", {**FLOW, "metadata": {**FLOW["metadata"], "resourceVersion": "2"}, "status": {"signals": {"deadLetterDepth": 0}}})
+        await ticks(dlc, 3)
+        return broker
+
+    assert asyncio.run(run()).calls == ["review"]
