@@ -149,24 +149,36 @@ def template_hash(template: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(template or {}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def identity(body: dict[str, Any]) -> dict[str, Any]:
+    """namespace, name, uid, generation, status and resource_version of a custom object as a watch
+    event or a write response carries it (the fields every record of ours starts with)."""
+    metadata = body.get("metadata", {})
+    return {
+        "namespace": metadata.get("namespace", ""),
+        "name": metadata.get("name", ""),
+        "uid": metadata.get("uid", "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}",
+        "generation": int(metadata.get("generation") or 0),
+        "status": dict(body.get("status") or {}),
+        "resource_version": str(metadata.get("resourceVersion") or ""),
+    }
+
+
+def parse_spec(model: Any, body: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the spec, None), or (None, why) when the stored spec does not parse (it should not pass the CRD)."""
+    try:
+        return model.model_validate(body.get("spec") or {}), None
+    except ValueError as exc:  # pydantic.ValidationError is a ValueError
+        return None, str(exc)
+
+
 def flow_from_body(body: dict[str, Any]) -> FlowRecord:
     metadata = body.get("metadata", {})
-    spec: IntegrationFlowSpec | None
-    try:
-        spec = IntegrationFlowSpec.model_validate(body.get("spec") or {})
-        error = None
-    except ValueError as exc:  # pydantic.ValidationError is a ValueError
-        spec, error = None, str(exc)
+    spec, error = parse_spec(IntegrationFlowSpec, body)
     return FlowRecord(
-        namespace=metadata.get("namespace", ""),
-        name=metadata.get("name", ""),
-        uid=metadata.get("uid", "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}",
-        generation=int(metadata.get("generation") or 0),
+        **identity(body),
         spec=spec,
         spec_error=error,
-        status=dict(body.get("status") or {}),
         annotations=dict(metadata.get("annotations") or {}),
-        resource_version=str(metadata.get("resourceVersion") or ""),
         created=str(metadata.get("creationTimestamp") or ""),
     )
 

@@ -21,7 +21,7 @@ from flowkeeper.api.durations import to_seconds
 from flowkeeper.api.redrive import DeadLetterRedriveSpec, Phase
 from flowkeeper.domain.conditions import parse_rfc3339, rfc3339, set_condition
 from flowkeeper.domain.dead_letters import BatchResult, Cutoff, Selection
-from flowkeeper.domain.flow import FlowRecord
+from flowkeeper.domain.flow import FlowRecord, identity, parse_spec
 
 PROGRESSING = "Progressing"
 COMPLETE = "Complete"
@@ -76,21 +76,8 @@ class RedriveRecord:
 
 
 def redrive_from_body(body: dict[str, Any]) -> RedriveRecord:
-    metadata = body.get("metadata", {})
-    try:
-        spec, error = DeadLetterRedriveSpec.model_validate(body.get("spec") or {}), None
-    except ValueError as exc:
-        spec, error = None, str(exc)
-    return RedriveRecord(
-        namespace=metadata.get("namespace", ""),
-        name=metadata.get("name", ""),
-        uid=metadata.get("uid", "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}",
-        generation=int(metadata.get("generation") or 0),
-        spec=spec,
-        spec_error=error,
-        status=dict(body.get("status") or {}),
-        resource_version=str(metadata.get("resourceVersion") or ""),
-    )
+    spec, error = parse_spec(DeadLetterRedriveSpec, body)
+    return RedriveRecord(**identity(body), spec=spec, spec_error=error)
 
 
 def selection_of(spec: DeadLetterRedriveSpec) -> Selection:
