@@ -8,30 +8,37 @@ In the demo it runs as a thread next to the loop that samples; by hand, against 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 import pika
 
+from examples.demo.orders import order
 from tests.support.rabbitmq import Publisher
 
 TICK = 0.1  # seconds between the batches of a paced burst
 
 
-def order(number: int) -> bytes:
-    """The body of the n-th order: something an ERP could send."""
-    return json.dumps({"order": f"SO-{number:06d}", "lines": 1 + number % 5, "warehouse": "WH-1"}).encode()
-
-
 class Producer(threading.Thread):
-    """Publishes `count` orders, at `rate` messages/s (None: as fast as the broker takes them).
-    `published` counts committed messages only, so it is exact at any moment."""
+    """Publishes `count` orders, at `rate` messages/s (None: as fast as the broker takes them): the
+    bodies `body(first)` .. `body(first + count - 1)`, so that several producers in one story send
+    different orders. `published` counts committed messages only, so it is exact at any moment."""
 
-    def __init__(self, parameters: pika.ConnectionParameters, queue: str, count: int, *, rate: float | None = None) -> None:
+    def __init__(
+        self,
+        parameters: pika.ConnectionParameters,
+        queue: str,
+        count: int,
+        *,
+        rate: float | None = None,
+        first: int = 0,
+        body: Callable[[int], bytes] = order,
+    ) -> None:
         super().__init__(name=f"producer-{queue}", daemon=True)
         self.parameters, self.queue, self.count, self.rate = parameters, queue, count, rate
+        self.first, self.body = first, body
         self.error: BaseException | None = None
         self._publisher: Publisher | None = None
         self._stopping = threading.Event()
@@ -46,7 +53,7 @@ class Producer(threading.Thread):
                 per_tick = self.count if self.rate is None else max(1, round(self.rate * TICK))
                 next_tick = time.monotonic()
                 while self.published < self.count and not self._stopping.is_set():
-                    self._publisher.send(min(per_tick, self.count - self.published), order)
+                    self._publisher.send(min(per_tick, self.count - self.published), lambda n: self.body(self.first + n))
                     # Paced against the clock, not by sleeping TICK each time: the sends' own time
                     # would make the rate drift.
                     next_tick += TICK

@@ -6,23 +6,31 @@ It starts a local control plane, RabbitMQ, Prometheus and the operator, applies 
    Flowkeeper scales the consumers out, the backlog drains, a few orders go to the dead-letter queue;
    after the scale-down window it is back to one consumer;
 2. a broken configuration is deployed: the consumers fail every message; Flowkeeper pauses the flow
-   (consumers to 0, the backlog waits in the queue); the fix is deployed and the flow resumes and drains.
-At the end: a summary, and a PNG chart of backlog and replicas over time (demo-output/).
+   (consumers to 0, the backlog waits in the queue); the fix is deployed and the flow resumes and drains;
+3. a consumer release with a data bug is deployed: it dead-letters the orders with a delivery time;
+   the flow's status shows the dead letters by class and reason; the fix is deployed, and a
+   DeadLetterRedrive moves the bug's dead letters back to the queue in batches once no data error was
+   counted for its cause window; the few orders that are bad whatever the release fail again and
+   stay in the dead-letter queue, marked, not redriven again.
+At the end: a summary, and a PNG chart of backlog, dead letters and replicas over time (demo-output/).
 
 Consumers are simulated by threads (kwok's pods run no containers) that follow the Deployment's ready
 replicas. Ctrl-C at any point stops everything the demo started.
 
-    python -m examples.demo.run [--burst 6000] [--rate 20] [--no-pause] [--out demo-output]
+    python -m examples.demo.run [--burst 6000] [--rate 20] [--no-pause] [--no-redrive] [--out demo-output]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import json
 import signal
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,7 @@ from pathlib import Path
 import yaml
 from kubernetes import client, config
 
+from examples.demo import orders
 from examples.demo.chart import write_chart
 from examples.demo.producer import Producer
 from examples.demo.timeline import Timeline, summarize
@@ -42,6 +51,9 @@ from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth
 
 FLOW_FILE = REPO / "examples" / "demo" / "flow.yaml"
 NAMESPACE = "shop"
+BROKER_SECRET = "broker-credentials"  # the flow's spec.source.connection reads the broker's user and password here
+REDRIVE_NAME = "after-the-date-fix"
+REDRIVE_TERMINAL = ("Succeeded", "Stopped", "Failed")
 
 
 def _flow_spec() -> tuple[dict, dict]:
@@ -53,10 +65,20 @@ def _flow_spec() -> tuple[dict, dict]:
 class Settings:
     burst: int = 6000  # orders published at once
     rate_per_replica: float = 20.0  # orders one consumer handles per second
-    dead_letter_fraction: float = 0.005  # below the 1 % error-ratio threshold: dead letters (P3), not P2
+    # Orders without a customerId, rejected by every release: below the 1 % error-ratio threshold,
+    # dead letters (P3), not P2.
+    dead_letter_fraction: float = 0.005
     with_pause: bool = True
+    with_redrive: bool = True
+    bug_orders: int = 1200  # published while the data bug is deployed; one in 4 has a delivery time
+    impossible_date_every: int = 100  # of those, every n-th has a date that does not exist: still bad after the fix
+    redrive_batch: int = 50
+    redrive_interval: str = "2s"
+    cause_window: str = "1m"  # the API's minimum
+    verify_for: str = "10s"
     out: Path = REPO / "demo-output"
     drain_timeout: float = 300.0
+    redrive_timeout: float = 300.0  # the cause window, then the batches and the verification
 
 
 class Demo:
@@ -74,7 +96,12 @@ class Demo:
         self.dead_letter_queue = flow["spec"]["source"]["deadLetterQueue"]
         self.max_replicas = flow["spec"]["scaling"]["maxReplicas"]
         self.min_replicas = flow["spec"]["scaling"]["minReplicas"]
+        self.image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[0]
         self.timeline = Timeline()
+        self.orders_published = 0  # orders are numbered across the story: every body is different
+        self.bug_orders: range = range(0)  # the numbers of the orders published while the data bug ran
+        self.redrive_applied = False
+        self._redrive_seen: tuple = ()  # (phase, reason, moved) last told in the live view
 
     # --- setting up
 
@@ -95,17 +122,22 @@ class Demo:
         self.cluster = self._given_cluster or self._stack.enter_context(LocalCluster())
         if self._given_cluster is None:
             self.cluster.kubectl("apply", "-f", str(REPO / "crds"))
-            self.cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io")
+            self.cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io",
+                                 "crd/deadletterredrives.flowkeeper.io", "--timeout=60s")
         say("starting RabbitMQ...", flush=True)
         self.broker = self._stack.enter_context(LocalRabbitMQ())
         declare_queue(self.broker.parameters, self.queue, dead_letter_queue=self.dead_letter_queue)
 
         self.cluster.kubectl("create", "namespace", self.namespace, check=False)
         self.cluster.kubectl("apply", "-n", self.namespace, "-f", str(FLOW_FILE))
+        self._connect_flow_to_the_broker()
         self.pool = self._stack.enter_context(ConsumerPool(
             self.broker.parameters, self.queue, self.flow_name,
             rate_per_replica=self.settings.rate_per_replica,
-            dead_letter_fraction=self.settings.dead_letter_fraction,
+            # The consumers dead-letter by themselves, with the convention's headers (class and
+            # reason), the orders their release rejects: see examples/demo/orders.py.
+            dead_letter_queue=self.dead_letter_queue,
+            data_bug=orders.release_1_0,
             replicas=DeploymentReader(self.cluster.kubeconfig_path, self.namespace, self.deployment_name),
             namespace=self.namespace,  # as Kubernetes discovery would label the consumer pods' series
         ))
@@ -116,6 +148,7 @@ class Demo:
         self.operator = OperatorProcess(
             self.cluster.env, self.cluster.workdir,
             "-n", self.namespace, f"--prometheus-url={self.prometheus.url}", "--rate-window=10s",
+            "--dead-letter-review-interval=5",
             name="flowkeeper-demo",
         )
         self._stack.callback(self.operator.stop)
@@ -125,6 +158,19 @@ class Demo:
         self.view = LiveView()
         self._stack.callback(self.view.close)
 
+    def _connect_flow_to_the_broker(self) -> None:
+        """The broker's address is known only now (a free port): the flow gets its
+        spec.source.connection, and the Secret with the broker's user, here rather than in flow.yaml."""
+        self.cluster.kubectl("create", "secret", "generic", BROKER_SECRET, "-n", self.namespace,
+                             "--from-literal=username=guest", "--from-literal=password=guest")  # RabbitMQ's guest: loopback only
+        connection = {
+            "address": f"amqp://127.0.0.1:{self.broker.amqp_port}",
+            "usernameSecret": {"name": BROKER_SECRET, "key": "username"},
+            "passwordSecret": {"name": BROKER_SECRET, "key": "password"},
+        }
+        self.cluster.kubectl("patch", "iflow", self.flow_name, "-n", self.namespace, "--type=merge",
+                             "-p", json.dumps({"spec": {"source": {"connection": connection}}}))
+
     # --- observing
 
     def flow_status(self) -> dict:
@@ -133,18 +179,62 @@ class Demo:
         )
         return body.get("status") or {}
 
+    def redrive_status(self) -> dict:
+        body = self._custom.get_namespaced_custom_object(
+            "flowkeeper.io", "v1alpha1", self.namespace, "deadletterredrives", REDRIVE_NAME
+        )
+        return body.get("status") or {}
+
+    def dead_letters(self) -> int | None:
+        """Messages in the dead-letter queue, ready or delivered and not acked yet: Flowkeeper's review
+        reads them without acking (they go back when it is done), and a passive declare (`depth`)
+        would not count them meanwhile. From the management API, whose statistics lag by up to a
+        second; None when it does not answer."""
+        queue = urllib.parse.quote(self.dead_letter_queue, safe="")
+        request = urllib.request.Request(f"{self.broker.management_url}/api/queues/%2F/{queue}",
+                                         headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return json.load(response).get("messages")
+        except (OSError, ValueError):
+            return None
+
     def sample(self) -> None:
         status = self.flow_status()
         deployment = self._apps.read_namespaced_deployment(self.deployment_name, self.namespace)
+        redrive = self.redrive_status() if self.redrive_applied else None
         sample = self.timeline.record(
             backlog=depth(self.broker.parameters, self.queue),
-            dead_letters=depth(self.broker.parameters, self.dead_letter_queue),
+            dead_letters=self.dead_letters(),
             desired=status.get("desiredReplicas"),
             ready=deployment.status.ready_replicas or 0,
             phase=status.get("phase"),
             severity=status.get("severity"),
+            redrive=None if redrive is None else (redrive.get("phase") or "Pending"),
         )
         self.view.update(sample)
+        if redrive:
+            self._tell_redrive(redrive)
+
+    def _tell_redrive(self, status: dict) -> None:
+        """The redrive's story, from its status: a line in the live view when its phase or reason
+        changes or a batch moved; a mark on the chart when it starts moving and when it is done."""
+        phase = status.get("phase")
+        reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Progressing"), None)
+        seen = (phase, reason, status.get("moved"))
+        if not phase or seen == self._redrive_seen:
+            return
+        before = self._redrive_seen[0] if self._redrive_seen else None
+        self._redrive_seen = seen
+        s = self.settings
+        if phase in REDRIVE_TERMINAL:
+            self.story("redrive done", f"redrive {phase}: {status.get('moved', 0)} moved, {status.get('refailed', 0)} failed again "
+                                       "(left in the dead-letter queue, marked, not redriven again)")
+            return
+        if phase in ("Running", "Verifying") and before in (None, "Pending", "Blocked"):
+            self.story("redrive", f"the cause is fixed (no data error for {s.cause_window}): the redrive moves batches "
+                                  f"of {s.redrive_batch} every {s.redrive_interval}")
+        self.view.event(f"[{self.timeline.now():6.1f}s] redrive {phase} ({reason}): {status.get('message', '')}")
 
     def watch_until(self, done: Callable[[], bool], timeout: float, what: str) -> float:
         """Samples once a second until `done()`; returns the seconds it took."""
@@ -162,6 +252,13 @@ class Demo:
         self.timeline.mark(mark)
         self.view.event(f"[{self.timeline.now():6.1f}s] {text}")
 
+    def deploy_release(self, version: str, release: orders.Release) -> None:
+        """Rolls out consumer release `version` (a new image: a new pod template, like a real rollout);
+        the simulated consumers run its checks from now on."""
+        self.cluster.kubectl("set", "image", f"deployment/{self.deployment_name}", f"consumer={self.image}:{version}",
+                             "-n", self.namespace)
+        self.pool.data_bug = release
+
     def set_configuration_error(self, broken: bool) -> None:
         """Deploys a broken (or the fixed) consumer configuration: a new pod template, like a real rollout."""
         patch = {"spec": {"template": {"metadata": {"annotations": {CONFIGURATION_ERROR_ANNOTATION: str(broken).lower()}}}}}
@@ -174,7 +271,7 @@ class Demo:
         s = self.settings
         self.watch_until(lambda: self.flow_status().get("phase") in ("Running", "Degraded"), 60, "the flow is watched")
         self.story("burst", f"publishing a burst of {s.burst} orders; one consumer handles {s.rate_per_replica:g}/s")
-        producer = Producer(self.broker.parameters, self.queue, s.burst)
+        producer = self._producer(s.burst)
         producer.start()
         self.watch_until(lambda: not producer.is_alive(), 120, "the burst published")
         published = self._published(producer)
@@ -188,7 +285,7 @@ class Demo:
         if s.with_pause:
             self.story("bad config", "deploying a broken consumer configuration, then 2000 more orders")
             self.set_configuration_error(True)
-            more = Producer(self.broker.parameters, self.queue, 2000)
+            more = self._producer(2000)
             more.run()  # in this thread: the story goes on once they are in the queue
             published += self._published(more)
             self.watch_until(lambda: self.flow_status().get("phase") == "Paused", 60, "the flow paused")
@@ -202,21 +299,103 @@ class Demo:
             self.watch_until(self._drained, s.drain_timeout, "the backlog drained again")
             self.story("drained", "backlog drained")
 
-        counts = self.pool.counts
+        redrive: dict = {}
+        if s.with_redrive:
+            published, redrive = self._data_bug_and_redrive(published)
+
         summary = summarize(
             self.timeline,
             published=published,
-            consumed=counts.consumed,
-            dead_lettered=counts.dead_lettered,
+            consumed=self.pool.counts.consumed,
+            # What the dead-letter queue holds at the end: a redriven order that went through is consumed.
+            dead_lettered=self._dead_letters_at_the_end(),
             queued=depth(self.broker.parameters, self.queue),
         )
+        summary.update(redrive)
+        summary["handled_more_than_once"] = sum(1 for times in self.pool.handled.values() if times > 1)
         return summary
+
+    def _dead_letters_at_the_end(self) -> int:
+        """The dead letters, exactly: the management API's count once its statistics caught up (two
+        equal reads a second and a half apart; nothing moves the dead letters any more by now)."""
+        count = None
+        for _ in range(20):
+            again = self.dead_letters()
+            if again is not None and again == count:
+                return count
+            count = again
+            time.sleep(1.5)
+        raise TimeoutError("the dead-letter queue's statistics did not settle")
+
+    def _data_bug_and_redrive(self, published: int) -> tuple[int, dict]:
+        """The third part: a data bug, the review, the fix, and the redrive. Returns the orders
+        published so far and the summary's dead-letter figures."""
+        s = self.settings
+        minimum = self.min_replicas
+        self.watch_until(lambda: self.flow_status().get("desiredReplicas") == minimum, 60, "the scale-down")
+        self.story("data bug", f"deploying consumer 1.1 (a data bug: it rejects delivery dates with a time), then {s.bug_orders} more orders")
+        self.deploy_release("1.1", orders.release_1_1)
+        self.bug_orders = range(self.orders_published, self.orders_published + s.bug_orders)
+        buggy = self._producer(s.bug_orders)
+        buggy.run()
+        published += self._published(buggy)
+        self.watch_until(self._drained, s.drain_timeout, "the orders handled by the buggy release")
+        self.watch_until(lambda: (self.flow_status().get("deadLetters") or {}).get("examined") == self.dead_letters(), 60,
+                         "the dead letters reviewed")
+        review = self.flow_status()["deadLetters"]
+        by_class = dict(review.get("byClass") or {})
+        by_reason = {r["reason"]: r["count"] for r in review.get("byReason") or []}
+        self.view.event(f"[{self.timeline.now():6.1f}s] the flow's status.deadLetters: {review['depth']} dead letters, "
+                        f"by class: {_counts(by_class)}; by reason: {_counts(by_reason)}")
+
+        self.story("fix", "deploying consumer 1.2, the fix; applying a DeadLetterRedrive for the bug's dead letters")
+        self.deploy_release("1.2", orders.release_1_2)
+        self.apply_redrive()
+        self.redrive_applied = True  # from now on every sample reads it, and tells its story (_tell_redrive)
+        self.watch_until(lambda: self._redrive_seen and self._redrive_seen[0] in REDRIVE_TERMINAL, s.redrive_timeout,
+                         "the redrive finished")
+        status = self.redrive_status()
+        self.watch_until(self._drained, s.drain_timeout, "the redriven orders handled")
+        return published, {
+            "dead_lettered_by_class": by_class,
+            "dead_lettered_by_reason": by_reason,
+            "redriven": status.get("moved", 0),
+            "refailed": status.get("refailed", 0),
+            "redrive_phase": status.get("phase"),
+        }
+
+    def redrive_manifest(self) -> dict:
+        s = self.settings
+        return {
+            "apiVersion": "flowkeeper.io/v1alpha1", "kind": "DeadLetterRedrive", "metadata": {"name": REDRIVE_NAME},
+            "spec": {
+                "flowRef": {"name": self.flow_name},
+                "classes": ["data"], "reasons": [orders.INVALID_DATE],  # the bug's, not the orders without a customer
+                "batchSize": s.redrive_batch, "interval": s.redrive_interval,
+                "causeWindow": s.cause_window, "verifyFor": s.verify_for,
+            },
+        }
+
+    def apply_redrive(self) -> None:
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(self.redrive_manifest()))
+
+    def _producer(self, count: int) -> Producer:
+        """A producer of the next `count` orders of the story."""
+        producer = Producer(self.broker.parameters, self.queue, count, first=self.orders_published, body=self.order_body)
+        self.orders_published += count
+        return producer
 
     @staticmethod
     def _published(producer: Producer) -> int:
         if producer.error is not None:
             raise RuntimeError(f"publishing failed: {producer.error!r}")
         return producer.published
+
+    def order_body(self, number: int) -> bytes:
+        """The body of order `number` as the story published it."""
+        every = round(1 / self.settings.dead_letter_fraction) if self.settings.dead_letter_fraction else 0
+        impossible = self.settings.impossible_date_every if number in self.bug_orders else 0
+        return orders.order(number, without_customer_every=every, impossible_date_every=impossible)
 
     def _drained(self) -> bool:
         return depth(self.broker.parameters, self.queue) == 0 and self.pool.replicas > 0 and (
@@ -237,11 +416,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst", type=int, default=Settings.burst, help="orders published at once")
     parser.add_argument("--rate", type=float, default=Settings.rate_per_replica, help="orders per second per consumer")
     parser.add_argument("--no-pause", action="store_true", help="skip the configuration-error part")
+    parser.add_argument("--no-redrive", action="store_true", help="skip the data-bug and redrive part")
     parser.add_argument("--out", type=Path, default=Settings.out, help="where the chart and summary go")
     args = parser.parse_args(argv)
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    settings = Settings(burst=args.burst, rate_per_replica=args.rate, with_pause=not args.no_pause, out=args.out)
+    settings = Settings(burst=args.burst, rate_per_replica=args.rate, with_pause=not args.no_pause,
+                        with_redrive=not args.no_redrive, out=args.out)
     try:
         with Demo(settings) as demo:
             summary = demo.run()
@@ -253,6 +434,10 @@ def main(argv: list[str] | None = None) -> int:
         print("\ninterrupted: everything the demo started is stopped")
         return 130
     return 0
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{key} {n}" for key, n in counts.items()) or "none"
 
 
 if __name__ == "__main__":

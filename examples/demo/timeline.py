@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 PAUSED = "Paused"
+REDRIVING = ("Running", "Verifying")  # a DeadLetterRedrive's phases while it moves or watches
 
 
 @dataclass(frozen=True)
@@ -22,6 +23,7 @@ class Sample:
     ready: int | None  # the Deployment's ready replicas (the consumers running)
     phase: str | None = None  # the flow's status.phase
     severity: str | None = None  # the flow's status.severity
+    redrive: str | None = None  # the phase of the demo's DeadLetterRedrive; None: none applied yet
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,9 @@ class Timeline:
         ready: int | None,
         phase: str | None = None,
         severity: str | None = None,
+        redrive: str | None = None,
     ) -> Sample:
-        sample = Sample(self.now(), backlog, dead_letters, desired, ready, phase, severity)
+        sample = Sample(self.now(), backlog, dead_letters, desired, ready, phase, severity, redrive)
         self.samples.append(sample)
         return sample
 
@@ -66,12 +69,20 @@ class Timeline:
 
     def pauses(self) -> list[tuple[float, float | None]]:
         """(paused at, resumed at) for each stretch in phase Paused; resumed at is None while it lasts."""
+        return self._spans(lambda sample: sample.phase == PAUSED)
+
+    def redrives(self) -> list[tuple[float, float | None]]:
+        """(started, ended) for each stretch a redrive was moving dead letters or watching for
+        re-failures; ended is None while it lasts."""
+        return self._spans(lambda sample: sample.redrive in REDRIVING)
+
+    def _spans(self, inside: Callable[[Sample], bool]) -> list[tuple[float, float | None]]:
         spans: list[tuple[float, float | None]] = []
         since: float | None = None
         for sample in self.samples:
-            if sample.phase == PAUSED and since is None:
+            if inside(sample) and since is None:
                 since = sample.t
-            elif sample.phase != PAUSED and since is not None:
+            elif not inside(sample) and since is not None:
                 spans.append((since, sample.t))
                 since = None
         if since is not None:
@@ -99,6 +110,8 @@ def summarize(
     - time_to_first_scale_up_s: until desired replicas first rose above what they were at the start;
     - time_to_drain_s: until the queue was first empty after its peak;
     - lost: published - consumed - dead-lettered - still queued (only with `queued`): must be 0.
+      `dead_lettered` is what the dead-letter queue holds at the end: an order redriven from there
+      and then handled counts as consumed, not twice.
     """
     samples = timeline.samples
     summary: dict[str, Any] = {

@@ -4,6 +4,8 @@ every few seconds instead.
 
       time  backlog   dead  desired  ready  phase     severity  drained
      42.0s      620      3        6      4  Scaling   None      [######--------------]  31%
+
+Once a DeadLetterRedrive is applied, its phase ends the line ("redrive Running").
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def format_sample(sample: Sample, *, drained: float | None = None, color: bool =
         _word(sample.phase, 8, color),
         _word(sample.severity, 8, color),
         progress_bar(drained),
+        f"redrive {sample.redrive}" if sample.redrive else "",
     ]).rstrip()
 
 
@@ -63,6 +66,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         v = summary.get(key)
         if v is None:
             return "-"
+        if isinstance(v, dict):  # counts by class or reason: "data 320, ..."
+            return ", ".join(f"{k} {n}" for k, n in v.items()) or "-"
         return f"{v:.1f} s" if key.endswith("_s") else str(v)
 
     width = max(len(key) for key in summary)

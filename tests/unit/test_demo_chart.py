@@ -74,7 +74,7 @@ def test_the_chart_is_a_png(tmp_path: Path) -> None:
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")  # the IHDR chunk
-    assert (width, height) == (1000, 600)
+    assert (width, height) == (1000, 750)
     assert len(data) > 20_000  # drawn, not an empty canvas
 
 
@@ -83,6 +83,40 @@ def test_the_chart_copes_with_gaps_and_an_empty_timeline(tmp_path: Path) -> None
     write_chart(timeline, tmp_path / "empty.png")
     timeline.record(backlog=None, dead_letters=None, desired=None, ready=None)  # nothing could be read
     assert write_chart(timeline, tmp_path / "gaps.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def redrive_story() -> Timeline:
+    """After the story: 30 dead letters; a redrive applied at t=20, blocked until t=22, moving from
+    t=22, verifying from t=24, succeeded at t=26, leaving 2 dead letters."""
+    timeline = story()
+    clock = timeline.clock
+    dead = [30, 30, 30, 20, 10, 2, 2, 2, 2]
+    phases = [None, "Blocked", "Blocked", "Running", "Running", "Verifying", "Verifying", "Succeeded", "Succeeded"]
+    for n, (d, phase) in enumerate(zip(dead, phases, strict=True)):
+        clock.now = 119.0 + n
+        timeline.record(backlog=0, dead_letters=d, desired=1, ready=1, phase="Degraded", severity="P3", redrive=phase)
+    return timeline
+
+
+def test_the_redrive_is_found_from_its_phase() -> None:
+    assert story().redrives() == []
+    timeline = redrive_story()
+    assert timeline.redrives() == [(22.0, 26.0)]  # Running and Verifying; not Blocked, not Succeeded
+    assert timeline.pauses() == [(14.0, 17.0)]
+
+
+def test_the_chart_draws_the_redrive(tmp_path: Path) -> None:
+    assert write_chart(redrive_story(), tmp_path / "redrive.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_the_view_shows_the_redrive_phase_once_there_is_one() -> None:
+    out = io.StringIO()
+    view = LiveView(out, every=1.0)
+    for sample in redrive_story().samples[-9:]:
+        view.update(sample)
+    lines = out.getvalue().splitlines()[1:]
+    assert not lines[0].endswith("Blocked") and "redrive" not in lines[0]
+    assert lines[1].endswith("redrive Blocked") and lines[3].endswith("redrive Running")
 
 
 def test_the_view_prints_lines_when_not_on_a_terminal() -> None:
@@ -100,5 +134,9 @@ def test_the_view_prints_lines_when_not_on_a_terminal() -> None:
 
 
 def test_the_summary_reads_as_text() -> None:
-    text = format_summary(summarize(story(), published=600, consumed=590, dead_lettered=6))
+    summary = summarize(story(), published=600, consumed=590, dead_lettered=6)
+    summary |= {"dead_lettered_by_reason": {"invalid deliveryDate": 104, "customerId missing": 54}, "redrive_phase": "Succeeded"}
+    text = format_summary(summary)
     assert "time to first scale up" in text and "3.0 s" in text and "published" in text
+    assert "dead lettered by reason" in text and "invalid deliveryDate 104, customerId missing 54" in text
+    assert text.splitlines()[-1].split() == ["redrive", "phase", "Succeeded"]
