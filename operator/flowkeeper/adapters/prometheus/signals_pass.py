@@ -309,8 +309,10 @@ class PrometheusSignals:
         integration = flow.spec.source.integration or flow.name
         promql = error_rate_promql(flow.namespace, integration, classes, window_s)
         try:
-            settings = self._server_of(flow, self._refresh_default_server())
-            data = self._client(settings).query(promql, at=self.clock(), deadline=time.monotonic() + self.timeout)
+            # Under the pass's lock: a server's HTTP connection serves one request at a time.
+            with self._lock:
+                settings = self._server_of(flow, self._refresh_default_server())
+                data = self._client(settings).query(promql, at=self.clock(), deadline=time.monotonic() + self.timeout)
             value = single_value(data)
         except FlowProblem as problem:
             return None, problem.failure.message
