@@ -148,7 +148,7 @@ class Demo:
         self.operator = OperatorProcess(
             self.cluster.env, self.cluster.workdir,
             "-n", self.namespace, f"--prometheus-url={self.prometheus.url}", "--rate-window=10s",
-            "--dead-letter-review-interval=5",
+            "--dead-letter-review-interval=5", f"--allowed-broker=127.0.0.1:{self.broker.amqp_port}",
             name="flowkeeper-demo",
         )
         self._stack.callback(self.operator.stop)

@@ -250,7 +250,8 @@ def test_dead_letters_are_reached_only_with_the_broker_secrets_that_were_granted
         fresh_exporter.set("flowkeeper_messages_processed_total", {"namespace": team, "integration": "granted", "status": "success"}, 5)
         prometheus.wait_for(f'flowkeeper_messages_processed_total{{namespace="{team}"}}')
         args = operator_arguments(documents, release)
-        with OperatorProcess(env, tmp_path, *args, f"--prometheus-url={prometheus.url}", "--dead-letter-review-interval=5", standalone=False):
+        with OperatorProcess(env, tmp_path, *args, f"--prometheus-url={prometheus.url}", "--dead-letter-review-interval=5",
+                             f"--allowed-broker=127.0.0.1:{broker.amqp_port}", standalone=False):
             granted, ungranted = Flow(cluster, team, "granted"), Flow(cluster, team, "ungranted")
             review = eventually(lambda: granted.status().get("deadLetters"), timeout=60, what="the granted flow's review")
             assert review["depth"] == 0 and "error" not in review

@@ -482,7 +482,7 @@ def test_the_operator_reviews_a_kafka_dead_letter_topic_and_dry_runs_a_redrive(k
                      "source": {"broker": "kafka", "topic": topic, "consumerGroup": "payments", "deadLetterTopic": dlt,
                                 "connection": {"address": kafka.bootstrap}}}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(flow))
-    run_operator("-n", namespace, "--dead-letter-review-interval=5")
+    run_operator("-n", namespace, "--dead-letter-review-interval=5", *(f"--allowed-broker={host}" for host in kafka.bootstrap.split(",")))
 
     def status(kind: str, name: str) -> dict:
         return json.loads(cluster.kubectl("get", kind, name, "-n", namespace, "-o", "json").stdout).get("status") or {}

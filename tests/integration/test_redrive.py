@@ -48,6 +48,7 @@ class Setup:
     operator: object
     queue: str
     dlq: str
+    operator_args: tuple[str, ...] = ()
 
     def kubectl_json(self, *args: str) -> dict:
         return json.loads(self.cluster.kubectl(*args, "-n", self.namespace, "-o", "json").stdout)
@@ -119,11 +120,10 @@ def setup(cluster, namespace, broker, tmp_path, run_operator) -> Iterator[callab
             replicas=DeploymentReader(cluster.kubeconfig_path, namespace, "orders"), namespace=namespace,
         ))
         prometheus = stack.enter_context(LocalPrometheus([broker.prometheus_scrape_target, pool.metrics_target]).start())
-        operator = run_operator(
-            "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=10s", "--dead-letter-review-interval=5",
-            *operator_args, env=operator_env,
-        )
-        return Setup(cluster, namespace, broker, pool, prometheus, operator, name, dlq)
+        args = ("-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=10s", "--dead-letter-review-interval=5",
+                f"--allowed-broker=127.0.0.1:{broker.amqp_port}", *operator_args)
+        operator = run_operator(*args, env=operator_env)
+        return Setup(cluster, namespace, broker, pool, prometheus, operator, name, dlq, args)
 
     yield make
     stack.close()
@@ -163,6 +163,7 @@ def test_a_redrive_waits_for_the_fix_then_moves_in_batches_and_leaves_the_still_
     assert status["phase"] == "Succeeded", status
     assert (status["moved"], status["refailed"], status["remaining"]) == (20, 2, 0)
     assert status["cutoff"]["depth"] == 20
+    eventually(lambda: not any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), timeout=30, what="the marker removed")
     left = s.drain_dlq()
     assert sorted(body for _, body in left) == [b"still-bad-0", b"still-bad-1"], "only the still-bad stay, and no marker"
     assert all(h.get(REDRIVE_HEADER) for h, _ in left), "marked: recognised as re-failed, not redriven again"
@@ -209,7 +210,7 @@ def test_a_redrive_waits_while_its_flow_is_paused(setup) -> None:
     assert depth(s.broker.parameters, s.dlq) == 3
     s.cluster.kubectl("patch", "iflow", "orders", "-n", s.namespace, "--type=merge", "-p", '{"spec":{"paused":false}}')
     assert s.wait_phase("while-paused", ("Succeeded", "Stopped", "Failed"), timeout=60)["phase"] == "Succeeded"
-    assert depth(s.broker.parameters, s.dlq) == 0
+    eventually(lambda: depth(s.broker.parameters, s.dlq) == 0, timeout=30, what="the dead letters and the marker gone")
 
 
 @pytest.mark.parametrize("crash_after", ["redrive:begin", "redrive:move"])
@@ -218,14 +219,13 @@ def test_a_kill_between_the_redrives_writes_loses_nothing(setup, run_operator, c
     s.dead_letters(12, error_class="transient", reason="timeout", prefix="order")
     s.redrive("killed", batchSize=5, classes=["transient"])
     eventually(lambda: s.operator.process.popen.poll() is not None, timeout=60, what="the operator killed at " + crash_after)
-    restarted = run_operator("-n", s.namespace, *[a for a in s.operator.process.argv if a.startswith("--prometheus-url")],
-                             "--rate-window=10s", "--dead-letter-review-interval=5")
+    restarted = run_operator(*s.operator_args)
     status = s.wait_phase("killed", ("Succeeded", "Stopped", "Failed"), timeout=90)
     assert status["phase"] == "Succeeded", status
     eventually(lambda: depth(s.broker.parameters, s.dlq) == 0, timeout=30, what="no marker left behind")
     handled = s.pool.handled
     assert {b"order-%d" % i for i in range(12)} == set(handled), "nothing lost"
-    assert sum(handled.values()) - len(handled) <= 5, "duplicates at most one batch (at-least-once)"
+    assert sum(handled.values()) - len(handled) <= 1, "at most the message between its confirm and its ack twice"
     assert restarted.process.popen.poll() is None
 
 
@@ -267,7 +267,6 @@ def test_a_deleted_redrive_takes_its_marker_along_even_when_the_operator_missed_
     eventually(lambda: s.redrive_status("orphaned").get("moved") == 1, timeout=60, what="the second redrive moving")
     s.operator.stop()
     s.cluster.kubectl("delete", "dlr", "orphaned", "-n", s.namespace)
-    args = [a for a in s.operator.process.argv if a.startswith("--prometheus-url")]
-    run_operator("-n", s.namespace, *args, "--rate-window=10s", "--dead-letter-review-interval=5")
+    run_operator(*s.operator_args)
     eventually(lambda: not any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), timeout=60, what="the orphaned marker removed by a review")
     assert depth(s.broker.parameters, s.dlq) == 28, "only the markers went: 30 dead letters, 2 moved"

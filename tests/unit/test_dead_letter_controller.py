@@ -117,14 +117,15 @@ class Signals:
         return 0.0, None
 
 
-def controller(*, leading: bool = True, review_interval: float = 0.0, **_: Any):
+def controller(*, leading: bool = True, review_interval: float = 0.0, allowed: tuple[str, ...] = ("mq:5672",)):
     store = ClusterStore()
     store.flow_event("ADDED", FLOW)
     store.redrives_seeded = True
     api, broker = Api(), Broker()
     leader = Leader(leading)
     recorder = EventRecorder(api, instance="test")
-    dlc = DeadLetterController(store, api, leader, recorder, signals=Signals(), review_interval=review_interval, connect=lambda address: broker)
+    dlc = DeadLetterController(store, api, leader, recorder, signals=Signals(), review_interval=review_interval,
+                               allowed_brokers=allowed, connect=lambda address: broker)
     return store, api, broker, leader, dlc
 
 
@@ -219,3 +220,41 @@ def test_dead_letters_known_to_be_empty_are_not_read() -> None:
         return broker
 
     assert asyncio.run(run()).calls == ["review"]
+
+
+def test_a_broker_that_is_not_allowed_is_never_connected_to() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller(allowed=())
+        store.redrive_event("ADDED", redrive())
+        await ticks(dlc, 3)
+        return store, broker
+
+    store, broker = asyncio.run(run())
+    assert broker.calls == []
+    assert store.reviews["f1"]["error"].startswith("BrokerNotAllowed")
+    assert store.redrives["r1"].phase == "Blocked" and "--allowed-broker" in store.redrives["r1"].status["message"]
+
+
+def test_a_batch_whose_status_write_failed_is_counted_by_the_next_write() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller(review_interval=3600)
+        api.status = {"phase": "Running", "cutoff": {"token": "r1", "depth": 5, "at": "2026-12-01T00:00:00Z",
+                                                     "route": "rabbitmq amqp://mq:5672 vhost /: orders.dlq -> orders"}}
+        store.redrive_event("ADDED", redrive(api.status))
+        real = api.patch_redrive_status
+        failures = iter([ConflictError("changed", reason="Conflict")])
+
+        def flaky(*args):
+            error = next(failures, None)
+            if error is not None:
+                raise error
+            return real(*args)
+
+        api.patch_redrive_status = flaky
+        await ticks(dlc, 1)  # a batch moved, its write conflicted
+        dlc._next_step.clear()
+        await ticks(dlc, 1)  # the pending count written first
+        return store, broker
+
+    store, broker = asyncio.run(run())
+    assert broker.calls.count("move") == 1 and store.redrives["r1"].status["moved"] == 1

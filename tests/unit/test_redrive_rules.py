@@ -32,9 +32,18 @@ from flowkeeper.domain.redrive import (
     decide,
     redrive_from_body,
     replicas_cap,
+    Route,
+    route_of,
 )
 
 NOW = 1_800_000_000.0
+ROUTE = Route("rabbitmq", "amqp://rabbitmq:5672", "/", "orders.dlq", "orders")
+
+
+FLOW_BODY = {"metadata": {"name": "orders", "namespace": "shop", "uid": "f1", "generation": 1},
+             "spec": {"scaleTargetRef": {"name": "orders"},
+                      "source": {"broker": "rabbitmq", "queue": "orders", "deadLetterQueue": "orders.dlq",
+                                 "connection": {"address": "amqp://rabbitmq:5672"}}}}
 
 
 def flow(*, paused: bool = False, connection: bool = True, dead_letters: bool = True):
@@ -105,7 +114,7 @@ def test_a_dry_run_counts_and_moves_nothing() -> None:
 
 
 def running(moved: int = 0, refailed: int = 0, **spec):
-    started = after_begin(redrive(**spec), Cutoff("r1", 100), NOW)
+    started = after_begin(redrive(**spec), Cutoff("r1", 100), ROUTE, NOW)
     status = {**started.status, "moved": moved, "refailed": refailed}
     return redrive(status, **spec)
 
@@ -125,7 +134,7 @@ def test_batches_add_up_and_the_cutoff_ends_the_moving() -> None:
     step = after_batch(running(), BatchResult(moved=40, remaining=60, refailed=0, reached_cutoff=False), NOW)
     assert (step.status["phase"], step.status["moved"], step.status["remaining"]) == ("Running", 40, 60)
     done = after_batch(redrive(step.status), BatchResult(moved=60, remaining=0, refailed=3, reached_cutoff=True), NOW)
-    assert done.status["phase"] == "Verifying" and done.action == Action.finish and done.status["moved"] == 100
+    assert done.status["phase"] == "Verifying" and done.action == Action.none and done.status["moved"] == 100
     assert done.status["refailed"] == 3 and done.status["verifyUntil"]
 
 
@@ -150,7 +159,7 @@ def test_verifying_stops_on_late_refailures_or_succeeds_when_the_time_is_up() ->
     assert after_verify(record, 1, NOW + 10).status["phase"] == "Verifying"
     assert after_verify(record, 3, NOW + 10).status["phase"] == "Stopped"
     done = after_verify(record, 2, NOW + 61)
-    assert done.status["phase"] == "Succeeded" and done.status["refailed"] == 2
+    assert done.status["phase"] == "Succeeded" and done.status["refailed"] == 2 and done.action == Action.finish
     assert {c["type"]: c["status"] for c in done.status["conditions"]} == {"Progressing": "False", "Complete": "True"}
 
 
@@ -269,3 +278,28 @@ def test_a_review_becomes_the_flows_status_dead_letters() -> None:
     assert status["byReason"][0] == {"reason": "r0", "count": 12} and status["redriven"] == 3
     assert status["oldest"] < status["newest"] == status["reviewedAt"]
     assert "oldest" not in review_status(Review(depth=0), NOW)
+
+
+def test_a_redrive_goes_on_only_along_the_route_it_started_on() -> None:
+    record = running(10)
+    assert record.status["cutoff"]["route"] == route_of(flow()).text == "rabbitmq amqp://rabbitmq:5672 vhost /: orders.dlq -> orders"
+    moved_queue = flow_from_body({**FLOW_BODY, "spec": {**FLOW_BODY["spec"], "source": {**FLOW_BODY["spec"]["source"], "deadLetterQueue": "other.dlq"}}})
+    step = decide(record, Situation(moved_queue, now=NOW))
+    assert step.status["phase"] == "Failed" and reasons(step) >= {"FlowChanged"} and "other.dlq" in step.status["message"]
+    assert decide(record, Situation(flow(), now=NOW)).action == Action.move
+
+
+def test_free_text_in_the_class_header_is_unclassified() -> None:
+    letter = DeadLetter.from_headers({ERROR_CLASS_HEADER: "java.lang.NullPointerException at line 12"})
+    assert letter.error_class == UNCLASSIFIED
+
+
+@given(desired=st.integers(0, 10_000), current=st.integers(0, 10_000), cap=st.one_of(st.none(), st.integers(1, 10_000)))
+def test_a_redrives_cap_limits_scaling_up_and_never_scales_down(desired, current, cap) -> None:
+    from flowkeeper.domain.planner import _capped
+
+    capped = _capped(desired, current, cap)
+    if desired <= current or cap is None:
+        assert capped == desired, "a scale-down or no cap: the planner's own decision"
+    else:
+        assert current <= capped <= desired and (capped <= cap or capped == current)

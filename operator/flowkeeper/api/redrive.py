@@ -37,7 +37,6 @@ class ErrorClassName(str, Enum):
     data = "data"
     code = "code"
     transient = "transient"
-    capacity = "capacity"
     unclassified = "unclassified"
 
 
@@ -59,7 +58,7 @@ class DeadLetterRedriveSpec(ApiModel):
     max_messages: int | None = Field(default=None, ge=1, le=1_000_000_000, description="Move at most this many in all. Unset: every selected dead letter.")
     classes: list[ErrorClassName] = Field(
         default_factory=list,
-        max_length=6,
+        max_length=5,
         description="Only dead letters of these error classes (x-flowkeeper-error-class; unclassified: without one). Empty: every class.",
     )
     reasons: list[Annotated[str, StringConstraints(min_length=1, max_length=200)]] = Field(
@@ -78,7 +77,8 @@ class DeadLetterRedriveSpec(ApiModel):
         default="1m", description="After the last batch, how long re-failures are still watched before the redrive Succeeded."
     )
     max_replicas: int | None = Field(
-        default=None, ge=1, le=10_000, description="While the redrive runs, the flow scales to at most this many replicas."
+        default=None, ge=1, le=10_000,
+        description="While the redrive moves messages, the flow scales up to at most this many replicas (more that it already has are left alone).",
     )
     dry_run: bool = Field(default=False, description="Count what would be moved (status.wouldMove) and move nothing.")
     credentials: Credentials | None = Field(default=None, description="Broker credentials instead of the flow's.")
@@ -100,6 +100,7 @@ class RedriveCutoff(ApiModel):
     token: str = Field(max_length=65536, description="The broker adapter's mark of the cutoff (RabbitMQ: a marker message; Kafka: end offsets).")
     depth: int = Field(ge=0, description="Dead letters at the start.")
     at: str = Field(description="When the cutoff was taken.", json_schema_extra={"format": "date-time"})
+    route: str | None = Field(default=None, max_length=4096, description="The broker, dead letters and queue it started on; a changed flow stops it (FlowChanged).")
 
 
 class DeadLetterRedriveStatus(ApiModel):

@@ -276,7 +276,7 @@ class BrokerConnection(ApiModel):
         "(the vhost is spec.source.vhost). Kafka: bootstrap servers, host:9092[,host2:9092].",
         min_length=1,
         max_length=2048,
-        pattern=r"^(amqps?://[^@/\s]+/?|[^,@/\s:]+:[0-9]{1,5}(,[^,@/\s:]+:[0-9]{1,5})*)$",
+        pattern=r"^(amqps?://[A-Za-z0-9.-]+(:[0-9]{1,5})?/?|[A-Za-z0-9.-]+:[0-9]{1,5}(,[A-Za-z0-9.-]+:[0-9]{1,5})*)$",
     )
     username_secret: SecretKeyRef | None = Field(default=None, description="The user name (RabbitMQ user, Kafka SASL PLAIN user).")
     password_secret: SecretKeyRef | None = Field(default=None, description="The password.")

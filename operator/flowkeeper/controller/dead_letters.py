@@ -24,6 +24,7 @@ from typing import Any
 
 from flowkeeper.adapters import brokers
 from flowkeeper.adapters.prometheus import FlowTarget
+from flowkeeper.adapters.prometheus.signals_pass import NO_CONSUMER_SERIES
 from flowkeeper.api.durations import to_seconds
 from flowkeeper.api.v1alpha1 import SecretKeyRef
 from flowkeeper.controller import crashpoints
@@ -34,9 +35,9 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import redrive as rules
 from flowkeeper.domain.conditions import rfc3339
 from flowkeeper.domain.dead_letters import TOP_REASONS, BrokerAddress, Cutoff, CutoffLost, Review
-from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError
+from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, TransientError
 from flowkeeper.domain.flow import FlowRecord
-from flowkeeper.domain.redrive import Action, RedriveRecord, Situation, Step
+from flowkeeper.domain.redrive import Action, RedriveRecord, Route, Situation, Step, route_of
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.dead_letters")
@@ -62,18 +63,6 @@ def review_status(review: Review, now: float) -> dict[str, Any]:
         "redriven": sum(review.redriven.values()),
         "reviewedAt": rfc3339(now),
     }
-
-
-def queues_of(flow: FlowRecord) -> tuple[str, str] | None:
-    """(dead letters, the flow's own queue or topic), None when the flow has no dead letters to reach."""
-    if flow.spec is None or flow.spec.source.connection is None:
-        return None
-    source = flow.spec.source
-    if source.broker == "rabbitmq" and source.dead_letter_queue and source.queue:
-        return source.dead_letter_queue, source.queue
-    if source.broker == "kafka" and source.dead_letter_topic and source.topic:
-        return source.dead_letter_topic, source.topic
-    return None
 
 
 class DeadLetterController:
@@ -109,13 +98,16 @@ class DeadLetterController:
         self._next_step: dict[str, float] = {}  # redrive UID -> monotonic
         self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._cutoff_misses: dict[str, int] = {}  # redrive UID -> batches in a row that did not see its cutoff
+        self._pending: dict[str, Callable[[RedriveRecord], Step]] = {}  # redrive UID -> a broker step's result not written yet
         self.tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------------------------- loop
 
     async def run_forever(self, stopped: asyncio.Event) -> None:
         while not stopped.is_set():
-            if self.leader.is_leading():
+            if not self.leader.is_leading():
+                self._pending.clear()  # what a standby knew may be stale when it leads again: the broker is the truth
+            else:
                 try:
                     if not self.store.redrives_seeded:
                         self.store.seed_redrives(await asyncio.to_thread(self.gateway.list_objects, "redrives", self.namespaces))
@@ -137,7 +129,10 @@ class DeadLetterController:
         mono = self.monotonic()
         self._forget_deleted()
         for flow in list(self.store.flows.values()):
-            if flow.uid not in self._busy and queues_of(flow) and self._next_review.get(flow.uid, 0.0) <= mono:
+            if route_of(flow) is None:
+                self.store.reviews.pop(flow.uid, None)  # no dead letters to reach (any more): nothing to show
+                continue
+            if flow.uid not in self._busy and self._next_review.get(flow.uid, 0.0) <= mono:
                 if self._known_empty(flow):
                     self._next_review[flow.uid] = mono + self.review_interval
                     continue
@@ -163,9 +158,11 @@ class DeadLetterController:
         deleted, self.store.deleted_redrives = self.store.deleted_redrives, []
         for record in deleted:
             self._next_step.pop(record.uid, None)
+            self._cutoff_misses.pop(record.uid, None)
+            self._pending.pop(record.uid, None)
             # A redrive deleted while it held a cutoff marker: the marker goes too.
             flow = self._flow_of(record)
-            if record.cutoff is not None and flow is not None and queues_of(flow):
+            if record.cutoff is not None and flow is not None and route_of(flow):
                 self._start(f"finish-{record.uid}", self._finish(flow, record.uid, record.cutoff))
         for uid in self._next_review.keys() - self.store.flows.keys():
             del self._next_review[uid]
@@ -177,28 +174,41 @@ class DeadLetterController:
 
     # ------------------------------------------------------------------------------------- broker
 
-    async def _broker_call(self, flow: FlowRecord, credentials: Any, call: Callable[[DeadLetterBroker, str, str], Any]) -> Any:
-        """Runs `call(broker, dead_letters, queue)` on a worker thread, alone on its dead-letter queue."""
-        dead_letters, queue = queues_of(flow) or ("", "")
-        address = await asyncio.to_thread(self._address, flow, credentials)
-        key = (address.address, address.vhost, dead_letters)
+    async def _broker_call(self, flow: FlowRecord, credentials: Any, call: Callable[..., Any], seconds: float) -> Any:
+        """Runs `call(broker, route, deadline)` on a worker thread, alone on its dead-letter queue.
+        The deadline is also the end of this replica's lease as it stands: a call of a replica that
+        may lose the lease meanwhile ends before another one can start."""
+        route = route_of(flow)
+        assert route is not None
+        address = await self._address(flow, credentials)
+        key = (route.broker, route.address.lower(), route.vhost, route.dead_letters)
         while key in self._busy_queues:
             await asyncio.sleep(0.2)
         self._busy_queues.add(key)
         try:
-            broker = self.connect(address)
-            try:
-                return await asyncio.get_running_loop().run_in_executor(self._threads, call, broker, dead_letters, queue)
-            finally:
-                broker.close()
+            deadline = min(time.monotonic() + seconds, self._lease_end())
+            if deadline <= time.monotonic():
+                raise TransientError("this replica is not the leader (any more)", reason="NotLeading")
+
+            def run() -> Any:
+                broker = self.connect(address)  # the adapters connect and close on this thread, never the loop's
+                try:
+                    return call(broker, route, deadline)
+                finally:
+                    broker.close()
+
+            return await asyncio.get_running_loop().run_in_executor(self._threads, run)
         finally:
             self._busy_queues.discard(key)
 
-    def _address(self, flow: FlowRecord, credentials: Any) -> BrokerAddress:
-        """Runs on a thread: reads the Secrets."""
+    def _lease_end(self) -> float:
+        until = getattr(self.leader, "leading_until", None)
+        return until() if until is not None else float("inf")
+
+    async def _address(self, flow: FlowRecord, credentials: Any) -> BrokerAddress:
         assert flow.spec is not None and flow.spec.source.connection is not None
         source, connection = flow.spec.source, flow.spec.source.connection
-        if self.allowed_brokers and not broker_allowed(connection.address, self.allowed_brokers):
+        if not broker_allowed(connection.address, self.allowed_brokers):
             raise ConfigurationError(
                 f"spec.source.connection.address {connection.address} is not a broker this operator may connect to: "
                 "its option --allowed-broker (FLOWKEEPER_ALLOWED_BROKERS) must list it",
@@ -210,23 +220,25 @@ class DeadLetterController:
             broker=str(source.broker),
             address=connection.address,
             vhost=source.vhost,
-            username=self._secret(flow.namespace, username_ref),
-            password=self._secret(flow.namespace, password_ref),
+            username=await self._secret(flow.namespace, username_ref),
+            password=await self._secret(flow.namespace, password_ref),
         )
 
-    def _secret(self, namespace: str, ref: SecretKeyRef | None) -> str | None:
+    async def _secret(self, namespace: str, ref: SecretKeyRef | None) -> str | None:
+        """The cache lives on the loop's thread; only the GET runs on a thread."""
         if ref is None:
             return None
+        now = time.monotonic()
+        self._secrets = {key: entry for key, entry in self._secrets.items() if entry[0] > now}
         key = (namespace, ref.name, ref.key)
-        cached = self._secrets.get(key)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
+        if key in self._secrets:
+            return self._secrets[key][1]
         try:
-            value = self.gateway.read_secret_key(namespace, ref.name, ref.key)
+            value = await asyncio.to_thread(self.gateway.read_secret_key, namespace, ref.name, ref.key)
         except ConfigurationError as exc:
             reason = {"NotFound": "SecretNotFound", "Forbidden": "SecretForbidden"}.get(exc.reason, exc.reason)
             raise ConfigurationError(f"Secret {namespace}/{ref.name} key {ref.key!r}: {exc}", reason=reason) from exc
-        self._secrets[key] = (time.monotonic() + SECRET_SECONDS, value)
+        self._secrets[key] = (now + SECRET_SECONDS, value)
         return value
 
     # ------------------------------------------------------------------------------------- review
@@ -243,7 +255,8 @@ class DeadLetterController:
         started = time.monotonic()
         try:
             review: Review = await self._broker_call(
-                flow, None, lambda broker, dlq, _: broker.review(dlq, limit=self.review_limit, deadline=time.monotonic() + REVIEW_SECONDS)
+                flow, None, lambda broker, route, deadline: broker.review(route.dead_letters, limit=self.review_limit, deadline=deadline),
+                REVIEW_SECONDS,
             )
         except FlowkeeperError as exc:
             previous = self.store.reviews.get(flow.uid) or {"depth": 0, "examined": 0}
@@ -272,17 +285,32 @@ class DeadLetterController:
 
     async def _finish(self, flow: FlowRecord, uid: str, cutoff: Any) -> None:
         try:
-            await self._broker_call(flow, None, lambda broker, dlq, _: broker.finish(dlq, redrive_uid=uid, cutoff=cutoff))
+            await self._broker_call(flow, None, lambda broker, route, _: broker.finish(route.dead_letters, redrive_uid=uid, cutoff=cutoff), REVIEW_SECONDS)
         except FlowkeeperError as exc:
             log.warning("cutoff marker not removed: %s", exc, extra={"flow": flow.name, "namespace": flow.namespace, "stage": "redrive", "reason": exc.reason})
 
     # ------------------------------------------------------------------------------------- redrive
 
     async def _step(self, record: RedriveRecord) -> None:
+        try:
+            await self._step_once(record)
+        except Exception:  # noqa: BLE001 - a bug costs this redrive a retry, never the others
+            log.exception("redrive step failed", extra={"redrive": record.name, "namespace": record.namespace, "stage": "redrive", "outcome": "error"})
+            self._again(record.uid, rules.BLOCKED_RETRY)
+
+    async def _step_once(self, record: RedriveRecord) -> None:
+        pending = self._pending.get(record.uid)
+        if pending is not None:
+            # A broker step whose result was not written yet (a conflict, a failed write): written
+            # first, onto the redrive as it is stored now, so that no batch goes uncounted.
+            step = pending(record)
+            if await self._write(record, step):
+                self._pending.pop(record.uid, None)
+                await self._after_written(record, step)
+            return
         flow = self._flow_of(record)
         situation = Situation(flow=flow, now=self.wall_clock())
-        if record.phase in ("Pending", "Blocked") and record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None \
-                and not record.spec.dry_run:
+        if record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None and not record.spec.dry_run:
             rate, problem = await self._cause_rate(flow, record)
             situation = Situation(flow=flow, cause_rate=rate, cause_problem=problem, now=situation.now)
         step = rules.decide(record, situation)
@@ -292,42 +320,54 @@ class DeadLetterController:
             return
         record = self.store.redrives.get(record.uid, record)
         if step.action == Action.none or flow is None or record.spec is None:
-            self._again(record.uid, step.retry_in)
+            await self._after_written(record, step)
             return
+        result = await self._broker_step(record, flow, step.action)
+        self._pending[record.uid] = result
+        step = result(self.store.redrives.get(record.uid, record))
+        if await self._write(record, step):
+            self._pending.pop(record.uid, None)
+            await self._after_written(record, step)
+
+    async def _broker_step(self, record: RedriveRecord, flow: FlowRecord, action: Action) -> Callable[[RedriveRecord], Step]:
+        """Runs one broker step; returns how to turn its outcome into the redrive's next status."""
         spec = record.spec
+        assert spec is not None
+        route = route_of(flow)
         try:
-            if step.action == Action.begin:
-                cutoff = await self._broker_call(flow, spec.credentials, lambda broker, dlq, _: broker.begin(dlq, redrive_uid=record.uid))
+            if action == Action.begin:
+                cutoff = await self._broker_call(flow, spec.credentials, lambda broker, r, _: broker.begin(r.dead_letters, redrive_uid=record.uid), BATCH_SECONDS)
                 crashpoints.after_write("redrive", "begin")
-                step = rules.after_begin(record, cutoff, self.wall_clock())
-            elif step.action == Action.move:
-                result = await self._broker_call(flow, spec.credentials, lambda broker, dlq, queue: broker.move(
-                    dlq, queue, redrive_uid=record.uid, cutoff=record.cutoff or Cutoff("", 0), selection=rules.selection_of(spec),
-                    batch=_batch(spec, record), dry_run=spec.dry_run, scan_limit=self.scan_limit, deadline=time.monotonic() + BATCH_SECONDS,
-                ))
-                crashpoints.after_write("redrive", "move")
-                self._cutoff_misses.pop(record.uid, None)
-                metrics.DEAD_LETTERS_MOVED.inc(result.moved)
-                step = rules.after_batch(record, result, self.wall_clock())
-            elif step.action == Action.verify:
-                review = await self._broker_call(flow, spec.credentials, lambda broker, dlq, _: broker.review(
-                    dlq, limit=self.review_limit, deadline=time.monotonic() + REVIEW_SECONDS))
-                step = rules.after_verify(record, review.redriven.get(record.uid, 0), self.wall_clock())
+                return lambda current: rules.after_begin(current, cutoff, route, self.wall_clock())
+            verifying = action == Action.verify
+            result = await self._broker_call(flow, spec.credentials, lambda broker, r, deadline: broker.move(
+                r.dead_letters, r.queue, redrive_uid=record.uid, cutoff=record.cutoff or Cutoff("", 0), selection=rules.selection_of(spec),
+                batch=0 if verifying else _batch(spec, record), dry_run=spec.dry_run, scan_limit=self.scan_limit, deadline=deadline,
+            ), BATCH_SECONDS)
+            crashpoints.after_write("redrive", "move")
+            self._cutoff_misses.pop(record.uid, None)
+            metrics.DEAD_LETTERS_MOVED.inc(result.moved)
+            if verifying:
+                return lambda current: rules.after_verify(current, result.refailed, self.wall_clock())
+            return lambda current: rules.after_batch(current, result, self.wall_clock())
         except CutoffLost as exc:
             # Another reader may hold the marker unacknowledged for a moment (a person browsing the queue,
             # the old leader's last call): lost only when it is missing several times in a row.
             misses = self._cutoff_misses.get(record.uid, 0) + 1
             self._cutoff_misses[record.uid] = misses
             lost = misses >= CUTOFF_MISSES
-            reason = "CutoffLost" if lost else "CutoffNotSeen"
-            step = rules.after_failure(record, reason, str(exc), lost_cutoff=lost, configuration=False, now=self.wall_clock())
+            reason, message = ("CutoffLost" if lost else "CutoffNotSeen"), str(exc)
+            return lambda current: rules.after_failure(current, reason, message, lost_cutoff=lost, configuration=False, now=self.wall_clock())
         except FlowkeeperError as exc:
             configuration = isinstance(exc, ConfigurationError)
-            step = rules.after_failure(record, exc.reason, str(exc), lost_cutoff=False, configuration=configuration, now=self.wall_clock())
-        if not await self._write(record, step):
-            return
+            reason, message = exc.reason, str(exc)
+            return lambda current: rules.after_failure(current, reason, message, lost_cutoff=False, configuration=configuration, now=self.wall_clock())
+
+    async def _after_written(self, record: RedriveRecord, step: Step) -> None:
         if step.action == Action.finish and record.cutoff is not None:
-            await self._finish(flow, record.uid, record.cutoff)
+            flow = self._flow_of(record)
+            if flow is not None and route_of(flow) is not None:
+                await self._finish(flow, record.uid, record.cutoff)
         self._again(record.uid, step.retry_in)
 
     def _again(self, uid: str, seconds: float | None) -> None:
@@ -339,7 +379,11 @@ class DeadLetterController:
         assert flow.spec is not None and record.spec is not None
         target = FlowTarget(flow.uid, flow.namespace, flow.name, flow.spec)
         window = to_seconds(record.spec.cause_window)
-        return await asyncio.to_thread(self.signals.error_rate, target, rules.checked_classes(record.spec), window)
+        rate, problem = await asyncio.to_thread(self.signals.error_rate, target, rules.checked_classes(record.spec), window)
+        consumers = self.store.target_of(flow)
+        if rate is None and problem == NO_CONSUMER_SERIES and consumers is not None and consumers.replicas == 0:
+            return 0.0, None  # no consumer runs, none fails: the redrive's own backlog will start them
+        return rate, problem
 
     async def _write(self, record: RedriveRecord, step: Step) -> bool:
         """Writes the step's status (when it changed) and its Events. False: not written, the step is
@@ -376,6 +420,7 @@ def _batch(spec: Any, record: RedriveRecord) -> int:
 
 
 def broker_allowed(address: str, allowed: frozenset[str]) -> bool:
-    """Every host:port of the address is listed (case-blind; amqp URLs compared by their host:port)."""
+    """Every host:port of the address is listed (case-blind; amqp URLs compared by their host:port).
+    Nothing listed: no broker (flows' Secrets go to no address the operator was not told of)."""
     hosts = address.split("://", 1)[1].rstrip("/") if "://" in address else address
     return all(host.strip().lower() in allowed for host in hosts.split(","))

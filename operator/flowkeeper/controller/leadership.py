@@ -29,6 +29,9 @@ class AlwaysLeader:
     def is_leading(self) -> bool:
         return True
 
+    def leading_until(self) -> float:
+        return float("inf")
+
     def seconds_since_attempt(self) -> float:
         return 0.0
 
@@ -62,6 +65,11 @@ class LeaderElector:
         # Stop acting as soon as renewals have failed for renew_deadline: a standby waits a whole
         # lease duration (longer) before it takes over, so two replicas never act at once.
         return self.renewed_at is not None and self.clock() - self.renewed_at < self.timing.renew_deadline
+
+    def leading_until(self) -> float:
+        """When this replica stops acting unless it renews meanwhile (on `clock`, the monotonic clock):
+        a long call started now must be done by then."""
+        return -float("inf") if self.renewed_at is None else self.renewed_at + self.timing.renew_deadline
 
     async def run(self, stopped: asyncio.Event) -> None:
         while not stopped.is_set():

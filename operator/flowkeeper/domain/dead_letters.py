@@ -20,10 +20,11 @@ REDRIVE_HEADER = "x-flowkeeper-redrive"  # UID of the DeadLetterRedrive that mov
 ATTEMPT_HEADER = "x-flowkeeper-redrive-attempt"  # how many times Flowkeeper moved it
 CUTOFF_HEADER = "x-flowkeeper-cutoff"  # RabbitMQ only: the marker a redrive leaves at its cutoff
 
-UNCLASSIFIED = "unclassified"  # the class of a dead letter without ERROR_CLASS_HEADER
+UNCLASSIFIED = "unclassified"  # the class of a dead letter without ERROR_CLASS_HEADER, or with one not below
+CLASSES = frozenset({"configuration", "data", "code", "transient"})  # the convention's classes
 REASON_MAX = 200  # a reason is cut to this many characters in the status
 SAMPLES = 3  # sample reasons kept in a review
-TOP_REASONS = 10  # reasons counted in a review's status; the rest are summed as "(other)"
+TOP_REASONS = 10  # reasons shown in a review's status, the most frequent first
 
 
 def _text(value: Any) -> str | None:
@@ -56,7 +57,9 @@ class DeadLetter:
     @classmethod
     def from_headers(cls, headers: Mapping[str, Any] | None, *, broker_reason: str | None = None, at: float | None = None) -> DeadLetter:
         headers = headers or {}
+        # Any other value is unclassified: a consumer writing free text there must not grow the status.
         error_class = (_text(headers.get(ERROR_CLASS_HEADER)) or UNCLASSIFIED).lower()
+        error_class = error_class if error_class in CLASSES else UNCLASSIFIED
         return cls(
             error_class=error_class,
             reason=_text(headers.get(ERROR_HEADER)) or _text(broker_reason),

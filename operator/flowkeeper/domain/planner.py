@@ -28,6 +28,7 @@ from flowkeeper.domain import conditions as cond
 from flowkeeper.domain import ownership, pause
 from flowkeeper.domain.conditions import rfc3339
 from flowkeeper.domain.flow import TargetRecord, FlowRecord
+from flowkeeper.domain.redrive import route_of
 from flowkeeper.domain.health import HealthAssessment, assess
 from flowkeeper.domain.pause import RESUME_ANNOTATION, Cause
 from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
@@ -175,8 +176,8 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         out.status.update(replicas=target.replicas, readyReplicas=target.ready_replicas)
     if inputs.dead_letters is not None:
         out.status["deadLetters"] = inputs.dead_letters
-    elif spec.source.connection is None:
-        out.status.pop("deadLetters", None)
+    elif route_of(flow) is None:
+        out.status.pop("deadLetters", None)  # no dead letters to reach (any more): an old review would mislead
 
     if not inputs.target_watched:
         return _kind_not_watched(inputs, out)
@@ -211,7 +212,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
 
     current = scale_to if scale_to is not None else target.spec_replicas
     decision = decide(
-        _capped(spec.scaling, inputs.replicas_cap),
+        spec.scaling,
         None if inputs.failure else _on_monotonic_clock(inputs.signals, now, mono),
         current_replicas=current,
         ready_replicas=target.ready_replicas,
@@ -219,7 +220,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         now=mono,
     )
     memory = replace(memory, scaling=decision.memory)
-    desired = decision.desired_replicas
+    desired = _capped(decision.desired_replicas, current, inputs.replicas_cap)
     holding, memory = (False, memory) if scale_to is not None else _hold_off_other_writers(inputs, out, target, memory, mono)
     if holding:
         desired = target.spec_replicas  # another writer's count stands until the hold-off ends
@@ -252,11 +253,12 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     return out.done(scale_to, memory)
 
 
-def _capped(scaling, cap: int | None):
-    """The scaling rules with maxReplicas lowered to a running redrive's cap (never below minReplicas)."""
-    if cap is None or cap >= scaling.max_replicas:
-        return scaling
-    return scaling.model_copy(update={"max_replicas": max(scaling.min_replicas, cap)})
+def _capped(desired: int, current: int, cap: int | None) -> int:
+    """A running redrive's maxReplicas limits scaling up only: replicas the flow has already stay
+    (the cap never scales a flow down, also not while metrics are missing)."""
+    if cap is None or desired <= current or desired <= cap:
+        return desired
+    return max(current, cap)
 
 
 def _seconds_since_resume(inputs: Inputs, now: float, mono: float) -> float:

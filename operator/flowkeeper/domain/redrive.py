@@ -35,8 +35,8 @@ class Action(str, Enum):
     none = "none"
     begin = "begin"  # take the cutoff
     move = "move"  # one batch
-    finish = "finish"  # remove what begin left
-    verify = "verify"  # count re-failures
+    finish = "finish"  # remove what begin left (after the status that ends the redrive is written)
+    verify = "verify"  # count re-failures behind the cutoff, moving nothing
 
 
 @dataclass(frozen=True)
@@ -72,12 +72,42 @@ class RedriveRecord:
     @property
     def holds_marker(self) -> bool:
         """A cutoff marker of this redrive in the dead letters is still needed."""
-        return self.cutoff is not None and self.phase in (Phase.running.value, Phase.blocked.value)
+        return self.cutoff is not None and self.phase in (Phase.running.value, Phase.blocked.value, Phase.verifying.value)
 
 
 def redrive_from_body(body: dict[str, Any]) -> RedriveRecord:
     spec, error = parse_spec(DeadLetterRedriveSpec, body)
     return RedriveRecord(**identity(body), spec=spec, spec_error=error)
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a flow's dead letters are and where a redrive moves them."""
+
+    broker: str
+    address: str
+    vhost: str
+    dead_letters: str
+    queue: str
+
+    @property
+    def text(self) -> str:
+        """As status.cutoff.route records it: a redrive goes on only along the route it started on."""
+        vhost = f" vhost {self.vhost}" if self.broker == "rabbitmq" else ""
+        return f"{self.broker} {self.address}{vhost}: {self.dead_letters} -> {self.queue}"
+
+
+def route_of(flow: FlowRecord) -> Route | None:
+    """The flow's dead letters and queue (topic) on its broker; None when it has no dead letters to reach."""
+    if flow.spec is None or flow.spec.source.connection is None:
+        return None
+    source = flow.spec.source
+    address = source.connection.address
+    if source.broker == "rabbitmq" and source.dead_letter_queue and source.queue:
+        return Route("rabbitmq", address, source.vhost, source.dead_letter_queue, source.queue)
+    if source.broker == "kafka" and source.dead_letter_topic and source.topic:
+        return Route("kafka", address, "", source.dead_letter_topic, source.topic)
+    return None
 
 
 def selection_of(spec: DeadLetterRedriveSpec) -> Selection:
@@ -151,6 +181,12 @@ def decide(record: RedriveRecord, situation: Situation, *, mono_due: bool = True
     spec = record.spec
     flow = situation.flow
     # A dry run moves nothing: it may look before the cause is fixed.
+    recorded = (record.status.get("cutoff") or {}).get("route")
+    route = route_of(flow) if flow is not None else None
+    if recorded and route is not None and route.text != recorded:
+        message = (f"the flow's dead letters or queue changed since the start ({recorded}; now {route.text}): stopped so that "
+                   f"nothing is moved along another route; a marker with header x-flowkeeper-cutoff may be left in the old queue")
+        return draft.to(Phase.failed, "FlowChanged", message)
     blocked = _blocked(spec, flow, situation, started=record.cutoff is not None or spec.dry_run)
     if blocked is not None:
         reason, message = blocked
@@ -188,8 +224,9 @@ def _blocked(spec: DeadLetterRedriveSpec, flow: FlowRecord | None, situation: Si
         why = f": {situation.cause_problem}" if situation.cause_problem else ""
         return "CauseUnknown", f"cannot tell whether the consumers still count {classes} errors (last {window}){why}; the redrive waits"
     if situation.cause_rate > 0:
+        # No live rate in the text: a message that changes every look would rewrite the status every look.
         return "CauseStillFiring", (
-            f"the consumers still count {situation.cause_rate:.3g} {classes} errors/s (last {window}): "
+            f"the consumers still count {classes} errors (within the last {window}): "
             "fix the cause first, redriving now would refill the dead letters"
         )
     return None
@@ -205,9 +242,9 @@ def _too_many_refailed(spec: DeadLetterRedriveSpec, moved: int, refailed: int) -
     return moved > 0 and refailed > float(spec.max_refailure_ratio) * moved
 
 
-def after_begin(record: RedriveRecord, cutoff: Cutoff, now: float) -> Step:
+def after_begin(record: RedriveRecord, cutoff: Cutoff, route: Route, now: float) -> Step:
     draft = _Draft(record, now)
-    draft.status["cutoff"] = {"token": cutoff.token, "depth": cutoff.depth, "at": rfc3339(now)}
+    draft.status["cutoff"] = {"token": cutoff.token, "depth": cutoff.depth, "at": rfc3339(now), "route": route.text}
     draft.status["startedAt"] = rfc3339(now)
     draft.status["remaining"] = cutoff.depth
     return draft.to(Phase.running, "Moving", f"started: {cutoff.depth} dead letters before the cutoff", retry_in=0.0)
@@ -229,7 +266,8 @@ def after_batch(record: RedriveRecord, result: BatchResult, now: float) -> Step:
     if done:
         draft.status["verifyUntil"] = rfc3339(now + to_seconds(spec.verify_for))
         why = "every selected dead letter from before the start moved" if result.reached_cutoff else f"maxMessages {spec.max_messages} moved"
-        return draft.to(Phase.verifying, "Verifying", f"{why}; watching for re-failures until {draft.status['verifyUntil']}", action=Action.finish)
+        # The marker stays while verifying: re-failures are counted behind it.
+        return draft.to(Phase.verifying, "Verifying", f"{why}; watching for re-failures until {draft.status['verifyUntil']}", retry_in=VERIFY_EVERY)
     return draft.to(Phase.running, "Moving", _progress(draft.status, "between batches"), retry_in=to_seconds(spec.interval))
 
 
@@ -244,7 +282,8 @@ def after_verify(record: RedriveRecord, refailed_now: int, now: float) -> Step:
         return _stopped(draft, spec, moved, refailed)
     until = parse_rfc3339(draft.status.get("verifyUntil"))
     if until is None or now >= until:
-        return draft.to(Phase.succeeded, "Succeeded", f"{moved} moved, {refailed} re-failed (left in the dead letters, not redriven again)")
+        message = f"{moved} moved, {refailed} re-failed (left in the dead letters, not redriven again)"
+        return draft.to(Phase.succeeded, "Succeeded", message, action=Action.finish)
     return draft.to(Phase.verifying, "Verifying", _progress(draft.status, f"watching for re-failures until {draft.status['verifyUntil']}"), retry_in=VERIFY_EVERY)
 
 
@@ -262,7 +301,7 @@ def after_failure(record: RedriveRecord, reason: str, message: str, *, lost_cuto
     a missing queue) blocks it until fixed; anything else is retried."""
     draft = _Draft(record, now)
     if lost_cutoff:
-        return draft.to(Phase.failed, "CutoffLost", f"{message}: stopped so that nothing after the start is moved")
+        return draft.to(Phase.failed, "CutoffLost", f"{message}: stopped so that nothing after the start is moved", action=Action.finish)
     if configuration:
         return draft.to(Phase.blocked, reason, message, retry_in=BLOCKED_RETRY)
     phase = Phase(record.phase) if record.phase not in TERMINAL else Phase.running

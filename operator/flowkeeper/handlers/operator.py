@@ -81,6 +81,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     dead_letters = DeadLetterController(
         store, gateway, controller.leader, controller.recorder, signals=signals, namespaces=config.namespaces,
         review_interval=config.dead_letter_review_interval, review_limit=config.dead_letter_review_limit,
+        scan_limit=config.dead_letter_review_limit,
         allowed_brokers=config.allowed_brokers,
     )
     memo.store = store

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import heapq
 import json
 import time
 from collections.abc import Iterator, Mapping
@@ -243,10 +244,12 @@ class KafkaDeadLetters:
             depth = sum(ends[tp] - begins[tp] for tp in partitions)
             # The oldest `limit` of all partitions are among the first `limit` of each.
             ranges = {tp: (begins[tp], min(ends[tp], begins[tp] + limit)) for tp in partitions}
-            read = list(self._scan(self.reader, ranges, deadline, {})) if limit > 0 else []
-            read.sort(key=lambda r: (r.timestamp if r.timestamp is not None else 0, r.partition, r.offset))
-            letters = (DeadLetter.from_headers(_headers(r), at=_seconds(r)) for r in read[:limit])
-            return review_of(letters, depth)
+            # Only the headers' facts are kept, never the bodies, and only the oldest `limit` of them.
+            oldest = heapq.nsmallest(limit, (
+                (r.timestamp if r.timestamp is not None else 0, r.partition, r.offset, DeadLetter.from_headers(_headers(r), at=_seconds(r)))
+                for r in (self._scan(self.reader, ranges, deadline, {}) if limit > 0 else ())
+            ), key=lambda item: item[:3])
+            return review_of((letter for *_, letter in oldest), depth)
 
     def begin(self, dead_letters: str, *, redrive_uid: str) -> Cutoff:
         with self._errors(f"taking the cutoff of {dead_letters!r}"):
@@ -280,6 +283,13 @@ class KafkaDeadLetters:
                 committed = group.committed(tp, timeout_ms=ms)
                 starts[tp] = max(committed if committed is not None else 0, begins[tp])
 
+            if batch <= 0 and not dry_run:
+                # Nothing to move (a redrive that is verifying): only count what came back.
+                return BatchResult(
+                    moved=0, remaining=sum(max(0, stop - starts[tp]) for tp, stop in cut.items()),
+                    refailed=self._refailed(cut, redrive_uid, scan_limit, deadline),
+                    reached_cutoff=all(starts[tp] >= stop for tp, stop in cut.items()),
+                )
             progress: dict[TopicPartition, int] = {}
             examined = selected = 0
             sends = []

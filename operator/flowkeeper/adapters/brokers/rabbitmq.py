@@ -39,8 +39,7 @@ from flowkeeper.domain.dead_letters import (
 )
 from flowkeeper.domain.errors import ConfigurationError, TransientError
 
-PREFETCH_MAX = 65535  # basic.qos takes a 16-bit count
-QUIET_SECONDS = 0.5  # a queue that delivers nothing for this long has nothing more for us
+PREFETCH_MAX = 65535  # the most messages one call holds unacknowledged
 
 
 def _unix(value: Any) -> float | None:
@@ -115,7 +114,11 @@ class RabbitMQDeadLetters:
     def _channel(self) -> Iterator[BlockingChannel]:
         where = f"RabbitMQ {self.address.address} vhost {self.address.vhost!r}"
         try:
-            connection = pika.BlockingConnection(self._parameters())
+            parameters = self._parameters()
+        except ValueError as exc:  # e.g. a port above 65535, which the CRD's pattern cannot refuse
+            raise ConfigurationError(f"{where}: not a usable address ({exc})", reason="InvalidAddress") from exc
+        try:
+            connection = pika.BlockingConnection(parameters)
         except pika.exceptions.ProbableAuthenticationError as exc:
             raise ConfigurationError(f"{where}: the broker refused the credentials", reason="BrokerUnauthorized") from exc
         except pika.exceptions.ProbableAccessDeniedError as exc:
@@ -142,25 +145,24 @@ class RabbitMQDeadLetters:
 
     @staticmethod
     def _read(channel: BlockingChannel, queue: str, limit: int, deadline: float) -> Iterator[tuple[int, pika.BasicProperties, bytes]]:
-        """The messages of `queue` from its head, unacknowledged, up to `limit` (at most PREFETCH_MAX:
-        unacknowledged messages are held within one prefetch window) or the deadline, or until the
-        queue has no more (as deep as it was when asked, or quiet)."""
-        depth = channel.queue_declare(queue, passive=True).method.message_count
-        limit = min(limit, PREFETCH_MAX)
-        if limit <= 0 or depth == 0:
-            return
-        channel.basic_qos(prefetch_count=limit)
+        """The messages of `queue` from its head, unacknowledged, one basic.get at a time (no prefetch
+        window: the broker sends no more than is asked, so only what the caller keeps is in memory),
+        up to `limit` or the deadline, or until the queue has no more ready."""
         read = 0
-        try:
-            for method, properties, body in channel.consume(queue, auto_ack=False, inactivity_timeout=QUIET_SECONDS):
-                if method is None:
-                    return
-                yield method.delivery_tag, properties, body
-                read += 1
-                if read >= limit or read >= depth or time.monotonic() >= deadline:
-                    return
-        finally:
-            channel.cancel()
+        while read < min(limit, PREFETCH_MAX) and time.monotonic() < deadline:
+            method, properties, body = channel.basic_get(queue, auto_ack=False)
+            if method is None:
+                return
+            if "x-delivery-count" in (properties.headers or {}):
+                # A quorum queue counts every return toward its x-delivery-limit and drops (or
+                # dead-letters) a message at the limit: reading it this way could lose messages.
+                raise ConfigurationError(
+                    f"{queue} is a quorum queue: every review or batch would count toward its delivery limit; "
+                    "Flowkeeper reviews and redrives classic dead-letter queues only",
+                    reason="QuorumQueueNotSupported",
+                )
+            yield method.delivery_tag, properties, body
+            read += 1
 
     # --- the port
 
@@ -227,6 +229,12 @@ class RabbitMQDeadLetters:
             if before_cutoff and examined >= depth and not dry_run:
                 # The whole queue was read and the marker is not in it: nothing may move.
                 raise CutoffLost(f"the marker of this redrive's cutoff is no longer in {dead_letters}")
+            if before_cutoff and not held and not remaining and examined >= min(scan_limit, PREFETCH_MAX) and batch and not dry_run:
+                raise ConfigurationError(
+                    f"the first {examined} dead letters in {dead_letters} hold nothing this redrive selects, and its cutoff lies "
+                    "beyond them: nothing can be moved; select them too, or raise --dead-letter-review-limit",
+                    reason="ScanLimitReached",
+                )
             if held:
                 channel.confirm_delivery()
             for n, (tag, properties, body) in enumerate(held):
@@ -235,8 +243,14 @@ class RabbitMQDeadLetters:
                     break
                 # Published with a confirm (basic_publish returns once the broker has it, raises if it
                 # cannot route it), then acked here: never the other way round.
-                channel.basic_publish("", to, body, _copy(properties, moved_headers(properties.headers, redrive_uid)), mandatory=True)
-                channel.basic_ack(tag)
+                try:
+                    channel.basic_publish("", to, body, _copy(properties, moved_headers(properties.headers, redrive_uid)), mandatory=True)
+                    channel.basic_ack(tag)
+                except (pika.exceptions.AMQPError, OSError):
+                    if not moved:
+                        raise
+                    remaining += len(held) - n  # what was moved before the failure is counted; this one was not acked
+                    break
                 moved += 1
         return BatchResult(
             moved=moved,

@@ -30,6 +30,7 @@ from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.prometheus")
 
+NO_CONSUMER_SERIES = "the consumers report no flowkeeper_messages_processed_total"
 IDLE_CLIENT_SECONDS = 600.0  # a flow's own server unused this long has its HTTP connection closed
 PASS_TIMEOUT_FACTOR = 3  # a pass's deadline, in query timeouts, unless set
 
@@ -318,4 +319,4 @@ class PrometheusSignals:
             return None, problem.failure.message
         except Exception as exc:  # noqa: BLE001 - classified, never raised
             return None, redact(classify(exc).message, self._secrets())
-        return (value, None) if value is not None else (None, "the consumers report no flowkeeper_messages_processed_total")
+        return (value, None) if value is not None else (None, NO_CONSUMER_SERIES)
