@@ -77,7 +77,7 @@ def main() -> None:
     "--allowed-broker", "allowed_brokers", multiple=True, envvar="FLOWKEEPER_ALLOWED_BROKERS",
     callback=lambda _ctx, _param, value: tuple(v.strip() for item in value for v in item.split(",") if v.strip()),
     help="A broker host:port flows may name in spec.source.connection (repeatable; the variable takes a comma-separated "
-    "list). Default: any.",
+    "list). Default: none (flows' dead letters are not reached).",
 )
 @click.option("--log-level", type=click.Choice(["info", "debug"]), default="info", show_default=True, envvar="FLOWKEEPER_LOG_LEVEL", help="debug: also Flowkeeper's routine lines (one per pass), without kopf's.")
 @click.option("--verbose", is_flag=True, help="Debug logs, kopf's included.")
