@@ -281,3 +281,31 @@ class socket_nobody_listens:
 
     def __exit__(self, *exc: object) -> None:
         self._socket.close()
+
+
+def test_a_quorum_dead_letter_queue_is_refused_before_its_delivery_limit_can_drop_anything(broker) -> None:
+    name = f"q-{uuid.uuid4().hex[:8]}.dlq"
+    with pika.BlockingConnection(broker.parameters) as connection:
+        connection.channel().queue_declare(name, durable=True, arguments={"x-queue-type": "quorum", "x-delivery-limit": 3})
+    dead_letter(broker, name, 5)
+    adapter = RabbitMQDeadLetters(address(broker))
+    with pytest.raises(ConfigurationError) as refused:
+        # The first message read carries x-delivery-count (a quorum queue's): the review stops at once.
+        adapter.review(name, limit=100, deadline=soon())
+    assert refused.value.reason == "QuorumQueueNotSupported"
+    assert depth(broker.parameters, name) == 5, "no message reached the delivery limit (the controller looks no more)"
+
+
+def test_a_batch_behind_more_unselected_letters_than_it_may_look_at_says_so(broker, queues) -> None:
+    flow_queue, dlq = queues
+    dead_letter(broker, dlq, 50, error_class="configuration")
+    adapter = RabbitMQDeadLetters(address(broker))
+    cutoff = adapter.begin(dlq, redrive_uid="r6")
+    with pytest.raises(ConfigurationError) as stuck:
+        adapter.move(dlq, flow_queue, redrive_uid="r6", cutoff=cutoff, selection=Selection(frozenset({"data"})), batch=10,
+                     dry_run=False, scan_limit=20, deadline=soon())
+    assert stuck.value.reason == "ScanLimitReached"
+    done = adapter.move(dlq, flow_queue, redrive_uid="r6", cutoff=cutoff, selection=Selection(frozenset({"data"})), batch=10,
+                        dry_run=False, scan_limit=100, deadline=soon())
+    assert (done.moved, done.reached_cutoff) == (0, True), "with a wider look the cutoff is found: nothing to move"
+    assert depth(broker.parameters, dlq) == 51

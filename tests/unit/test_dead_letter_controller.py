@@ -258,3 +258,22 @@ def test_a_batch_whose_status_write_failed_is_counted_by_the_next_write() -> Non
 
     store, broker = asyncio.run(run())
     assert broker.calls.count("move") == 1 and store.redrives["r1"].status["moved"] == 1
+
+
+def test_a_quorum_queue_is_not_read_again_after_it_was_recognised() -> None:
+    from flowkeeper.domain.errors import ConfigurationError
+
+    async def run():
+        store, api, broker, leader, dlc = controller()
+
+        def quorum(*args, **kwargs):
+            broker.calls.append("review")
+            raise ConfigurationError("orders.dlq is a quorum queue", reason="QuorumQueueNotSupported")
+
+        broker.review = quorum
+        for _ in range(4):
+            await ticks(dlc, 1)
+        return store, broker
+
+    store, broker = asyncio.run(run())
+    assert broker.calls == ["review"] and store.reviews["f1"]["error"].startswith("QuorumQueueNotSupported")

@@ -46,6 +46,7 @@ TICK_SECONDS = 1.0
 CUTOFF_MISSES = 3  # a redrive fails for a lost cutoff only when this many batches in a row miss it
 BATCH_SECONDS = 20.0  # the deadline of one broker step: short, so a lost lease is not outlived for long
 REVIEW_SECONDS = 30.0
+NEVER_AGAIN = frozenset({"QuorumQueueNotSupported"})  # broker refusals after which a queue is not read again
 SECRET_SECONDS = 60.0  # a Secret read for a broker's credentials is reused this long
 
 
@@ -98,6 +99,7 @@ class DeadLetterController:
         self._next_step: dict[str, float] = {}  # redrive UID -> monotonic
         self._secrets: dict[tuple[str, str, str], tuple[float, str]] = {}
         self._cutoff_misses: dict[str, int] = {}  # redrive UID -> batches in a row that did not see its cutoff
+        self._unusable: dict[tuple[Any, int], tuple[str, str]] = {}  # (queue, flow generation) -> (reason, message)
         self._pending: dict[str, Callable[[RedriveRecord], Step]] = {}  # redrive UID -> a broker step's result not written yet
         self.tasks: set[asyncio.Task] = set()
 
@@ -182,6 +184,9 @@ class DeadLetterController:
         assert route is not None
         address = await self._address(flow, credentials)
         key = (route.broker, route.address.lower(), route.vhost, route.dead_letters)
+        refused = self._unusable.get((key, flow.generation))
+        if refused is not None:
+            raise ConfigurationError(refused[1], reason=refused[0])
         while key in self._busy_queues:
             await asyncio.sleep(0.2)
         self._busy_queues.add(key)
@@ -198,6 +203,12 @@ class DeadLetterController:
                     broker.close()
 
             return await asyncio.get_running_loop().run_in_executor(self._threads, run)
+        except ConfigurationError as exc:
+            if exc.reason in NEVER_AGAIN:
+                # Each further look would do harm (a quorum queue counts every return toward its delivery
+                # limit): not touched again until the flow's spec changes (or the operator restarts).
+                self._unusable[(key, flow.generation)] = (exc.reason, str(exc))
+            raise
         finally:
             self._busy_queues.discard(key)
 
