@@ -271,3 +271,18 @@ def test_a_deleted_redrive_takes_its_marker_along_even_when_the_operator_missed_
     run_operator(*s.operator_args)
     eventually(lambda: not any(h.get("x-flowkeeper-cutoff") for h, _ in peek(s)), timeout=60, what="the orphaned marker removed by a review")
     assert depth(s.broker.parameters, s.dlq) == 28, "only the markers went: 30 dead letters, 2 moved"
+
+
+def test_a_running_redrive_caps_the_flows_scale_up(setup) -> None:
+    s = setup(data_bug=bad)
+    s.pool.seconds_per_message = 1 / 5  # slow consumers: the redriven backlog asks for more of them
+    s.dead_letters(300, error_class="transient", reason="timeout", prefix="order")
+    s.redrive("capped", batchSize=100, interval="1s", classes=["transient"], maxReplicas=2)
+    s.wait_phase("capped", ("Running",), timeout=60, reason="Moving")
+    seen = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and s.redrive_status("capped").get("phase") == "Running":
+        seen.append(s.kubectl_json("get", "deployment", "orders")["spec"]["replicas"])
+        time.sleep(1)
+    assert seen and depth(s.broker.parameters, s.queue) > 40, "the backlog asks for the flow's maxReplicas (4)"
+    assert max(seen) == 2, f"scaled up to the redrive's cap and no further: {seen}"
