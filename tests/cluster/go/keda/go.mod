@@ -1,6 +1,7 @@
 // Wrapper module: builds KEDA's operator and metrics adapter from the published module. The replace
 // and exclude directives are KEDA v2.21.0's own (a replace only applies in the main module, so it is
-// copied here); the requirements come from KEDA's go.mod through minimal version selection.
+// copied here); the requirements come from KEDA's go.mod through minimal version selection, and
+// go.sum pins them (made with `go list -deps` of both commands, GOFLAGS=-mod=mod).
 module flowkeeper.local/keda
 
 go 1.26.0
