@@ -125,6 +125,38 @@ def write_credentials(pki: Path) -> None:
     )
 
 
+FRONT_PROXY_CLIENT = "front-proxy-client"
+
+
+def write_front_proxy_credentials(pki: Path) -> None:
+    """The aggregation layer's own CA and the client cert kube-apiserver presents to an extension
+    API server when it proxies a request (the request-header identity, as kubeadm's front-proxy)."""
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("flowkeeper-front-proxy-ca")
+    ca = _cert(ca_name, ca_key, ca_name, ca_key, ca=True)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _cert(_name(FRONT_PROXY_CLIENT), client_key, ca_name, ca_key, ca=False, client=True)
+    pem = serialization.Encoding.PEM
+    (pki / "front-proxy-ca.crt").write_bytes(ca.public_bytes(pem))
+    (pki / "front-proxy-client.crt").write_bytes(client.public_bytes(pem))
+    (pki / "front-proxy-client.key").write_bytes(_key_pem(client_key))
+
+
+def aggregation_flags(pki: Path) -> list[str]:
+    """kube-apiserver flags of the aggregation layer; endpoints (not cluster IPs) are dialled, as
+    there is no kube-proxy here."""
+    return [
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+        "--enable-aggregator-routing=true",
+    ]
+
+
 def kubeconfig(server: str, pki: Path, *, user: str = "admin", token: str | None = None) -> dict:
     credentials = {"token": token} if token else {
         "client-certificate": str(pki / "admin.crt"),
@@ -144,9 +176,14 @@ def kubeconfig(server: str, pki: Path, *, user: str = "admin", token: str | None
 
 
 class LocalCluster:
-    """The control plane in one folder; `start()` blocks until a Pod could become Ready."""
+    """The control plane in one folder; `start()` blocks until a Pod could become Ready.
 
-    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None) -> None:
+    aggregation=True (off by default) also turns on the API aggregation layer (a front-proxy CA and
+    client cert, the request-header flags, aggregator routing to endpoints), so an APIService can
+    route a group such as external.metrics.k8s.io to an extension API server."""
+
+    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None, *, aggregation: bool = False) -> None:
+        self.aggregation = aggregation
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flowkeeper-cluster-"))
         self.bin_dir = bin_dir or binaries()
@@ -223,6 +260,8 @@ class LocalCluster:
         self.logs.mkdir(parents=True, exist_ok=True)
         write_credentials(self.pki)
         pki = self.pki
+        if self.aggregation:
+            write_front_proxy_credentials(pki)
 
         etcd_port, peer_port = free_port(), free_port()
         etcd_url = f"http://127.0.0.1:{etcd_port}"
@@ -246,6 +285,7 @@ class LocalCluster:
             "--disable-admission-plugins=ServiceAccount", "--endpoint-reconciler-type=none",
             f"--token-auth-file={self._token_file()}",
             "--advertise-address=127.0.0.1",
+            *(aggregation_flags(pki) if self.aggregation else []),
         ])
         wait_until(lambda: self._get("/readyz") == b"ok", 120, "kube-apiserver", apiserver)
 
