@@ -277,3 +277,20 @@ def test_a_quorum_queue_is_not_read_again_after_it_was_recognised() -> None:
 
     store, broker = asyncio.run(run())
     assert broker.calls == ["review"] and store.reviews["f1"]["error"].startswith("QuorumQueueNotSupported")
+
+
+def test_the_marker_goes_before_the_status_says_the_redrive_ended() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller(review_interval=3600)
+        api.status = {"phase": "Verifying", "moved": 5, "refailed": 0, "verifyUntil": "2000-01-01T00:00:00Z",
+                      "cutoff": {"token": "r1", "depth": 5, "at": "2026-12-01T00:00:00Z", "route": "rabbitmq amqp://mq:5672 vhost /: orders.dlq -> orders"}}
+        store.redrive_event("ADDED", redrive(api.status))
+        order: list[str] = []
+        finish, patch = broker.finish, api.patch_redrive_status
+        broker.finish = lambda *a, **k: (order.append("finish"), finish(*a, **k))[1]
+        api.patch_redrive_status = lambda *a: (order.append(f"status:{a[2].get('phase')}"), patch(*a))[1]
+        await ticks(dlc, 1)
+        return order, store
+
+    order, store = asyncio.run(run())
+    assert order == ["finish", "status:Succeeded"] and store.redrives["r1"].phase == "Succeeded"

@@ -314,10 +314,7 @@ class DeadLetterController:
         if pending is not None:
             # A broker step whose result was not written yet (a conflict, a failed write): written
             # first, onto the redrive as it is stored now, so that no batch goes uncounted.
-            step = pending(record)
-            if await self._write(record, step):
-                self._pending.pop(record.uid, None)
-                await self._after_written(record, step)
+            await self._conclude(record, pending(record))
             return
         flow = self._flow_of(record)
         situation = Situation(flow=flow, now=self.wall_clock())
@@ -325,20 +322,29 @@ class DeadLetterController:
             rate, problem = await self._cause_rate(flow, record)
             situation = Situation(flow=flow, cause_rate=rate, cause_problem=problem, now=situation.now)
         step = rules.decide(record, situation)
+        if step.action in (Action.none, Action.finish) or flow is None or record.spec is None:
+            await self._conclude(record, step)
+            return
         # Before a broker step, the status is written only when the phase changes: the step's own
         # result is written right after it, and the broker keeps the truth in between.
-        if (step.action == Action.none or step.status.get("phase") != record.phase) and not await self._write(record, step):
+        if step.status.get("phase") != record.phase and not await self._write(record, step):
             return
-        record = self.store.redrives.get(record.uid, record)
-        if step.action == Action.none or flow is None or record.spec is None:
-            await self._after_written(record, step)
-            return
-        result = await self._broker_step(record, flow, step.action)
+        result = await self._broker_step(self.store.redrives.get(record.uid, record), flow, step.action)
         self._pending[record.uid] = result
-        step = result(self.store.redrives.get(record.uid, record))
+        await self._conclude(record, result(self.store.redrives.get(record.uid, record)))
+
+    async def _conclude(self, record: RedriveRecord, step: Step) -> None:
+        """Writes a step's status. A step that ends the redrive removes its marker first: once the
+        status says it ended, the dead letters hold no marker of it (a kill in between ends it again,
+        and removing a marker that is gone changes nothing)."""
+        current = self.store.redrives.get(record.uid, record)
+        if step.action == Action.finish and current.cutoff is not None:
+            flow = self._flow_of(current)
+            if flow is not None and route_of(flow) is not None:
+                await self._finish(flow, current.uid, current.cutoff)
         if await self._write(record, step):
             self._pending.pop(record.uid, None)
-            await self._after_written(record, step)
+            self._again(record.uid, step.retry_in)
 
     async def _broker_step(self, record: RedriveRecord, flow: FlowRecord, action: Action) -> Callable[[RedriveRecord], Step]:
         """Runs one broker step; returns how to turn its outcome into the redrive's next status."""
@@ -373,13 +379,6 @@ class DeadLetterController:
             configuration = isinstance(exc, ConfigurationError)
             reason, message = exc.reason, str(exc)
             return lambda current: rules.after_failure(current, reason, message, lost_cutoff=False, configuration=configuration, now=self.wall_clock())
-
-    async def _after_written(self, record: RedriveRecord, step: Step) -> None:
-        if step.action == Action.finish and record.cutoff is not None:
-            flow = self._flow_of(record)
-            if flow is not None and route_of(flow) is not None:
-                await self._finish(flow, record.uid, record.cutoff)
-        self._again(record.uid, step.retry_in)
 
     def _again(self, uid: str, seconds: float | None) -> None:
         self._next_step[uid] = self.monotonic() + (rules.BLOCKED_RETRY if seconds is None else seconds)
