@@ -303,12 +303,14 @@ class Demo:
         if s.with_redrive:
             published, redrive = self._data_bug_and_redrive(published)
 
+        # What the dead-letter queue holds at the end: a redriven order that went through is consumed.
+        dead_lettered = self._dead_letters_at_the_end()
+        self.sample()  # the chart ends on the settled count (the management API's statistics lag a little)
         summary = summarize(
             self.timeline,
             published=published,
             consumed=self.pool.counts.consumed,
-            # What the dead-letter queue holds at the end: a redriven order that went through is consumed.
-            dead_lettered=self._dead_letters_at_the_end(),
+            dead_lettered=dead_lettered,
             queued=depth(self.broker.parameters, self.queue),
         )
         summary.update(redrive)

@@ -290,7 +290,21 @@ def test_the_marker_goes_before_the_status_says_the_redrive_ended() -> None:
         broker.finish = lambda *a, **k: (order.append("finish"), finish(*a, **k))[1]
         api.patch_redrive_status = lambda *a: (order.append(f"status:{a[2].get('phase')}"), patch(*a))[1]
         await ticks(dlc, 1)
-        return order, store
+        return order, store, broker
 
-    order, store = asyncio.run(run())
+    order, store, broker = asyncio.run(run())
+    assert "move" in broker.calls, "one last look for re-failures"
     assert order == ["finish", "status:Succeeded"] and store.redrives["r1"].phase == "Succeeded"
+
+
+def test_a_verifying_redrive_killed_after_removing_its_marker_still_succeeds() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller(review_interval=3600)
+        api.status = {"phase": "Verifying", "moved": 5, "refailed": 0, "verifyUntil": "2000-01-01T00:00:00Z",
+                      "cutoff": {"token": "r1", "depth": 5, "at": "2026-12-01T00:00:00Z", "route": "rabbitmq amqp://mq:5672 vhost /: orders.dlq -> orders"}}
+        store.redrive_event("ADDED", redrive(api.status))
+        broker.cutoff_seen = False  # the marker was removed just before the kill
+        await ticks(dlc, 1)
+        return store
+
+    assert asyncio.run(run()).redrives["r1"].phase == "Succeeded"

@@ -305,7 +305,9 @@ def test_a_redrives_cap_limits_scaling_up_and_never_scales_down(desired, current
         assert current <= capped <= desired and (capped <= cap or capped == current)
 
 
-def test_a_verifying_redrive_whose_time_is_up_ends_without_another_look() -> None:
+def test_a_verifying_redrive_whose_time_is_up_takes_one_last_look() -> None:
     verifying = after_batch(running(verifyFor="1m"), BatchResult(moved=20, remaining=0, refailed=1, reached_cutoff=True), NOW)
-    step = decide(redrive(verifying.status, verifyFor="1m"), Situation(flow(), now=NOW + 3600))
-    assert step.status["phase"] == "Succeeded" and step.action == Action.finish and step.status["refailed"] == 1
+    record = redrive(verifying.status, verifyFor="1m")
+    assert decide(record, Situation(flow(), now=NOW + 3600)).action == Action.verify
+    done = after_verify(record, 3, NOW + 3600)
+    assert done.status["phase"] == "Stopped", "re-failures seen in the last look still count"

@@ -33,7 +33,7 @@ from flowkeeper.controller.executor import status_patch
 from flowkeeper.controller.ports import ClusterGateway, DeadLetterBroker, Leader
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import redrive as rules
-from flowkeeper.domain.conditions import rfc3339
+from flowkeeper.domain.conditions import parse_rfc3339, rfc3339
 from flowkeeper.domain.dead_letters import TOP_REASONS, BrokerAddress, Cutoff, CutoffLost, Review
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, TransientError
 from flowkeeper.domain.flow import FlowRecord
@@ -368,6 +368,10 @@ class DeadLetterController:
                 return lambda current: rules.after_verify(current, result.refailed, self.wall_clock())
             return lambda current: rules.after_batch(current, result, self.wall_clock())
         except CutoffLost as exc:
+            if action == Action.verify and _time_is_up(record, self.wall_clock()):
+                # Verifying is over and the marker is gone: removed by this redrive's own end, which a
+                # kill interrupted before its status was written. It ends as it was going to.
+                return lambda current: rules.after_verify(current, 0, self.wall_clock())
             # Another reader may hold the marker unacknowledged for a moment (a person browsing the queue,
             # the old leader's last call): lost only when it is missing several times in a row.
             misses = self._cutoff_misses.get(record.uid, 0) + 1
@@ -421,6 +425,11 @@ class DeadLetterController:
             log.info(message, extra={"redrive": record.name, "namespace": record.namespace, "stage": "redrive", "reason": reason})
             await self.recorder.record(record.reference, type_, reason, message)
         return True
+
+
+def _time_is_up(record: RedriveRecord, now: float) -> bool:
+    until = parse_rfc3339(record.status.get("verifyUntil"))
+    return until is None or now >= until
 
 
 def _batch(spec: Any, record: RedriveRecord) -> int:

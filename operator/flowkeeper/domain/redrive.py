@@ -192,9 +192,7 @@ def decide(record: RedriveRecord, situation: Situation, *, mono_due: bool = True
         reason, message = blocked
         return draft.to(Phase.blocked, reason, message, retry_in=BLOCKED_RETRY)
     if phase == Phase.verifying.value:
-        until = parse_rfc3339(draft.status.get("verifyUntil"))
-        if until is None or situation.now >= until:
-            return after_verify(record, 0, situation.now)  # the time is up (also after a restart): Succeeded
+        # Also once the time is up: one last look, then after_verify ends it.
         return draft.to(Phase.verifying, "Verifying", _progress(draft.status, "watching for re-failures"), action=Action.verify, retry_in=VERIFY_EVERY)
     if spec.dry_run:
         return draft.to(Phase.running, "DryRun", "counting what would be moved", action=Action.move)
