@@ -275,12 +275,13 @@ def test_a_deleted_redrive_takes_its_marker_along_even_when_the_operator_missed_
 
 def test_a_running_redrive_caps_the_flows_scale_up(setup) -> None:
     s = setup(data_bug=bad)
-    s.pool.seconds_per_message = 1 / 5  # slow consumers: the redriven backlog asks for more of them
+    s.pool.seconds_per_message = 1 / 2  # slow consumers: the redriven backlog asks for more of them
     s.dead_letters(300, error_class="transient", reason="timeout", prefix="order")
-    s.redrive("capped", batchSize=100, interval="1s", classes=["transient"], maxReplicas=2)
+    # 15 batches 2 s apart: moving lasts about 30 s, far longer than scaling up takes.
+    s.redrive("capped", batchSize=20, interval="2s", classes=["transient"], maxReplicas=2)
     s.wait_phase("capped", ("Running",), timeout=60, reason="Moving")
     seen = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 40
     while time.monotonic() < deadline and s.redrive_status("capped").get("phase") == "Running":
         seen.append(s.kubectl_json("get", "deployment", "orders")["spec"]["replicas"])
         time.sleep(1)
