@@ -15,6 +15,7 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.domain.dead_letters import BatchResult, Cutoff, CutoffLost, Review
 from flowkeeper.domain.errors import ConflictError
+from flowkeeper.domain.redrive import redrive_from_body
 
 
 class Leader:
@@ -308,3 +309,15 @@ def test_a_verifying_redrive_killed_after_removing_its_marker_still_succeeds() -
         return store
 
     assert asyncio.run(run()).redrives["r1"].phase == "Succeeded"
+
+
+def test_verifying_ends_on_the_monotonic_clock_whatever_the_wall_clock_does() -> None:
+    store, api, broker, leader, dlc = controller(review_interval=3600)
+    mono = [1000.0]
+    wall = [1_800_000_000.0]
+    dlc.monotonic, dlc.wall_clock = (lambda: mono[0]), (lambda: wall[0])
+    record = redrive_from_body(redrive({"phase": "Verifying", "verifyUntil": "2027-01-15T08:00:30Z"}))  # 30 s after `wall`
+    assert not dlc._verify_time_up(record)
+    wall[0] -= 3600  # the wall clock steps back an hour: verifyFor (1m default) does not stretch
+    mono[0] += 31
+    assert dlc._verify_time_up(record)

@@ -101,6 +101,7 @@ class DeadLetterController:
         self._cutoff_misses: dict[str, int] = {}  # redrive UID -> batches in a row that did not see its cutoff
         self._unusable: dict[tuple[Any, int], tuple[str, str]] = {}  # (queue, flow generation) -> (reason, message)
         self._pending: dict[str, Callable[[RedriveRecord], Step]] = {}  # redrive UID -> a broker step's result not written yet
+        self._verify_deadline: dict[str, float] = {}  # redrive UID -> monotonic end of its verifyFor
         self.tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------------------------- loop
@@ -162,6 +163,7 @@ class DeadLetterController:
             self._next_step.pop(record.uid, None)
             self._cutoff_misses.pop(record.uid, None)
             self._pending.pop(record.uid, None)
+            self._verify_deadline.pop(record.uid, None)
             # A redrive deleted while it held a cutoff marker: the marker goes too.
             flow = self._flow_of(record)
             if record.cutoff is not None and flow is not None and route_of(flow):
@@ -365,13 +367,14 @@ class DeadLetterController:
             self._cutoff_misses.pop(record.uid, None)
             metrics.DEAD_LETTERS_MOVED.inc(result.moved)
             if verifying:
-                return lambda current: rules.after_verify(current, result.refailed, self.wall_clock())
+                up = self._verify_time_up(record)
+                return lambda current: rules.after_verify(current, result.refailed, self.wall_clock(), time_up=up)
             return lambda current: rules.after_batch(current, result, self.wall_clock())
         except CutoffLost as exc:
-            if action == Action.verify and _time_is_up(record, self.wall_clock()):
+            if action == Action.verify and self._verify_time_up(record):
                 # Verifying is over and the marker is gone: removed by this redrive's own end, which a
                 # kill interrupted before its status was written. It ends as it was going to.
-                return lambda current: rules.after_verify(current, 0, self.wall_clock())
+                return lambda current: rules.after_verify(current, 0, self.wall_clock(), time_up=True)
             # Another reader may hold the marker unacknowledged for a moment (a person browsing the queue,
             # the old leader's last call): lost only when it is missing several times in a row.
             misses = self._cutoff_misses.get(record.uid, 0) + 1
@@ -383,6 +386,20 @@ class DeadLetterController:
             configuration = isinstance(exc, ConfigurationError)
             reason, message = exc.reason, str(exc)
             return lambda current: rules.after_failure(current, reason, message, lost_cutoff=False, configuration=configuration, now=self.wall_clock())
+
+    def _verify_time_up(self, record: RedriveRecord) -> bool:
+        """Whether verifyFor has passed, on the monotonic clock: its end is fixed the first time this
+        replica sees the redrive verifying, from what status.verifyUntil leaves of it, never more than
+        verifyFor (a wall clock stepped back cannot stretch it, one stepped forward only ends it early
+        once, at the first look after a restart)."""
+        deadline = self._verify_deadline.get(record.uid)
+        if deadline is None:
+            assert record.spec is not None
+            until = parse_rfc3339(record.status.get("verifyUntil"))
+            left = 0.0 if until is None else until - self.wall_clock()
+            deadline = self.monotonic() + min(max(0.0, left), to_seconds(record.spec.verify_for))
+            self._verify_deadline[record.uid] = deadline
+        return self.monotonic() >= deadline
 
     def _again(self, uid: str, seconds: float | None) -> None:
         self._next_step[uid] = self.monotonic() + (rules.BLOCKED_RETRY if seconds is None else seconds)
@@ -425,11 +442,6 @@ class DeadLetterController:
             log.info(message, extra={"redrive": record.name, "namespace": record.namespace, "stage": "redrive", "reason": reason})
             await self.recorder.record(record.reference, type_, reason, message)
         return True
-
-
-def _time_is_up(record: RedriveRecord, now: float) -> bool:
-    until = parse_rfc3339(record.status.get("verifyUntil"))
-    return until is None or now >= until
 
 
 def _batch(spec: Any, record: RedriveRecord) -> int:

@@ -272,7 +272,9 @@ def after_batch(record: RedriveRecord, result: BatchResult, now: float) -> Step:
     return draft.to(Phase.running, "Moving", _progress(draft.status, "between batches"), retry_in=to_seconds(spec.interval))
 
 
-def after_verify(record: RedriveRecord, refailed_now: int, now: float) -> Step:
+def after_verify(record: RedriveRecord, refailed_now: int, now: float, *, time_up: bool | None = None) -> Step:
+    """`time_up`: verifyFor has passed, as the caller measures it (the controller: on the monotonic
+    clock); None: from status.verifyUntil and `now`."""
     assert record.spec is not None
     spec = record.spec
     draft = _Draft(record, now)
@@ -281,8 +283,10 @@ def after_verify(record: RedriveRecord, refailed_now: int, now: float) -> Step:
     draft.status["refailed"] = refailed
     if _too_many_refailed(spec, moved, refailed):
         return _stopped(draft, spec, moved, refailed)
-    until = parse_rfc3339(draft.status.get("verifyUntil"))
-    if until is None or now >= until:
+    if time_up is None:
+        until = parse_rfc3339(draft.status.get("verifyUntil"))
+        time_up = until is None or now >= until
+    if time_up:
         message = f"{moved} moved, {refailed} re-failed (left in the dead letters, not redriven again)"
         return draft.to(Phase.succeeded, "Succeeded", message, action=Action.finish)
     return draft.to(Phase.verifying, "Verifying", _progress(draft.status, f"watching for re-failures until {draft.status['verifyUntil']}"), retry_in=VERIFY_EVERY)
