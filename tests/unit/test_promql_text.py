@@ -4,6 +4,8 @@ the results as meant is checked in tests/integration/test_prometheus_signals.py.
 
 from __future__ import annotations
 
+import re
+
 import ast
 
 import pytest
@@ -97,7 +99,8 @@ def test_a_secret_never_survives_redaction(before: str, secret: str, after: str)
     assert secret not in redact(before + secret + after, [secret])
 
 
-@given(st.text(st.characters(blacklist_characters="/?#@ \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85\xa0"), min_size=1, max_size=20))
+# Userinfo never holds whitespace (none that \s matches, Unicode spaces too) nor URL delimiters.
+@given(st.text(st.characters(blacklist_characters="/?#@"), min_size=1, max_size=20).filter(lambda t: not re.search(r"\s", t)))
 def test_userinfo_never_survives_redaction(userinfo: str) -> None:
     text = f"connect to https://{userinfo}@prometheus:9090/api failed"
     assert redact(text) == "connect to https://***@prometheus:9090/api failed"
