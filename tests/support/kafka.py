@@ -104,9 +104,16 @@ def java() -> str:
     return found
 
 
-def _cluster_id() -> str:
-    """What `kafka-storage.sh random-uuid` prints: 16 random bytes, URL-safe base64 without padding."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+def _cluster_id(random_bytes=lambda: uuid.uuid4().bytes) -> str:
+    """What `kafka-storage.sh random-uuid` prints: 16 random bytes, URL-safe base64 without padding.
+
+    Like Kafka's own Uuid.randomUuid, an id that starts with "-" is drawn again: the storage tool's
+    argument parser would take it for an option (one in 64 ids; it failed a CI run).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(random_bytes()).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _cleanup(broker: Process, workdir: Path) -> None:
@@ -188,7 +195,7 @@ class LocalKafka:
         if (self.workdir / "data" / "meta.properties").exists():
             return
         result = subprocess.run(
-            [*self._java, "kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config)],
+            [*self._java, "kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}", "-c", str(self.config)],
             capture_output=True, text=True, timeout=120,
         )
         if result.returncode != 0:
