@@ -158,3 +158,26 @@ def test_writes_are_spread_by_the_client_side_rate_limit() -> None:
         return asyncio.get_running_loop().time() - started
 
     assert 0.4 <= asyncio.run(take_all()) < 1.5
+
+
+def test_a_plan_that_changes_nothing_has_no_work_and_clears_old_retries() -> None:
+    _, store, api, executor = setup()
+    record = store.flows["uid-ns-f"]
+    target = store.target_of(record)
+    executor.failures[record.uid] = 3
+    executor.conflicts[record.uid] = 2
+
+    assert not executor.has_work(record, target, Plan(status=dict(record.status), scale_to=4))  # already at 4
+    assert record.uid not in executor.failures and record.uid not in executor.conflicts
+    assert api.writes == []
+
+
+def test_a_plan_with_a_write_or_an_event_has_work() -> None:
+    _, store, _, executor = setup()
+    record = store.flows["uid-ns-f"]
+    target = store.target_of(record)
+    executor.failures[record.uid] = 1
+    assert executor.has_work(record, target, Plan(status={"phase": "Running"}))
+    assert executor.has_work(record, target, Plan(status=dict(record.status), scale_to=5))
+    assert executor.has_work(record, target, Plan(status=dict(record.status), events=(Event("Normal", "Scaled", "x"),)))
+    assert executor.failures[record.uid] == 1  # a flow with work keeps its retry count

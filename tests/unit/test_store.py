@@ -283,3 +283,16 @@ def test_a_postponed_flow_is_due_at_once_when_it_changes() -> None:
     assert store.take_due(clock.now + 10) == []
     store.flow_event("MODIFIED", flow(generation=2, version=2))
     assert [f.generation for f in store.take_due(clock.now)] == [2]
+
+
+def test_a_status_write_coming_back_does_not_parse_the_spec_again() -> None:
+    store = ClusterStore(Clock())
+    store.flow_event("ADDED", flow(version=1))
+    first = store.flows["uid-ns-f"].spec
+    store.flow_event("MODIFIED", {**flow(version=2), "status": {"phase": "Running"}})
+    assert store.flows["uid-ns-f"].spec is first  # same generation: the same parsed spec
+
+    changed = flow(version=3, generation=2, poll="30s")
+    store.flow_event("MODIFIED", changed)
+    assert store.flows["uid-ns-f"].spec is not first
+    assert store.flows["uid-ns-f"].spec.scaling.poll_interval == "30s"

@@ -72,6 +72,9 @@ def _api_errors(what: str):
         raise error from exc
 
 
+LIST_PAGE = 500  # objects per page of a LIST
+
+
 def _at_version(body: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
     """A patch the API server applies only while the object is at `resource_version` (else 409)."""
     return {**body, "metadata": {"resourceVersion": resource_version}} if resource_version else body
@@ -98,7 +101,8 @@ def load_client_config() -> k8s.ApiClient:
 
 
 class KubernetesGateway:
-    def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0) -> None:
+    def __init__(self, api_client: k8s.ApiClient, request_timeout: float = 30.0, list_page: int = LIST_PAGE) -> None:
+        self._list_page = list_page
         self._custom = k8s.CustomObjectsApi(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self._coordination = k8s.CoordinationV1Api(api_client)
@@ -111,24 +115,47 @@ class KubernetesGateway:
         "statefulsets", "rollouts") in the namespaces (all when empty), as plain dicts like watch
         events carry them, with each list's resourceVersion. LIST items carry no kind: the caller knows it."""
         if kind == "flows":
-            group, version, plural = api.GROUP, api.VERSION, api.PLURAL
+            group, api_version, plural = api.GROUP, api.VERSION, api.PLURAL
         elif kind == "redrives":
-            group, version, plural = api.GROUP, api.VERSION, redrive_api.PLURAL
+            group, api_version, plural = api.GROUP, api.VERSION, redrive_api.PLURAL
         else:
             target = next(k for k in api.SCALE_TARGET_KINDS if k.plural == kind)
-            group, version, plural = target.group, target.version, target.plural
-        t = self._timeout
+            group, api_version, plural = target.group, target.version, target.plural
         listing = Listing()
         # The custom-objects client serves any group's resources, apps/v1 included: one code path.
         with _api_errors(f"list {kind}"):
             for namespace in namespaces or (None,):
-                if namespace:
-                    body = self._custom.list_namespaced_custom_object(group, version, namespace, plural, _request_timeout=t)
-                else:
-                    body = self._custom.list_cluster_custom_object(group, version, plural, _request_timeout=t)
-                listing.items.extend(body.get("items", []))
-                listing.versions[namespace] = str((body.get("metadata") or {}).get("resourceVersion") or "")
+                items, version = self._list_pages(group, api_version, plural, namespace)
+                listing.items.extend(items)
+                listing.versions[namespace] = version
         return listing
+
+    def _list_pages(self, group: str, api_version: str, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+        """One consistent LIST in pages (LIST_PAGE objects by default) (no response of the API server holds
+        ten thousand objects at once), and the listing's resourceVersion. A continue token that
+        expired (410: the snapshot was compacted meanwhile) starts the listing again."""
+        while True:
+            items: list[dict[str, Any]] = []
+            version_seen, token = "", ""
+            try:
+                while True:
+                    options: dict[str, Any] = {"limit": self._list_page, "_request_timeout": self._timeout}
+                    if token:
+                        options["_continue"] = token
+                    if namespace:
+                        body = self._custom.list_namespaced_custom_object(group, api_version, namespace, plural, **options)
+                    else:
+                        body = self._custom.list_cluster_custom_object(group, api_version, plural, **options)
+                    metadata = body.get("metadata") or {}
+                    items.extend(body.get("items", []))
+                    version_seen = version_seen or str(metadata.get("resourceVersion") or "")
+                    token = metadata.get("continue") or ""
+                    if not token:
+                        return items, version_seen
+            except ApiException as exc:
+                if exc.status != 410 or not token:
+                    raise
+                log.info("listing expired between pages, listing again", extra={"stage": "list", "kind": plural})
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Merge-patches status at `resource_version` (a 409 when the flow changed since it was read);

@@ -101,6 +101,19 @@ class Executor:
         await self._rate.take()
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
+    def has_work(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
+        """Whether applying `plan` would write anything: most plans of a quiet pass change nothing, and
+        they cost no task, no slot and no thread. A flow with nothing to write has no failed write
+        pending either (its retries are forgotten, as after a write that landed)."""
+        if plan.events or _scales(flow, target, plan):
+            return True
+        current = self.store.flows.get(flow.uid)
+        if current is not None and plan.status_changed(current.status):
+            return True
+        self.failures.pop(flow.uid, None)
+        self.conflicts.pop(flow.uid, None)
+        return False
+
     async def apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
         """Applies `plan`, made from `flow` and `target` as they were: writes are conditional on
         their resourceVersions."""
@@ -171,8 +184,9 @@ class Executor:
         return Outcome(True)
 
     async def _scale(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, context: dict[str, str]) -> bool:
-        if plan.scale_to is None or flow.spec is None or target is None or target.spec_replicas == plan.scale_to:
+        if not _scales(flow, target, plan):
             return False
+        assert target is not None and plan.scale_to is not None  # _scales checked both
         direction = "up" if plan.scale_to > target.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
             replicas, version = await self._call(
@@ -201,6 +215,10 @@ class Executor:
             del self.failures[uid]
         for uid in self.conflicts.keys() - uids:
             del self.conflicts[uid]
+
+
+def _scales(flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
+    return plan.scale_to is not None and flow.spec is not None and target is not None and target.spec_replicas != plan.scale_to
 
 
 class TokenBucket:

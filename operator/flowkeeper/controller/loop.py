@@ -35,6 +35,9 @@ log = logging.getLogger("flowkeeper.controller")
 
 RESYNC_SECONDS = 300.0  # how often the store is checked against a fresh LIST
 HEARTBEAT_SECONDS = 5.0  # the loop comes round at least this often, also as a standby (liveness)
+# Woken by a watch event, the loop waits this long before its pass, so the events of one moment (a
+# rollout, a namespace applied at once) are one pass and one Prometheus read, not one each.
+EVENT_DEBOUNCE_SECONDS = 0.2
 YIELD_EVERY = 200  # flows planned between two yields to the event loop (watch events keep flowing)
 
 
@@ -78,6 +81,7 @@ class FlowController:
         self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
         self._resynced_at = 0.0
         self.writing: dict[str, asyncio.Task] = {}  # flow UID -> its plan being written
+        self.flow_gauges = metrics.FlowGauges()
 
     def seconds_since_iteration(self) -> float:
         """How long the loop has not come round: a loop stuck in a pass or a dead task grows this."""
@@ -104,6 +108,8 @@ class FlowController:
             await _wait_any([self.store.wakeup, stopped, self._leader_changed()], min(HEARTBEAT_SECONDS if wait is None else wait, HEARTBEAT_SECONDS))
             if not self.leader.is_leading():
                 continue
+            if self.store.wakeup.is_set() and (wait is None or wait > 0):
+                await _wait_any([stopped], EVENT_DEBOUNCE_SECONDS)
             due = self.store.take_due(self.monotonic())
             if due:
                 try:
@@ -128,6 +134,7 @@ class FlowController:
             self.read_failures.clear()
             self.executor.forget(set())
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
+        self.flow_gauges.forget()
 
     async def _seed(self, stopped: asyncio.Event) -> None:
         backoff = 1.0
@@ -194,6 +201,8 @@ class FlowController:
     def _write(self, flow: FlowRecord, target, flow_plan: Plan, pass_id: str) -> None:
         """Hands the plan to the executor without waiting for it: a slow write holds up its own flow
         (planned again only when it is done), never the next pass of the others."""
+        if not self.executor.has_work(flow, target, flow_plan):
+            return
         task = asyncio.create_task(self.executor.apply(flow, target, flow_plan, pass_id), name=f"write-{flow.uid}")
         self.writing[flow.uid] = task
         task.add_done_callback(lambda _, uid=flow.uid: self.writing.pop(uid, None))
@@ -225,6 +234,8 @@ class FlowController:
             log.exception("planning failed", extra={"flow": flow.name, "namespace": flow.namespace, "stage": "plan", "outcome": "error"})
             flow_plan = plan_failure(inputs, exc, now=now)
         self.memory[flow.uid] = flow_plan.memory
+        depth = inputs.signals.queue_depth if inputs.signals is not None and inputs.failure is None else None
+        self.flow_gauges.show(flow.uid, flow.namespace, flow.name, flow_plan.status.get("desiredReplicas"), depth)
         return flow_plan
 
     async def _read_signals(self, flows: list[FlowRecord]) -> PassResult | None:
@@ -304,10 +315,11 @@ class FlowController:
 
     def _after_pass(self) -> None:
         """Forgets flows that are gone, and publishes the flows-by-phase gauge."""
-        live = self.store.flows.keys()
+        live = set(self.store.flows)
         for key in self.memory.keys() - live:
             del self.memory[key]
-        self.executor.forget(set(live))
+        self.executor.forget(live)
+        self.flow_gauges.forget(live)
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
         metrics.record_flow_phases(counts)
 

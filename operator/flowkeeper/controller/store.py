@@ -131,13 +131,13 @@ class ClusterStore:
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
-        record = flow_from_body(body)
+        previous = self.flows.get(str((body.get("metadata") or {}).get("uid") or ""))
+        record = flow_from_body(body, previous)
         if event_type == "DELETED":
             self.flow_gone(record.uid)
             return
         if record.uid in self._gone_flows:
             return
-        previous = self.flows.get(record.uid)
         if previous is not None and not newer(record.resource_version, previous.resource_version):
             return  # older than what a write response already told us
         self._put_flow(record)
@@ -202,7 +202,7 @@ class ClusterStore:
         self.check_thread()
         if uid not in self.flows:
             return  # deleted meanwhile: never brought back by our own write
-        record = flow_from_body(body)
+        record = flow_from_body(body, self.flows[uid])
         if newer(record.resource_version, self.flows[uid].resource_version):
             self._put_flow(record)
 

@@ -171,9 +171,16 @@ def parse_spec(model: Any, body: dict[str, Any]) -> tuple[Any, str | None]:
         return None, str(exc)
 
 
-def flow_from_body(body: dict[str, Any]) -> FlowRecord:
+def flow_from_body(body: dict[str, Any], previous: FlowRecord | None = None) -> FlowRecord:
+    """The flow in `body`. The spec of `previous` is reused when it is the same object at the same
+    generation (the API server bumps it on every spec change): status writes coming back by the
+    thousand are not parsed again."""
     metadata = body.get("metadata", {})
-    spec, error = parse_spec(IntegrationFlowSpec, body)
+    generation = int(metadata.get("generation") or 0)
+    if previous is not None and generation > 0 and previous.generation == generation and previous.uid == metadata.get("uid"):
+        spec, error = previous.spec, previous.spec_error
+    else:
+        spec, error = parse_spec(IntegrationFlowSpec, body)
     return FlowRecord(
         **identity(body),
         spec=spec,

@@ -37,6 +37,14 @@ from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 __all__ = ["RESUME_ANNOTATION", "Event", "FlowMemory", "Inputs", "Plan", "plan", "plan_failure"]
 
 
+# A busy flow's status restates its live numbers (signals, condition messages) at most this often;
+# the exact values are the operator's per-flow metrics (observability/metrics.py).
+STATUS_REFRESH_SECONDS = 60.0
+# status.signals is rewritten between refreshes only when a value moves by at least this factor
+# (or appears, goes, or reaches or leaves zero).
+SIGNAL_MOVE_FACTOR = 2.0
+
+
 @dataclass(frozen=True)
 class Event:
     type: str  # Normal | Warning
@@ -53,6 +61,7 @@ class FlowMemory:
     resumed_at: float | None = None
     not_ready_since: float | None = None  # since when no consumer is ready while some are wanted
     conflict: ownership.ConflictMemory = field(default_factory=ownership.ConflictMemory)
+    refreshed_at: float | None = None  # when the status last restated live numbers (see _Builder)
 
 
 @dataclass(frozen=True)
@@ -95,18 +104,25 @@ def _comparable(status: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Builder:
-    """Accumulates one pass's status, conditions and Events for a flow."""
+    """Accumulates one pass's status, conditions and Events for a flow.
 
-    def __init__(self, flow: FlowRecord, now: float) -> None:
+    `refresh` False: what only restates the same news (a condition whose status and reason stand, with
+    a message that carries live numbers; signals that moved less than a meaningful step) keeps what
+    the status says, so a busy flow's status is rewritten at most every STATUS_REFRESH_SECONDS, not
+    on every pass. Changes of status, reason, generation, replicas and pauses are written at once."""
+
+    def __init__(self, flow: FlowRecord, now: float, *, mono: float | None = None, refreshed_at: float | None = None) -> None:
         self.flow = flow
         self.now = now
+        self.mono = mono
+        self.refresh = mono is None or refreshed_at is None or mono - refreshed_at >= STATUS_REFRESH_SECONDS
         self.status = dict(flow.status)
         self.status.pop("metricsFailures", None)  # left by older versions; no longer in the API
-        self.conditions = list(self.status.get("conditions") or [])
+        self.conditions: dict[str, dict[str, Any]] = {c.get("type", ""): c for c in self.status.get("conditions") or []}
         self.events: list[Event] = []
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str, *, event: bool = False) -> None:
-        previous = cond.get_condition(self.conditions, type_)
+        previous = self.conditions.get(type_)
         wire = "Unknown" if status is None else str(bool(status))
         # For Paused, ScalingLimited and ScalingConflict, True is the bad news.
         positive = status is False if type_ in cond.TRUE_IS_BAD else status is True
@@ -118,9 +134,9 @@ class _Builder:
             changed = previous.get("status") != wire or previous.get("reason") != reason
         if event and changed:
             self.event("Normal" if positive else "Warning", reason, message)
-        self.conditions = cond.set_condition(
-            self.conditions, type_, status, reason, message, generation=self.flow.generation, now=self.now
-        )
+        if previous is not None and not changed and not self.refresh and previous.get("observedGeneration") == self.flow.generation:
+            return  # the same news; its message is brought up to date with the next refresh
+        self.conditions[type_] = cond.make_condition(previous, type_, status, reason, message, generation=self.flow.generation, now=self.now)
 
     def _record_claim(self) -> None:
         """status.scaleTarget: the target this flow claims and since when, so the oldest claim is
@@ -136,7 +152,7 @@ class _Builder:
 
     def keep(self, type_: str, reason: str, message: str) -> None:
         """Leaves a condition as it is; sets it Unknown when the flow has none yet."""
-        if cond.get_condition(self.conditions, type_) is None:
+        if type_ not in self.conditions:
             self.condition(type_, None, reason, message)
 
     def event(self, type_: str, reason: str, message: str) -> None:
@@ -146,7 +162,9 @@ class _Builder:
         self.events.append(Event(type_, reason, message))
 
     def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
-        self.status["conditions"] = self.conditions
+        self.status["conditions"] = cond.ordered(self.conditions.values())
+        if self.refresh and self.mono is not None:
+            memory = replace(memory, refreshed_at=self.mono)
         self.status["observedGeneration"] = self.flow.generation
         self._record_claim()
         paused_before, paused_now = bool(self.flow.status.get("pause")), bool(self.status.get("pause"))
@@ -166,7 +184,7 @@ def plan_failure(inputs: Inputs, error: Exception, *, now: float) -> Plan:
 def plan(inputs: Inputs, *, now: float) -> Plan:
     flow, target = inputs.flow, inputs.target
     mono = now if inputs.monotonic is None else inputs.monotonic
-    out = _Builder(flow, now)
+    out = _Builder(flow, now, mono=mono, refreshed_at=inputs.memory.refreshed_at)
     if flow.spec is None:
         out.condition(cond.READY, False, "InvalidSpec", f"the spec does not parse: {flow.spec_error}", event=True)
         out.status["phase"] = "Pending"
@@ -276,7 +294,7 @@ def _seconds_since_resume(inputs: Inputs, now: float, mono: float) -> float:
 
 def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) -> FlowSignals | None:
     """Signals are stamped with wall time; scaling judges their age on the monotonic clock."""
-    return None if signals is None else replace(signals, observed_at=mono - (now - signals.observed_at))
+    return None if signals is None else signals.observed_on(mono - (now - signals.observed_at))
 
 
 # ------------------------------------------------------------------------------ ownership
@@ -414,7 +432,7 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
     elif unread:
         out.condition(cond.METRICS_AVAILABLE, True, "SomeSignalsUnread", f"the backlog was read; not read: {_unread_text(unread)}")
     else:
-        previous = cond.get_condition(out.conditions, cond.METRICS_AVAILABLE) or {}
+        previous = out.conditions.get(cond.METRICS_AVAILABLE) or {}
         # Recovering from an outage is told once for the operator, not once per flow.
         quiet = previous.get("reason") in _OUTAGE_REASONS
         out.condition(cond.METRICS_AVAILABLE, True, "SignalsRead", "the flow's signals were read", event=not quiet)
@@ -441,9 +459,26 @@ def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:
     }
     values = {k: v for k, v in values.items() if v is not None}
     previous = {k: v for k, v in (out.status.get("signals") or {}).items() if k != "observedAt"}
-    # Signals are rewritten only when a value changed, so an idle flow costs no writes.
-    if values != previous:
+    # Rewritten only when a value changed, so an idle flow costs no writes; and a busy flow's small
+    # moves wait for the next refresh.
+    if values != previous and (out.refresh or moved_meaningfully(previous, values)):
         out.status["signals"] = {**values, "observedAt": rfc3339(signals.observed_at)}
+
+
+def moved_meaningfully(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether a signal appeared or went, reached or left zero, or moved by SIGNAL_MOVE_FACTOR or more."""
+    if before.keys() != after.keys():
+        return True
+    for key, new in after.items():
+        old = before[key]
+        if not isinstance(old, (int, float)) or isinstance(old, bool):
+            return old != new  # not a number: written as it is (should not happen)
+        if (old == 0) != (new == 0):
+            return True
+        low, high = sorted((abs(old), abs(new)))
+        if low and high >= SIGNAL_MOVE_FACTOR * low:
+            return True
+    return False
 
 
 def _round(value: float | None) -> float | None:

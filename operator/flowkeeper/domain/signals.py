@@ -4,6 +4,7 @@ None means "unknown", never zero."""
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field, fields
 
@@ -68,16 +69,27 @@ class FlowSignals:
         # depth from a broken exporter, 1e307 CPU from a bad override) is no value either, and is
         # named in `unread` so that MetricsAvailable says which signal and why. Normalised once, here.
         unread = dict(self.unread)
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "observed_at" or isinstance(value, (dict, type(None))):
+        for name in _READINGS:
+            value = getattr(self, name)
+            if value is None:
                 continue
-            why = impossible(f.name, float(value))
+            why = impossible(name, float(value))
             if why is not None:
-                object.__setattr__(self, f.name, None)
+                object.__setattr__(self, name, None)
                 if why != "no value":
-                    unread[f.name] = why
+                    unread[name] = why
         object.__setattr__(self, "unread", unread)
+
+    def observed_on(self, clock_reading: float) -> FlowSignals:
+        """The same readings stamped on another clock: no second normalisation (they were checked)."""
+        moved = copy.copy(self)
+        object.__setattr__(moved, "observed_at", clock_reading)
+        return moved
+
+
+# The fields that hold a reading (a number or None), named once: __post_init__ runs for every flow
+# of every pass.
+_READINGS = tuple(f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread"))
 
 
 

@@ -61,6 +61,57 @@ LEADER = Gauge(
 )
 
 
+FLOW_DESIRED_REPLICAS = Gauge(
+    "flowkeeper_flow_desired_replicas", "The replica count each flow's last plan wants.", ["namespace", "flow"], registry=REGISTRY
+)
+FLOW_QUEUE_DEPTH = Gauge(
+    "flowkeeper_flow_queue_depth", "Each flow's backlog as its last pass read it.", ["namespace", "flow"], registry=REGISTRY
+)
+
+
+class FlowGauges:
+    """The per-flow live values (status.signals restates them only on meaningful moves or every
+    minute). A series is set only when its value changed and removed when it has none: a flow that
+    is gone, or a backlog that could not be read, has no series rather than a stale or zero one."""
+
+    _GAUGES = (FLOW_DESIRED_REPLICAS, FLOW_QUEUE_DEPTH)
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[tuple[str, str], tuple[float | None, ...]]] = {}  # flow UID -> labels, values
+
+    def show(self, uid: str, namespace: str, flow: str, *values: float | None) -> None:
+        labels = (namespace, flow)
+        before = self._shown.get(uid)
+        if before is not None and before == (labels, values):
+            return
+        if before is not None and before[0] != labels:
+            self._remove(before[0])  # a UID's name never changes; kept exact all the same
+            before = None
+        for gauge, value, old in zip(self._GAUGES, values, before[1] if before else (None,) * len(values)):
+            if value is None:
+                if old is not None:
+                    _remove_series(gauge, labels)
+            elif value != old:
+                gauge.labels(*labels).set(value)
+        self._shown[uid] = (labels, values)
+
+    def forget(self, live: set[str] | None = None) -> None:
+        """Removes the series of every flow not in `live` (all of them when None)."""
+        for uid in [u for u in self._shown if live is None or u not in live]:
+            self._remove(self._shown.pop(uid)[0])
+
+    def _remove(self, labels: tuple[str, str]) -> None:
+        for gauge in self._GAUGES:
+            _remove_series(gauge, labels)
+
+
+def _remove_series(gauge: Gauge, labels: tuple[str, str]) -> None:
+    try:
+        gauge.remove(*labels)
+    except KeyError:
+        pass  # never set
+
+
 def serve(port: int, address: str = "0.0.0.0") -> None:
     start_http_server(port, addr=address, registry=REGISTRY)
 
