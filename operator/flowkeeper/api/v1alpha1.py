@@ -537,7 +537,9 @@ class Condition(ApiModel):
 
 
 class Signals(ApiModel):
-    """The flow's last signals read from Prometheus. A signal that could not be read is left out."""
+    """The flow's signals as last recorded: rewritten when a value appears or goes, reaches or leaves
+    zero, or moves by a factor of two, else at most once a minute (the live values are the operator's
+    flowkeeper_flow_* metrics). A signal that could not be read is left out."""
 
     queue_depth: float | None = Field(default=None, description="Messages waiting.")
     dead_letter_depth: float | None = Field(default=None, description="Messages in the dead-letter queue.")
@@ -607,7 +609,7 @@ class IntegrationFlowStatus(ApiModel):
     desired_replicas: int | None = Field(default=None, description="Replicas Flowkeeper decided on.")
     last_scale_time: str | None = Field(default=None, description="When Flowkeeper last changed replicas.", json_schema_extra={"format": "date-time"})
     last_scale_reason: str | None = Field(default=None, description="Why, e.g. 'backlog 620 > 4 replicas x 100'.")
-    signals: Signals | None = Field(default=None, description="The last signals read.")
+    signals: Signals | None = Field(default=None, description="The signals as last recorded; small moves are restated once a minute.")
     scale_target: TargetClaim | None = Field(default=None, description="The scale target this flow claims, and since when.")
     pause: PauseState | None = Field(default=None, description="Set while the flow is paused.")
     dead_letters: DeadLetterReview | None = Field(default=None, description="The last review of the dead letters, when spec.source.connection is set.")
