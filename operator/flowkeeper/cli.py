@@ -18,6 +18,15 @@ def _base_urls(ctx: click.Context, param: click.Parameter, values: tuple[str, ..
     return urls
 
 
+def _selector(ctx: click.Context, param: click.Parameter, value: str):
+    from flowkeeper.domain.selector import SelectorError, parse
+
+    try:
+        return parse(value or "")
+    except SelectorError as exc:
+        raise click.BadParameter(str(exc)) from exc
+
+
 @click.group()
 def main() -> None:
     """Flowkeeper keeps integration flows healthy: it scales queue consumers from Prometheus signals,
@@ -26,6 +35,11 @@ def main() -> None:
 
 @main.command()
 @click.option("-n", "--namespace", "namespaces", multiple=True, help="Namespace to watch (repeatable). Default: all.")
+@click.option(
+    "-l", "--selector", callback=_selector, envvar="FLOWKEEPER_SELECTOR", default="",
+    help="Serve only the IntegrationFlows whose labels match this selector (kubectl -l syntax): one shard of a large "
+    "install. Default: every flow.",
+)
 @click.option("--standalone", is_flag=True, help="No leader election: this replica always acts (one replica, or tests).")
 @click.option("--lease-name", default="flowkeeper", show_default=True, help="Lease that elects the active replica.")
 @click.option("--lease-namespace", envvar="POD_NAMESPACE", default="default", show_default=True, help="Namespace of the Lease (default: $POD_NAMESPACE).")
@@ -83,6 +97,7 @@ def main() -> None:
 @click.option("--verbose", is_flag=True, help="Debug logs, kopf's included.")
 def run(
     namespaces: tuple[str, ...],
+    selector,
     standalone: bool,
     lease_name: str,
     lease_namespace: str,
@@ -121,6 +136,7 @@ def run(
 
     config = OperatorConfig(
         namespaces=tuple(namespaces),
+        selector=selector,
         metrics_port=metrics_port or None,
         prometheus_url=prometheus_url,
         prometheus_bearer_token_file=prometheus_bearer_token_file,

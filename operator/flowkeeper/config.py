@@ -7,11 +7,13 @@ from dataclasses import dataclass
 from flowkeeper.domain.ownership import FIRST_HOLD_OFF
 
 from flowkeeper.api.v1alpha1 import BUILT_IN_TARGET_KINDS, ROLLOUT, ScaleTargetKind
+from flowkeeper.domain.selector import EVERYTHING, LabelSelector
 
 
 @dataclass(frozen=True)
 class OperatorConfig:
     namespaces: tuple[str, ...] = ()  # empty: every namespace
+    selector: LabelSelector = EVERYTHING  # the flows this replica serves (--selector)
     prometheus_url: str | None = None  # None: no metrics; flows are only checked for readiness
     prometheus_bearer_token_file: str | None = None
     prometheus_ca_file: str | None = None

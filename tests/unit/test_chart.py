@@ -258,6 +258,14 @@ def test_dead_letter_options_reach_the_operator() -> None:
     assert "--dead-letter-review-interval=30" in args
 
 
+def test_a_shard_serves_the_flows_its_selector_selects_under_its_own_lease() -> None:
+    assert not [a for a in container(render())["args"] if a.startswith("--selector")]
+    shard_a = container(render("flowSelector=shard=a", release="shard-a"))["args"]
+    shard_b = container(render("flowSelector=shard=b", release="shard-b"))["args"]
+    assert "--selector=shard=a" in shard_a and "--selector=shard=b" in shard_b
+    assert "--lease-name=shard-a-flowkeeper" in shard_a and "--lease-name=shard-b-flowkeeper" in shard_b
+
+
 def test_argo_rollouts_are_watched_and_granted_only_when_enabled() -> None:
     assert "--watch-rollouts" not in container(render())["args"]
     assert not grants(only(render(), "ClusterRole")) & ROLLOUT_RULES

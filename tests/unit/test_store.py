@@ -296,3 +296,31 @@ def test_a_status_write_coming_back_does_not_parse_the_spec_again() -> None:
     store.flow_event("MODIFIED", changed)
     assert store.flows["uid-ns-f"].spec is not first
     assert store.flows["uid-ns-f"].spec.scaling.poll_interval == "30s"
+
+
+def test_a_flow_relabelled_out_of_the_shard_is_released_not_deleted_and_comes_back() -> None:
+    from flowkeeper.domain.selector import parse
+
+    store = ClusterStore(Clock(), selector=parse("shard=a"))
+    mine = {**flow(version=1), "metadata": {**flow(version=1)["metadata"], "labels": {"shard": "a"}}}
+    store.flow_event("ADDED", mine)
+    assert "uid-ns-f" in store.flows
+
+    moved = {**flow(version=2), "metadata": {**flow(version=2)["metadata"], "labels": {"shard": "b"}}}
+    store.flow_event("MODIFIED", moved)
+    assert "uid-ns-f" not in store.flows and store.deleted == []
+
+    back = {**flow(version=3), "metadata": {**flow(version=3)["metadata"], "labels": {"shard": "a"}}}
+    store.flow_event("MODIFIED", back)
+    assert "uid-ns-f" in store.flows  # no tombstone kept it out
+
+    store.resync(Listing([{**moved, "metadata": {**moved["metadata"], "resourceVersion": "4"}}]), {})  # a LIST after a watch gap
+    assert "uid-ns-f" not in store.flows and store.deleted == []
+
+
+def test_another_shards_flows_are_not_kept() -> None:
+    from flowkeeper.domain.selector import parse
+
+    store = ClusterStore(Clock(), selector=parse("shard=a"))
+    store.seed(Listing([flow("x"), {**flow("y"), "metadata": {**flow("y")["metadata"], "labels": {"shard": "a"}}}]), {})
+    assert [f.name for f in store.flows.values()] == ["y"]

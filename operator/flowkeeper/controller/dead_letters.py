@@ -312,6 +312,10 @@ class DeadLetterController:
             self._again(record.uid, rules.BLOCKED_RETRY)
 
     async def _step_once(self, record: RedriveRecord) -> None:
+        if self.store.selector.requirements and self._flow_of(record) is None and record.uid not in self._pending:
+            # Sharded (--selector): a redrive of a flow this replica does not serve is its shard's.
+            self._again(record.uid, rules.BLOCKED_RETRY)
+            return
         pending = self._pending.get(record.uid)
         if pending is not None:
             # A broker step whose result was not written yet (a conflict, a failed write): written

@@ -90,7 +90,7 @@ class FlowController:
     async def run_forever(self, stopped: asyncio.Event | None = None) -> None:
         stopped = stopped or asyncio.Event()
         await self._seed(stopped)
-        log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows)})
+        log.info("controller loop running", extra={"stage": "startup", "flows": len(self.store.flows), "selector": self.store.selector.text or "(every flow)"})
         while not stopped.is_set():
             self.last_iteration = time.monotonic()
             await self._resync_now_and_then()

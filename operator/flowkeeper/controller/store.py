@@ -26,6 +26,7 @@ from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
 from flowkeeper.api.v1alpha1 import ScaleTargetKind
 from flowkeeper.domain.redrive import RedriveRecord, redrive_from_body
+from flowkeeper.domain.selector import EVERYTHING, LabelSelector
 from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
@@ -48,8 +49,11 @@ class _Tombstones:
 
 
 class ClusterStore:
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic, selector: LabelSelector = EVERYTHING) -> None:
         self._clock = clock
+        # The flows this replica serves (--selector): the others are not kept, and a flow relabelled
+        # away is released (another shard takes it), never taken for deleted.
+        self.selector = selector
         self.flows: dict[str, FlowRecord] = {}  # by UID
         self.targets: dict[str, TargetRecord] = {}  # by kind/namespace/name
         self._by_target: dict[str, set[str]] = {}  # scale target kind/namespace/name -> flow UIDs
@@ -105,7 +109,9 @@ class ClusterStore:
         for body in flows.items:
             record = flow_from_body(body)
             listed_flows.add(record.uid)
-            if record.uid not in self._gone_flows and record.uid not in self.flows:
+            if not self._serves(body):
+                self.flow_released(record.uid)
+            elif record.uid not in self._gone_flows and record.uid not in self.flows:
                 self._put_flow(record)
                 self.mark_due(record.uid)
         for uid, record in list(self.flows.items()):
@@ -121,6 +127,14 @@ class ClusterStore:
             del self.deleted[:-DELETED_KEPT]
             self.wakeup.set()
 
+    def flow_released(self, uid: str) -> None:
+        """The flow no longer matches this replica's selector: forgotten here, not deleted (no
+        tombstone, no deletion report), so it comes back if its labels match again."""
+        self._drop_flow(uid)
+
+    def _serves(self, body: dict[str, Any]) -> bool:
+        return self.selector.matches((body.get("metadata") or {}).get("labels"))
+
     def target_gone(self, key: str) -> None:
         """The scale target was deleted (a LIST without it, a 404 on its /scale)."""
         record = self.targets.pop(key, None)
@@ -131,7 +145,11 @@ class ClusterStore:
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
-        previous = self.flows.get(str((body.get("metadata") or {}).get("uid") or ""))
+        uid = str((body.get("metadata") or {}).get("uid") or "")
+        if event_type != "DELETED" and uid and not self._serves(body):
+            self.flow_released(uid)  # another shard's flow: not even parsed
+            return
+        previous = self.flows.get(uid)
         record = flow_from_body(body, previous)
         if event_type == "DELETED":
             self.flow_gone(record.uid)

@@ -57,7 +57,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     if config.metrics_port:
         metrics.serve(config.metrics_port)
     tracing.configure()  # on only when OTEL_EXPORTER_OTLP_ENDPOINT is set; logs which (docs/observability.md)
-    store = ClusterStore()
+    store = ClusterStore(selector=config.selector)
     gateway = KubernetesGateway(load_client_config(), request_timeout=config.request_timeout)
     signals = None
     if config.prometheus_url:
