@@ -10,6 +10,7 @@ carries over.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ class FlowRecord:
         """namespace/name, for people and logs."""
         return f"{self.namespace}/{self.name}"
 
-    @property
+    @functools.cached_property  # asked several times per flow per pass; a record never changes
     def target_key(self) -> str | None:
         """kind/namespace/name of the scale target (a Deployment and a StatefulSet may share a name),
         None when the spec does not parse."""

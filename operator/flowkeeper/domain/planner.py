@@ -18,7 +18,7 @@ the machine neither stops nor shortens them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic.alias_generators import to_camel
@@ -62,6 +62,14 @@ class FlowMemory:
     not_ready_since: float | None = None  # since when no consumer is ready while some are wanted
     conflict: ownership.ConflictMemory = field(default_factory=ownership.ConflictMemory)
     refreshed_at: float | None = None  # when the status last restated live numbers (see _Builder)
+
+
+def _evolve(memory: FlowMemory, **changes: Any) -> FlowMemory:
+    """dataclasses.replace without its per-call field walk: FlowMemory has no __post_init__, and this
+    runs several times for every flow of every pass."""
+    evolved = object.__new__(FlowMemory)
+    evolved.__dict__.update(memory.__dict__, **changes)
+    return evolved
 
 
 @dataclass(frozen=True)
@@ -164,7 +172,7 @@ class _Builder:
     def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
         self.status["conditions"] = cond.ordered(self.conditions.values())
         if self.refresh and self.mono is not None:
-            memory = replace(memory, refreshed_at=self.mono)
+            memory = _evolve(memory, refreshed_at=self.mono)
         self.status["observedGeneration"] = self.flow.generation
         self._record_claim()
         paused_before, paused_now = bool(self.flow.status.get("pause")), bool(self.status.get("pause"))
@@ -237,7 +245,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         memory=memory.scaling,
         now=mono,
     )
-    memory = replace(memory, scaling=decision.memory)
+    memory = _evolve(memory, scaling=decision.memory)
     desired = _capped(decision.desired_replicas, current, inputs.replicas_cap)
     holding, memory = (False, memory) if scale_to is not None else _hold_off_other_writers(inputs, out, target, memory, mono)
     if holding:
@@ -254,7 +262,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
 
     none_ready = target.ready_replicas == 0 and desired > 0
     not_ready_since = (memory.not_ready_since or mono) if none_ready else None
-    memory = replace(memory, not_ready_since=not_ready_since)
+    memory = _evolve(memory, not_ready_since=not_ready_since)
     health = assess(
         spec.health,
         None if inputs.failure else inputs.signals,
@@ -303,7 +311,7 @@ def _on_monotonic_clock(signals: FlowSignals | None, now: float, mono: float) ->
 def _hold_off_other_writers(inputs: Inputs, out: _Builder, target: TargetRecord, memory: FlowMemory, mono: float) -> tuple[bool, FlowMemory]:
     """Whether another writer's count must stand this pass (domain/ownership.py), and says so."""
     verdict = ownership.judge(inputs.flow, target, memory.conflict, mono, inputs.conflict_hold_off)
-    memory = replace(memory, conflict=verdict.memory)
+    memory = _evolve(memory, conflict=verdict.memory)
     if not verdict.holding:
         out.condition(cond.SCALING_CONFLICT, False, "NoConflict", "no other writer changed the replicas")
         return False, memory

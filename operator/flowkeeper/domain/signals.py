@@ -4,7 +4,6 @@ None means "unknown", never zero."""
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, field, fields
 
@@ -82,8 +81,8 @@ class FlowSignals:
 
     def observed_on(self, clock_reading: float) -> FlowSignals:
         """The same readings stamped on another clock: no second normalisation (they were checked)."""
-        moved = copy.copy(self)
-        object.__setattr__(moved, "observed_at", clock_reading)
+        moved = object.__new__(FlowSignals)
+        moved.__dict__.update(self.__dict__, observed_at=clock_reading)
         return moved
 
 
