@@ -135,3 +135,9 @@ def test_double_or_more_is_a_move_either_way(value, factor) -> None:
 def test_a_signal_that_appears_or_goes_moved() -> None:
     assert moved_meaningfully({"queueDepth": 5}, {"queueDepth": 5, "cpuUtilization": 40.0})
     assert moved_meaningfully({"queueDepth": 5, "cpuUtilization": 40.0}, {"queueDepth": 5})
+
+
+def test_a_value_that_is_not_a_number_counts_only_when_it_changed_and_the_rest_still_does() -> None:
+    assert not moved_meaningfully({"note": "x", "queueDepth": 5}, {"note": "x", "queueDepth": 6})
+    assert moved_meaningfully({"note": "x", "queueDepth": 5}, {"note": "y", "queueDepth": 5})
+    assert moved_meaningfully({"note": "x", "queueDepth": 5}, {"note": "x", "queueDepth": 50})

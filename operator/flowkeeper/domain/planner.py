@@ -479,8 +479,10 @@ def moved_meaningfully(before: dict[str, Any], after: dict[str, Any]) -> bool:
         return True
     for key, new in after.items():
         old = before[key]
-        if not isinstance(old, (int, float)) or isinstance(old, bool):
-            return old != new  # not a number: written as it is (should not happen)
+        if not isinstance(old, (int, float)) or not isinstance(new, (int, float)):
+            if old != new:
+                return True  # not numbers (a status edited by hand): any change counts
+            continue
         if (old == 0) != (new == 0):
             return True
         low, high = sorted((abs(old), abs(new)))
