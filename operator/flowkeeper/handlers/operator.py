@@ -14,7 +14,7 @@ from typing import Any
 
 import kopf
 
-from flowkeeper.adapters.kubernetes import KubernetesGateway, load_client_config
+from flowkeeper.adapters.kubernetes import LIST_PAGE, KubernetesGateway, load_client_config
 from flowkeeper.adapters.prometheus import PrometheusSignals
 from flowkeeper.api import redrive as redrive_api
 from flowkeeper.api import v1alpha1 as api
@@ -49,6 +49,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.watching.client_timeout = 660
     settings.watching.connect_timeout = 30
     settings.networking.request_timeout = 60
+    # kopf's own LIST before each watch in pages, as the store's LISTs: ten thousand flows and their
+    # Deployments are never one response held in memory at once.
+    settings.watching.chunk_size = LIST_PAGE
     # No scanning of CRDs and Namespaces: Flowkeeper's resources and namespaces are fixed, and
     # least-privilege RBAC grants neither (namespaced installs get no cluster-wide verbs at all).
     settings.scanning.disabled = True
