@@ -37,8 +37,8 @@ def _own_pod() -> dict[str, str] | None:
     return {"apiVersion": "v1", "kind": "Pod", "name": name, "namespace": namespace, "uid": os.environ.get("POD_UID", "")}
 
 
-@kopf.on.startup()
-async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def apply_kopf_settings(settings: kopf.OperatorSettings) -> None:
+    """kopf's settings as Flowkeeper runs it."""
     # Our own annotation prefix instead of kopf.zalando.org (kopf writes none for event handlers).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=api.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=api.GROUP)
@@ -55,6 +55,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     # No scanning of CRDs and Namespaces: Flowkeeper's resources and namespaces are fixed, and
     # least-privilege RBAC grants neither (namespaced installs get no cluster-wide verbs at all).
     settings.scanning.disabled = True
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    apply_kopf_settings(settings)
 
     config: OperatorConfig = getattr(memo, "config", None) or OperatorConfig()
     if config.metrics_port:
