@@ -34,27 +34,44 @@ CRD = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
 RESULTS = REPO / "bench" / "results.json"
 IDLE_DEPTH = 50  # below queueDepthPerReplica (100): every flow wants its one replica
 QUEUE_METRIC = "rabbitmq_queue_messages_ready"
+MAX_REPLICAS = 20
+
+
+def flow_name(i: int) -> str:
+    return f"flow-{i:05d}"
+
+
+def queue_name(namespace: str, name: str) -> str:
+    """The RabbitMQ queue (and the exporter's `queue` label) of flow `name` in `namespace`."""
+    return f"{namespace}-{name}"
+
+
+def deployment(namespace: str, name: str) -> dict:
+    """The consumer Deployment of one bench flow, at 1 replica."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}},
+    }
+
+
+def integration_flow(namespace: str, name: str, poll: int) -> dict:
+    return {
+        "apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"scaleTargetRef": {"name": name},
+                 "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue_name(namespace, name)},
+                 "scaling": {"minReplicas": 1, "maxReplicas": MAX_REPLICAS, "pollInterval": f"{poll}s"}},
+    }
 
 
 def manifests(namespace: str, n: int, poll: int) -> list[dict]:
     items: list[dict] = []
     for i in range(n):
-        name = f"flow-{i:05d}"
-        labels = {"app": name}
-        items.append({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}},
-        })
-        items.append({
-            "apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"scaleTargetRef": {"name": name},
-                     "source": {"broker": "rabbitmq", "vhost": "/", "queue": f"{namespace}-{name}"},
-                     "scaling": {"minReplicas": 1, "maxReplicas": 20, "pollInterval": f"{poll}s"}},
-        })
+        items += [deployment(namespace, flow_name(i)), integration_flow(namespace, flow_name(i), poll)]
     return items
 
 
@@ -69,9 +86,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/PID/status in MiB: VmRSS (resident now) or VmHWM (its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -102,19 +120,29 @@ def spec_replicas(cluster: LocalCluster, namespace: str, name: str) -> int:
     return int(cluster.kubectl("get", "deployment", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}").stdout)
 
 
+def start_operator(cluster: LocalCluster, prometheus: LocalPrometheus, namespace: str, name: str, log_level: str = "info") -> OperatorProcess:
+    """The real operator, watching `namespace`, reading `prometheus` (debug: one line per pass)."""
+    return OperatorProcess(
+        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s",
+        f"--log-level={log_level}", name=name,
+    ).start()
+
+
+def set_idle(exporter: MetricsExporter, namespace: str, n: int) -> None:
+    """Every flow's queue at IDLE_DEPTH: each wants its one replica."""
+    for i in range(n):
+        exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": queue_name(namespace, flow_name(i))}, IDLE_DEPTH)
+
+
 def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: MetricsExporter, n: int, args) -> dict:
     namespace = f"bench-{n}"
     cluster.kubectl("create", "namespace", namespace)
-    for i in range(n):
-        exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": f"{namespace}-flow-{i:05d}"}, IDLE_DEPTH)
+    set_idle(exporter, namespace, n)
     t0 = time.monotonic()
     apply_in_chunks(cluster, manifests(namespace, n, args.poll))
     print(f"[bench] N={n}: applied in {time.monotonic() - t0:.1f}s", flush=True)
 
-    operator = OperatorProcess(
-        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s", "--log-level=debug",
-        name=f"operator-{n}",
-    ).start()
+    operator = start_operator(cluster, prometheus, namespace, f"operator-{n}", log_level="debug")
     try:
         pid = operator.process.popen.pid
         wait_settled(cluster, namespace, n)
@@ -137,9 +165,9 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         reactions = []
         rng = random.Random(n)
         for k in range(args.reactions):
-            name = f"flow-{(k * 37) % n:05d}"
+            name = flow_name((k * 37) % n)
             time.sleep(rng.uniform(0, args.poll))  # steps land anywhere in the poll cycle, as in life
-            exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": f"{namespace}-{name}"}, 1000)
+            exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": queue_name(namespace, name)}, 1000)
             started = time.monotonic()
             while spec_replicas(cluster, namespace, name) == 1:
                 if time.monotonic() - started > 120:

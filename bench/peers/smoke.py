@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 from bench.peers.keda import KedaPeer, keda_binaries
+from bench.run import cpu_seconds, rss_mb
 from tests.support.cluster import LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.prometheus import LocalPrometheus
@@ -133,8 +134,8 @@ def run(args: argparse.Namespace) -> dict:
                             if e.get("reason") == "SuccessfulRescale" and e["involvedObject"].get("name") == hpa_name]
                 result["hpa_rescale_events"] = [e.get("message") for e in rescales]
                 result["keda_sockets"] = keda.sockets()
-                result["keda_cpu_seconds"] = {p.name: round(_cpu(p.popen.pid), 2) for p in (keda.operator, keda.adapter)}
-                result["keda_rss_mb"] = {p.name: round(_rss(p.popen.pid), 1) for p in (keda.operator, keda.adapter)}
+                result["keda_cpu_seconds"] = {p.name: round(cpu_seconds(p.popen.pid), 2) for p in (keda.operator, keda.adapter)}
+                result["keda_rss_mb"] = {p.name: round(rss_mb(p.popen.pid), 1) for p in (keda.operator, keda.adapter)}
                 netns_name = keda.netns.name
             result["netns_removed"] = not Path(f"/run/netns/{netns_name}").exists()
     result["total_seconds"] = round(time.monotonic() - t0, 1)
@@ -152,19 +153,6 @@ def _tails_on_failure(keda: KedaPeer):
             if p is not None:
                 print(f"--- {p.name} (last lines)\n{p.log_tail(25)}", file=sys.stderr, flush=True)
         raise
-
-
-def _cpu(pid: int) -> float:
-    import os
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:
