@@ -71,6 +71,21 @@ def keda_module() -> Path:
     return Path(json.loads(out.stdout)["Dir"])
 
 
+def scaled_object(namespace: str, name: str, prometheus_url: str, query: str, *, per_replica: int, min_replicas: int,
+                  max_replicas: int, poll: int) -> dict:
+    """A ScaledObject for Deployment `name`: KEDA's Prometheus scaler on `query`, `per_replica` per
+    replica (an AverageValue target on the HPA, as a Flowkeeper flow's queueDepthPerReplica)."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"scaleTargetRef": {"name": name}, "pollingInterval": poll,
+                 "minReplicaCount": min_replicas, "maxReplicaCount": max_replicas,
+                 # activationThreshold is left at its default, 0: an idle depth of 50 is active, so with
+                 # minReplicaCount 0 the Deployment holds its one replica as with Flowkeeper.
+                 "triggers": [{"type": "prometheus", "metadata": {
+                     "serverAddress": prometheus_url, "query": query, "threshold": str(per_replica)}}]},
+    }
+
+
 # ------------------------------------------------------------------------------------ certificates
 
 

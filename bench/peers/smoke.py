@@ -32,8 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.peers.keda import KedaPeer, keda_binaries
-from bench.run import cpu_seconds, rss_mb
+from bench.peers.keda import KedaPeer, keda_binaries, scaled_object
+from bench.run import cpu_seconds, deployment, rss_mb
 from tests.support.cluster import LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.prometheus import LocalPrometheus
@@ -49,19 +49,10 @@ HPA_SYNC_SECONDS = 15  # kube-controller-manager's --horizontal-pod-autoscaler-s
 
 
 def objects(prometheus_url: str, queue: str, min_replicas: int, poll: int) -> list[dict]:
-    labels = {"app": NAME}
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "namespace": NAMESPACE},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}}},
-        {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": NAME, "namespace": NAMESPACE},
-         "spec": {"scaleTargetRef": {"name": NAME}, "pollingInterval": poll,
-                  "minReplicaCount": min_replicas, "maxReplicaCount": MAX_REPLICAS,
-                  "triggers": [{"type": "prometheus", "metadata": {
-                      "serverAddress": prometheus_url,
-                      "query": f'sum({QUEUE_METRIC}{{vhost="/",queue="{queue}"}})',
-                      "threshold": str(PER_REPLICA)}}]}},
+        deployment(NAMESPACE, NAME),
+        scaled_object(NAMESPACE, NAME, prometheus_url, f'sum({QUEUE_METRIC}{{vhost="/",queue="{queue}"}})',
+                      per_replica=PER_REPLICA, min_replicas=min_replicas, max_replicas=MAX_REPLICAS, poll=poll),
     ]
 
 
