@@ -312,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--burst-fraction", type=float, default=0.1, help="share of the flows stepped at once")
     parser.add_argument("--poll", type=int, default=5, help="Flowkeeper's pollInterval and KEDA's pollingInterval, seconds")
     parser.add_argument("--idle-seconds", type=float, default=60, help="the idle window measured per system and size")
-    parser.add_argument("--settle-timeout", type=float, default=900, help="seconds for every flow to be served")
+    parser.add_argument("--settle-timeout", type=float, default=600, help="seconds for every flow to be served")
     parser.add_argument("--step-timeout", type=float, default=300, help="seconds a backlog step may wait for its scale-up")
     parser.add_argument("--burst-timeout", type=float, default=600)
     parser.add_argument("--raised-qps", type=float, default=200, help="KEDA's --kube-api-qps in the *-raised runs")
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
         keda_binaries()  # build (once) before the clock of any measurement starts
 
     results: dict[int, dict] = {}
-    doc = {"generated": None, "command": "make bench-peers " + " ".join(argv if argv is not None else sys.argv[1:]),
+    doc = {"generated": None, "command": " ".join(["make bench-peers", *(argv if argv is not None else sys.argv[1:])]),
            "machine": machine(), "settings": settings(args)}
     with MetricsExporter() as exporter, LocalPrometheus([exporter.target]) as prometheus, \
             LocalCluster(aggregation=True) as cluster:
@@ -336,11 +336,13 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
         bench = Bench(cluster, prometheus, exporter, args)
         for n in args.sizes:
-            results[n] = {s.key: bench.measure(n, s) for s in systems}
-            results[n]["baseline"] = bench.baselines.get(n)
-            doc["generated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-            doc["wall_seconds"] = round(time.monotonic() - started, 1)
-            write_report(args.out, dict(doc), {k: dict(v) for k, v in results.items()})  # after every size: a partial run leaves its figures
+            for s in systems:
+                results.setdefault(n, {})[s.key] = bench.measure(n, s)
+                results[n]["baseline"] = bench.baselines.get(n)
+                doc["generated"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                doc["wall_seconds"] = round(time.monotonic() - started, 1)
+                # After every system: a run stopped early leaves what it measured.
+                write_report(args.out, dict(doc), {k: dict(v) for k, v in results.items()})
     from bench.peers.chart import draw
     draw(json.loads(args.out.read_text()), args.chart)
     bench.log(f"wrote {args.out} and {args.chart} in {time.monotonic() - started:.0f}s")
