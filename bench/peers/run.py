@@ -176,7 +176,7 @@ class Bench:
             self.measure_running(namespace, n, {"flowkeeper": operator.process.popen.pid}, result)
         finally:
             operator.stop()
-        strip_finalizers(self.cluster, namespace, "integrationflows.flowkeeper.io")
+            strip_finalizers(self.cluster, namespace, "integrationflows.flowkeeper.io")
 
     def run_keda(self, namespace: str, n: int, sut: System, result: dict) -> None:
         keda = KedaPeer(self.cluster, kube_api_qps=sut.qps, kube_api_burst=sut.burst).start()
@@ -197,7 +197,7 @@ class Bench:
             result["keda_throttling_log_lines"] = throttle_lines(keda) - throttled if keda.operator else None
             keda.uninstall_apiservice()
             keda.close()
-        strip_finalizers(self.cluster, namespace, "scaledobjects.keda.sh")
+            strip_finalizers(self.cluster, namespace, "scaledobjects.keda.sh")
 
     def wait_hpas(self, namespace: str, n: int, since: float) -> float:
         """Until N HPAs exist and each has read its external metric once; seconds since `since`."""
