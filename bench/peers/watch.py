@@ -43,6 +43,18 @@ class DeploymentWatch:
                     return at
         return None
 
+    def scaled_down_after(self, after: float) -> set[str]:
+        """The Deployments whose spec.replicas went down at some point after `after`."""
+        lowered = set()
+        with self._lock:
+            for name, seen in self.events.items():
+                previous = None
+                for at, replicas in seen:
+                    if previous is not None and at >= after and replicas < previous:
+                        lowered.add(name)
+                    previous = replicas
+        return lowered
+
     def wait_scaled(self, started: dict[str, float], timeout: float) -> dict[str, float | None]:
         """Seconds from started[name] to that Deployment's first scale-up, for each name; None for
         those not scaled within `timeout` of the last start."""
