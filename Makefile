@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: help setup test unit crds cluster cluster-down bin-dir demo bench clean
+.PHONY: help setup test unit crds cluster cluster-down bin-dir demo bench bench-peers clean
 
 help:
 	@echo "make demo         local control plane + Prometheus + RabbitMQ + operator, scaling a flow you can watch"
@@ -14,6 +14,7 @@ help:
 	@echo "make cluster-down stop it"
 	@echo "make bin-dir      print the folder with kubectl and the control-plane binaries"
 	@echo "make bench        benchmarks; writes bench/results.json"
+	@echo "make bench-peers Flowkeeper and KEDA side by side (root); writes bench/peers.json, docs/bench.png"
 
 setup:
 	@bash scripts/setup.sh
@@ -51,3 +52,6 @@ demo: setup
 
 clean:
 	rm -rf .venv .pytest_cache .hypothesis
+
+bench-peers: setup
+	$(PY) -m bench.peers.run $(BENCH_ARGS)

@@ -1,16 +1,25 @@
-"""`make bench`: Flowkeeper at 100 and 1000 flows on the local control plane and one Prometheus.
+"""`make bench`: Flowkeeper at N flows (100 and 1000 by default; `--sizes 10000` for the large run) on
+the local control plane and one Prometheus scraping every second.
 
-For each N it creates N consumer Deployments and N RabbitMQ flows, runs the real operator, and writes
-bench/results.json with, per N:
-- prometheus_queries_per_pass   Prometheus queries of a full pass (the presets: independent of N)
-- prometheus_queries_per_second all queries while idle, partial passes (flows made due by events) too
-- pass_seconds                  median wall time of a full pass over the N flows
-- pass_cpu_seconds              operator CPU (user+system) per full pass, idle flows
-- api_writes_idle_pass          writes the API server counted (its own apiserver_request_total) per idle pass
-- reaction_seconds p50 / p99    backlog step on one flow -> that Deployment's spec.replicas changed
-- operator_rss_mb               resident memory of the operator after the run
+For each N it starts the real operator, applies N consumer Deployments and N RabbitMQ flows, and
+writes bench/results.json with, per N:
+- apply_seconds / status_seconds  applying the manifests / from the apply's start until every flow has
+                                  a status (observedGeneration); settled_seconds: until each has its
+                                  one replica ready
+- prometheus_queries_per_pass     Prometheus queries of a full pass (the presets: independent of N)
+- prometheus_queries_per_second   all queries while idle, partial passes (flows made due by events) too
+- pass_seconds / pass_cpu_seconds median wall time of a full idle pass / operator CPU (user+system) per
+                                  idle pass
+- api_writes_idle_pass            writes the API server counted (its own apiserver_request_total) per idle pass
+- reaction_seconds                a backlog step on one flow, at a random point of the poll cycle, until
+                                  its Deployment's spec.replicas changes (seen by a watch): p50, p99, max
+- burst                           a backlog step on --burst flows at once: how many were scaled, and when
+                                  the last one was
+- outage                          Prometheus stopped for --outage seconds and started again: Deployments
+                                  scaled down meanwhile (must be 0) and Events the API server took
+- operator_rss_mb / _peak_rss_mb  resident memory of the operator at the end / its peak (VmHWM)
 
-    python -m bench.run [--sizes 100 1000] [--reactions 20] [--poll 5]
+    python -m bench.run [--sizes 100 1000] [--reactions 50] [--burst 1000] [--poll 5] [--operator-arg=--write-qps=200]
 """
 
 from __future__ import annotations
@@ -25,36 +34,56 @@ import sys
 import time
 from pathlib import Path
 
+from bench.peers.watch import DeploymentWatch
 from tests.support.cluster import REPO, LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.operator import OperatorProcess
+from tests.support.processes import wait_until
 from tests.support.prometheus import LocalPrometheus
 
 CRD = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
 RESULTS = REPO / "bench" / "results.json"
 IDLE_DEPTH = 50  # below queueDepthPerReplica (100): every flow wants its one replica
+BURST_DEPTH = 250  # 3 replicas each: a step every burst flow answers, without thousands of pods more
 QUEUE_METRIC = "rabbitmq_queue_messages_ready"
+MAX_REPLICAS = 20
+
+
+def flow_name(i: int) -> str:
+    return f"flow-{i:05d}"
+
+
+def queue_name(namespace: str, name: str) -> str:
+    """The RabbitMQ queue (and the exporter's `queue` label) of flow `name` in `namespace`."""
+    return f"{namespace}-{name}"
+
+
+def deployment(namespace: str, name: str) -> dict:
+    """The consumer Deployment of one bench flow, at 1 replica."""
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"replicas": 1, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}},
+    }
+
+
+def integration_flow(namespace: str, name: str, poll: int) -> dict:
+    return {
+        "apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {"scaleTargetRef": {"name": name},
+                 "source": {"broker": "rabbitmq", "vhost": "/", "queue": queue_name(namespace, name)},
+                 "scaling": {"minReplicas": 1, "maxReplicas": MAX_REPLICAS, "pollInterval": f"{poll}s"}},
+    }
 
 
 def manifests(namespace: str, n: int, poll: int) -> list[dict]:
     items: list[dict] = []
     for i in range(n):
-        name = f"flow-{i:05d}"
-        labels = {"app": name}
-        items.append({
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                     "template": {"metadata": {"labels": labels},
-                                  "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}},
-        })
-        items.append({
-            "apiVersion": "flowkeeper.io/v1alpha1", "kind": "IntegrationFlow",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"scaleTargetRef": {"name": name},
-                     "source": {"broker": "rabbitmq", "vhost": "/", "queue": f"{namespace}-{name}"},
-                     "scaling": {"minReplicas": 1, "maxReplicas": 20, "pollInterval": f"{poll}s"}},
-        })
+        items += [deployment(namespace, flow_name(i)), integration_flow(namespace, flow_name(i), poll)]
     return items
 
 
@@ -69,9 +98,10 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of /proc/PID/status in MiB: VmRSS (resident now) or VmHWM (its peak)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -87,38 +117,85 @@ def full_passes(operator: OperatorProcess, n: int) -> list[dict]:
     return passes
 
 
-def wait_settled(cluster: LocalCluster, namespace: str, n: int, timeout: float = 900) -> None:
+def flow_states(cluster: LocalCluster, namespace: str) -> list[tuple[str, str, str]]:
+    """(observedGeneration, desiredReplicas, readyReplicas) of every flow, as text ("" when unset):
+    jsonpath keeps 10,000 flows a small answer for the bench itself."""
+    out = cluster.kubectl(
+        "get", "iflow", "-n", namespace, "--chunk-size=500", "-o",
+        'jsonpath={range .items[*]}{.status.observedGeneration},{.status.desiredReplicas},{.status.readyReplicas}{"\\n"}{end}',
+        timeout=300,
+    ).stdout
+    return [tuple(line.split(",")) for line in out.splitlines() if line]
+
+
+def wait_flows(cluster: LocalCluster, namespace: str, n: int, done, what: str, timeout: float = 1800, every: float = 2.0) -> float:
+    """Waits until `done(state)` holds for all n flows; returns the monotonic time it was seen."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        flows = json.loads(cluster.kubectl("get", "iflow", "-n", namespace, "-o", "json", timeout=120).stdout)["items"]
-        done = sum(1 for f in flows if f.get("status", {}).get("desiredReplicas") == 1 and f["status"].get("readyReplicas") == 1)
-        if done == n:
-            return
-        time.sleep(3)
-    raise TimeoutError(f"{namespace}: flows not settled in {timeout}s")
+        states = flow_states(cluster, namespace)
+        if len(states) == n and all(done(state) for state in states):
+            return time.monotonic()
+        time.sleep(every)
+    raise TimeoutError(f"{namespace}: not every flow {what} within {timeout}s")
 
 
-def spec_replicas(cluster: LocalCluster, namespace: str, name: str) -> int:
-    return int(cluster.kubectl("get", "deployment", name, "-n", namespace, "-o", "jsonpath={.spec.replicas}").stdout)
+def wait_settled(cluster: LocalCluster, namespace: str, n: int, timeout: float = 1800) -> float:
+    """Every flow wants its one replica and has it ready."""
+    return wait_flows(cluster, namespace, n, lambda s: s[1:] == ("1", "1"), "settled at 1 ready replica", timeout)
+
+
+def start_operator(
+    cluster: LocalCluster, prometheus: LocalPrometheus, namespace: str, name: str, log_level: str = "info", extra: tuple[str, ...] = ()
+) -> OperatorProcess:
+    """The real operator, watching `namespace`, reading `prometheus` (debug: one line per pass)."""
+    return OperatorProcess(
+        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s",
+        f"--log-level={log_level}", *extra, name=name,
+    ).start()
+
+
+def set_idle(exporter: MetricsExporter, namespace: str, n: int) -> None:
+    """Every flow's queue at IDLE_DEPTH: each wants its one replica."""
+    for i in range(n):
+        exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": queue_name(namespace, flow_name(i))}, IDLE_DEPTH)
+
+
+def set_depth(exporter: MetricsExporter, namespace: str, name: str, depth: float) -> None:
+    exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": queue_name(namespace, name)}, depth)
+
+
+def replicas_now(cluster: LocalCluster, namespace: str) -> dict[str, int]:
+    out = cluster.kubectl("get", "deployments", "-n", namespace, "--chunk-size=500", "-o",
+                          'jsonpath={range .items[*]}{.metadata.name} {.spec.replicas}{"\\n"}{end}', timeout=300).stdout
+    return {name: int(replicas) for name, replicas in (line.split() for line in out.splitlines() if line)}
+
+
+def seconds_summary(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    return {
+        "p50": round(statistics.median(ordered), 2),
+        "p99": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 2),
+        "max": round(ordered[-1], 2),
+        "samples": len(ordered),
+    }
 
 
 def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: MetricsExporter, n: int, args) -> dict:
     namespace = f"bench-{n}"
     cluster.kubectl("create", "namespace", namespace)
-    for i in range(n):
-        exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": f"{namespace}-flow-{i:05d}"}, IDLE_DEPTH)
-    t0 = time.monotonic()
-    apply_in_chunks(cluster, manifests(namespace, n, args.poll))
-    print(f"[bench] N={n}: applied in {time.monotonic() - t0:.1f}s", flush=True)
-
-    operator = OperatorProcess(
-        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s", "--log-level=debug",
-        name=f"operator-{n}",
-    ).start()
+    set_idle(exporter, namespace, n)
+    operator = start_operator(cluster, prometheus, namespace, f"operator-{n}", log_level="debug", extra=tuple(args.operator_arg))
+    watch = DeploymentWatch(cluster, namespace).start()
     try:
         pid = operator.process.popen.pid
-        wait_settled(cluster, namespace, n)
-        print(f"[bench] N={n}: settled {time.monotonic() - t0:.1f}s after apply", flush=True)
+        # Apply with the operator running, as a user would: how long until every flow has a status.
+        t0 = time.monotonic()
+        apply_in_chunks(cluster, manifests(namespace, n, args.poll))
+        applied = time.monotonic() - t0
+        status_at = wait_flows(cluster, namespace, n, lambda s: s[0] != "", "has a status")
+        print(f"[bench] N={n}: applied in {applied:.1f}s, every flow had a status {status_at - t0:.1f}s after the apply began", flush=True)
+        settled_at = wait_settled(cluster, namespace, n)
+        print(f"[bench] N={n}: settled {settled_at - t0:.1f}s after the apply began", flush=True)
         time.sleep(2 * args.poll)  # let the last writes of settling land
 
         # Idle: nothing changes, so a pass must write nothing.
@@ -133,49 +210,80 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         queries = operator.metric("flowkeeper_prometheus_queries_total") - queries_before
         idle_passes = max(len(passes), 1)
 
-        # Reaction: a backlog step on one flow at a time until its Deployment is scaled.
-        reactions = []
+        # Reaction: a backlog step on one flow at a time until its Deployment's spec.replicas changes.
         rng = random.Random(n)
-        for k in range(args.reactions):
-            name = f"flow-{(k * 37) % n:05d}"
+        reacting = [flow_name((k * 37) % n) for k in range(min(args.reactions, n))]
+        reactions = []
+        for name in reacting:
             time.sleep(rng.uniform(0, args.poll))  # steps land anywhere in the poll cycle, as in life
-            exporter.set(QUEUE_METRIC, {"vhost": "/", "queue": f"{namespace}-{name}"}, 1000)
+            set_depth(exporter, namespace, name, 1000)
             started = time.monotonic()
-            while spec_replicas(cluster, namespace, name) == 1:
-                if time.monotonic() - started > 120:
-                    raise TimeoutError(f"{name} not scaled within 120s")
-                time.sleep(0.1)
-            reactions.append(time.monotonic() - started)
-        reactions.sort()
+            scaled = watch.wait_scaled({name: started}, timeout=120)[name]
+            if scaled is None:
+                raise TimeoutError(f"{name} not scaled within 120s")
+            reactions.append(scaled)
+
+        # Burst: a backlog step on many flows at once, until every one of their Deployments is scaled.
+        bursting = [flow_name(i) for i in range(n) if flow_name(i) not in set(reacting)][: args.burst]
+        for name in bursting:
+            set_depth(exporter, namespace, name, BURST_DEPTH)
+        burst_started = time.monotonic()
+        burst = watch.wait_scaled({name: burst_started for name in bursting}, timeout=args.poll + 120)
+        burst_done = [s for s in burst.values() if s is not None]
+        print(f"[bench] N={n}: burst of {len(bursting)}: {len(burst_done)} scaled, the last after {max(burst_done, default=0):.1f}s", flush=True)
+        time.sleep(2 * args.poll)  # the burst's status writes land before the outage begins
+
+        # Outage: Prometheus gone for args.outage seconds, then back. Nothing may be scaled down, and
+        # the operator tells it once, not once per flow.
+        before = replicas_now(cluster, namespace)
+        events_before = cluster.write_requests("events")
+        outage_started = time.monotonic()
+        prometheus.stop()
+        time.sleep(args.outage)
+        prometheus.start()
+        wait_until(lambda: operator.metric("flowkeeper_prometheus_up") == 1, timeout=120, what="the operator reading Prometheus again")
+        time.sleep(3 * args.poll)
+        after = replicas_now(cluster, namespace)
+        lowered = sorted(name for name, replicas in after.items() if replicas < before.get(name, 0))
+        lowered_meanwhile = sorted(watch.scaled_down_after(outage_started))
+        events = cluster.write_requests("events") - events_before
+
         result = {
             "flows": n,
             "poll_interval_seconds": args.poll,
             "scrape_interval_seconds": 1,
+            "operator_args": list(args.operator_arg),
+            "apply_seconds": round(applied, 1),
+            "status_seconds": round(status_at - t0, 1),
+            "settled_seconds": round(settled_at - t0, 1),
             "prometheus_queries_per_pass": statistics.median(p["queries"] for p in passes) if passes else None,
             "prometheus_queries_per_second": round(queries / (args.idle_passes * args.poll + 0.5), 2),
             "pass_seconds": round(statistics.median(p["seconds"] for p in passes), 4) if passes else None,
             "pass_cpu_seconds": round(cpu_used / idle_passes, 4),
             "api_writes_idle_pass": round(writes / idle_passes, 2),
             "idle_passes_measured": len(passes),
-            "reaction_seconds": {
-                "p50": round(statistics.median(reactions), 2),
-                "p99": round(reactions[min(len(reactions) - 1, int(0.99 * len(reactions)))], 2),
-                "samples": len(reactions),
-            },
+            "reaction_seconds": seconds_summary(reactions),
+            "burst": {"flows": len(bursting), "scaled": len(burst_done), "seconds": round(max(burst_done, default=float("nan")), 2)},
+            "outage": {"seconds": args.outage, "scaled_down": len(set(lowered) | set(lowered_meanwhile)), "events": events},
             "operator_rss_mb": round(rss_mb(pid), 1),
+            "operator_peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1),
         }
         print(f"[bench] N={n}: {json.dumps(result)}", flush=True)
         return result
     finally:
+        watch.stop()
         operator.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--reactions", type=int, default=20, help="backlog steps timed per size")
+    parser.add_argument("--reactions", type=int, default=50, help="backlog steps timed per size")
     parser.add_argument("--poll", type=int, default=5, help="pollInterval of the bench flows, seconds")
     parser.add_argument("--idle-passes", type=int, default=4, help="idle poll intervals measured per size")
+    parser.add_argument("--burst", type=int, default=1000, help="flows given a backlog step at once (at most N less the reaction flows)")
+    parser.add_argument("--outage", type=float, default=60.0, help="seconds Prometheus is stopped")
+    parser.add_argument("--operator-arg", action="append", default=[], help="an extra `flowkeeper run` option (repeatable)")
     args = parser.parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
 

@@ -71,6 +71,21 @@ def keda_module() -> Path:
     return Path(json.loads(out.stdout)["Dir"])
 
 
+def scaled_object(namespace: str, name: str, prometheus_url: str, query: str, *, per_replica: int, min_replicas: int,
+                  max_replicas: int, poll: int) -> dict:
+    """A ScaledObject for Deployment `name`: KEDA's Prometheus scaler on `query`, `per_replica` per
+    replica (an AverageValue target on the HPA, as a Flowkeeper flow's queueDepthPerReplica)."""
+    return {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": name, "namespace": namespace},
+        "spec": {"scaleTargetRef": {"name": name}, "pollingInterval": poll,
+                 "minReplicaCount": min_replicas, "maxReplicaCount": max_replicas,
+                 # activationThreshold is left at its default, 0: an idle depth of 50 is active, so with
+                 # minReplicaCount 0 the Deployment holds its one replica as with Flowkeeper.
+                 "triggers": [{"type": "prometheus", "metadata": {
+                     "serverAddress": prometheus_url, "query": query, "threshold": str(per_replica)}}]},
+    }
+
+
 # ------------------------------------------------------------------------------------ certificates
 
 
@@ -206,7 +221,10 @@ class KedaPeer:
         """KEDA's CRDs and RBAC as it ships them, then the Service, EndpointSlice and APIService that
         point the aggregation layer at the adapter's address in the namespace."""
         kubectl = self.cluster.kubectl
-        kubectl("create", "namespace", NAMESPACE)
+        # Idempotent: a bench starts KEDA several times in one cluster (different flags).
+        kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}}))
+        # A KEDA stopped earlier in this cluster may hold the leader lease until it expires.
+        kubectl("delete", "lease", "--all", "-n", NAMESPACE, "--ignore-not-found")
         # scaledjobs' CRD is too large for the last-applied annotation: server-side apply.
         kubectl("apply", "--server-side", "-f", str(module / "config" / "crd" / "bases"), timeout=120)
         for f in ("service_account/service_account.yaml", "rbac/role.yaml", "rbac/role_binding.yaml",
@@ -285,6 +303,11 @@ class KedaPeer:
         return out
 
     # -- tear-down
+    def uninstall_apiservice(self) -> None:
+        """Deletes the APIService: left behind with no adapter it would be unavailable, and the
+        namespace controller stops deleting namespaces while an aggregated group fails discovery."""
+        self.cluster.kubectl("delete", "apiservice", APISERVICE, "--ignore-not-found", check=False)
+
     def close(self) -> None:
         stop_all([p for p in (self.adapter, self.operator) if p is not None])
         if self.relay is not None:

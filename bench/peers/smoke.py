@@ -32,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-from bench.peers.keda import KedaPeer, keda_binaries
+from bench.peers.keda import KedaPeer, keda_binaries, scaled_object
+from bench.run import cpu_seconds, deployment, rss_mb
 from tests.support.cluster import LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.prometheus import LocalPrometheus
@@ -48,19 +49,10 @@ HPA_SYNC_SECONDS = 15  # kube-controller-manager's --horizontal-pod-autoscaler-s
 
 
 def objects(prometheus_url: str, queue: str, min_replicas: int, poll: int) -> list[dict]:
-    labels = {"app": NAME}
     return [
-        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": NAME, "namespace": NAMESPACE},
-         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
-                  "template": {"metadata": {"labels": labels},
-                               "spec": {"containers": [{"name": "c", "image": "example/consumer:1"}]}}}},
-        {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": NAME, "namespace": NAMESPACE},
-         "spec": {"scaleTargetRef": {"name": NAME}, "pollingInterval": poll,
-                  "minReplicaCount": min_replicas, "maxReplicaCount": MAX_REPLICAS,
-                  "triggers": [{"type": "prometheus", "metadata": {
-                      "serverAddress": prometheus_url,
-                      "query": f'sum({QUEUE_METRIC}{{vhost="/",queue="{queue}"}})',
-                      "threshold": str(PER_REPLICA)}}]}},
+        deployment(NAMESPACE, NAME),
+        scaled_object(NAMESPACE, NAME, prometheus_url, f'sum({QUEUE_METRIC}{{vhost="/",queue="{queue}"}})',
+                      per_replica=PER_REPLICA, min_replicas=min_replicas, max_replicas=MAX_REPLICAS, poll=poll),
     ]
 
 
@@ -133,8 +125,8 @@ def run(args: argparse.Namespace) -> dict:
                             if e.get("reason") == "SuccessfulRescale" and e["involvedObject"].get("name") == hpa_name]
                 result["hpa_rescale_events"] = [e.get("message") for e in rescales]
                 result["keda_sockets"] = keda.sockets()
-                result["keda_cpu_seconds"] = {p.name: round(_cpu(p.popen.pid), 2) for p in (keda.operator, keda.adapter)}
-                result["keda_rss_mb"] = {p.name: round(_rss(p.popen.pid), 1) for p in (keda.operator, keda.adapter)}
+                result["keda_cpu_seconds"] = {p.name: round(cpu_seconds(p.popen.pid), 2) for p in (keda.operator, keda.adapter)}
+                result["keda_rss_mb"] = {p.name: round(rss_mb(p.popen.pid), 1) for p in (keda.operator, keda.adapter)}
                 netns_name = keda.netns.name
             result["netns_removed"] = not Path(f"/run/netns/{netns_name}").exists()
     result["total_seconds"] = round(time.monotonic() - t0, 1)
@@ -152,19 +144,6 @@ def _tails_on_failure(keda: KedaPeer):
             if p is not None:
                 print(f"--- {p.name} (last lines)\n{p.log_tail(25)}", file=sys.stderr, flush=True)
         raise
-
-
-def _cpu(pid: int) -> float:
-    import os
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _rss(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ import atexit
 import datetime as dt
 import json
 import os
+import re
 import shutil
 import signal
 import ssl
@@ -172,6 +173,25 @@ def kubeconfig(server: str, pki: Path, *, user: str = "admin", token: str | None
     }
 
 
+# ----------------------------------------------------------------------------- the API server's metrics
+
+WRITE_VERBS = ("POST", "PUT", "PATCH", "APPLY", "DELETE", "DELETECOLLECTION")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def request_counts(metrics_text: str) -> dict[tuple[str, str, str, str], int]:
+    """apiserver_request_total of a /metrics text, summed per (verb, group, resource, subresource)."""
+    counts: dict[tuple[str, str, str, str], int] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("apiserver_request_total{"):
+            continue
+        labels_text, value = line.rsplit(" ", 1)
+        labels = dict(_LABEL.findall(labels_text))
+        key = (labels.get("verb", ""), labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        counts[key] = counts.get(key, 0) + int(float(value))
+    return counts
+
+
 # ---------------------------------------------------------------------------------------- the cluster
 
 
@@ -233,19 +253,18 @@ class LocalCluster:
         with urllib.request.urlopen(self.server + path, context=context, timeout=5) as response:
             return response.read()
 
+    def request_counts(self) -> dict[tuple[str, str, str, str], int]:
+        """The API server's own apiserver_request_total, summed per (verb, group, resource,
+        subresource) over its other labels (code, scope, component, ...)."""
+        return request_counts(self._get("/metrics").decode())
+
     def write_requests(self, resource: str, subresource: str | None = None) -> int:
         """Write requests (create, update, patch, delete) the API server has served for `resource`
         (only `subresource` when given), from its own apiserver_request_total metric."""
-        total = 0
-        for line in self._get("/metrics").decode().splitlines():
-            if not line.startswith("apiserver_request_total{"):
-                continue
-            labels, value = line.rsplit(" ", 1)
-            if subresource is not None and f'subresource="{subresource}"' not in labels:
-                continue
-            if f'resource="{resource}"' in labels and any(f'verb="{v}"' in labels for v in ("POST", "PUT", "PATCH", "APPLY", "DELETE")):
-                total += int(float(value))
-        return total
+        return sum(
+            count for (verb, _, res, sub), count in self.request_counts().items()
+            if res == resource and (subresource is None or sub == subresource) and verb in WRITE_VERBS
+        )
 
     # -- lifecycle
     def start(self) -> LocalCluster:

@@ -1,0 +1,94 @@
+"""docs/bench.png from bench/peers.json: Prometheus queries per minute and reaction p99 against the
+number of flows, every system measured, log scales; and the README table of the same figures.
+
+    python -m bench.peers.chart [bench/peers.json] [docs/bench.png]   # redraw, print the table
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from bench.peers.figures import lookup
+
+PANELS = (("idle.prometheus_queries_per_minute", "Prometheus queries per minute (idle)"),
+          ("reaction_seconds.p99", "reaction p99, seconds (backlog step -> spec.replicas)"))
+STYLE = {"flowkeeper": dict(color="tab:green", marker="o", linewidth=2.5)}
+
+
+def series(doc: dict, path: str) -> dict[str, list[tuple[int, float]]]:
+    """Per system, (N, figure) for the sizes where the figure was measured."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    for n, size in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0])):
+        for key, figures in size["systems"].items():
+            value = lookup(figures, path)
+            if isinstance(value, (int, float)) and value > 0:
+                out.setdefault(key, []).append((int(n), value))
+    return out
+
+
+def draw(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax, (figure, title) in zip(axes, PANELS):
+        for key, points in series(doc, figure).items():
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, label=key, **STYLE.get(key, dict(marker="s", linestyle="--")))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("flows (N)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    cores = doc.get("machine", {}).get("cores")
+    fig.suptitle(f"Flowkeeper and KEDA side by side (make bench-peers, {cores} cores, pollInterval "
+                 f"{doc['settings']['poll_interval_seconds']}s)", fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _cell(value, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    return f"{value:g}{unit}" if isinstance(value, (int, float)) else str(value)
+
+
+def table(doc: dict) -> str:
+    """The README's table: one row per size and system."""
+    rows = ["| flows | system | Prometheus queries/min | API requests/min (net) | API writes/min (net) "
+            "| reaction p50 / p99 | burst (flows) | CPU s per idle min | RSS |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for n, size in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0])):
+        for key, f in size["systems"].items():
+            if "idle" not in f:
+                rows.append(f"| {n} | {key} | failed: {f.get('failed', '?')[:120]} | | | | | | |")
+                continue
+            idle, idle_min = f["idle"], f["idle"]["seconds"] / 60
+            burst = f.get("burst", {})
+            rows.append(
+                f"| {n} | {key} | {_cell(idle['prometheus_queries_per_minute'])} "
+                f"| {_cell(idle.get('api_requests_per_minute_net'))} | {_cell(idle.get('api_writes_per_minute_net'))} "
+                f"| {_cell(lookup(f, 'reaction_seconds.p50'), ' s')} / {_cell(lookup(f, 'reaction_seconds.p99'), ' s')} "
+                f"| {_cell(burst.get('seconds'), ' s')} ({burst.get('flows', '-')}) "
+                f"| {round(idle['cpu_seconds_total'] / idle_min, 2):g} | {_cell(idle['rss_mb_total'], ' MB')} |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    src = Path(argv[0]) if argv else Path(__file__).resolve().parents[1] / "peers.json"
+    dst = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parents[2] / "docs" / "bench.png"
+    doc = json.loads(src.read_text())
+    draw(doc, dst)
+    print(table(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
