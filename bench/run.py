@@ -275,6 +275,18 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         operator.stop()
 
 
+def merged_results(path: Path, measured: list[dict]) -> dict:
+    """The results file with the sizes just measured replaced (a run of --sizes 10000 keeps the
+    figures of 100 and 1000 from an earlier run); each entry says when it was measured."""
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    try:
+        kept = [r for r in json.loads(path.read_text()).get("results", []) if r.get("flows") not in {m["flows"] for m in measured}]
+    except (OSError, ValueError):
+        kept = []
+    fresh = [{**m, "measured": stamp} for m in measured]
+    return {"generated": stamp, "results": sorted(kept + fresh, key=lambda r: r["flows"])}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
@@ -291,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         cluster.kubectl("apply", "-f", str(CRD))
         cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
         results = [measure(cluster, prometheus, exporter, n, args) for n in args.sizes]
-    RESULTS.write_text(json.dumps({"generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "results": results}, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(merged_results(RESULTS, results), indent=2) + "\n")
     print(f"[bench] wrote {RESULTS.relative_to(REPO)}")
     return 0
 
