@@ -353,8 +353,8 @@ class LocalCluster:
                 "labels": {"type": "kwok", "kubernetes.io/hostname": NODE_NAME, "kubernetes.io/os": "linux"},
             },
             "status": {
-                "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "5000"},
-                "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "5000"},
+                "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "20000"},
+                "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "20000"},
             },
         }
         self.kubectl("apply", "-f", "-", input=json.dumps(node))
