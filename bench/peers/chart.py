@@ -15,7 +15,20 @@ from bench.peers.figures import lookup, ratios
 
 PANELS = (("idle.prometheus_queries_per_minute", "Prometheus queries per minute (idle)"),
           ("reaction_seconds.p99", "reaction p99, seconds (backlog step -> spec.replicas)"))
-STYLE = {"flowkeeper": dict(color="tab:green", marker="o", linewidth=2.5)}
+STYLE = {
+    "flowkeeper": dict(color="tab:green", marker="o", linewidth=2.5),
+    "keda-min0": dict(color="tab:blue", marker="s", linestyle="--"),
+    "keda-min1": dict(color="tab:orange", marker="s", linestyle="--"),
+    "keda-min0-raised": dict(color="tab:blue", marker="^", linestyle=":", markerfacecolor="none"),
+    "keda-min1-raised": dict(color="tab:orange", marker="^", linestyle=":", markerfacecolor="none"),
+}
+LEGEND = {
+    "flowkeeper": "Flowkeeper",
+    "keda-min0": "KEDA, minReplicaCount 0, default API limit",
+    "keda-min1": "KEDA, minReplicaCount 1, default API limit",
+    "keda-min0-raised": "KEDA, minReplicaCount 0, raised API limit",
+    "keda-min1-raised": "KEDA, minReplicaCount 1, raised API limit",
+}
 
 
 def series(doc: dict, path: str) -> dict[str, list[tuple[int, float]]]:
@@ -35,21 +48,25 @@ def draw(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5))
     for ax, (figure, title) in zip(axes, PANELS):
         for key, points in series(doc, figure).items():
             xs, ys = zip(*points)
-            ax.plot(xs, ys, label=key, **STYLE.get(key, dict(marker="s", linestyle="--")))
+            ax.plot(xs, ys, label=LEGEND.get(key, key), **STYLE.get(key, dict(marker="s", linestyle="--")))
         ax.set_xscale("log")
+        sizes = sorted(int(n) for n in doc["sizes"])
+        ax.set_xticks(sizes, [f"{n:,}" for n in sizes])
+        ax.minorticks_off()
         ax.set_yscale("log")
         ax.set_xlabel("flows (N)")
         ax.set_title(title, fontsize=10)
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     cores = doc.get("machine", {}).get("cores")
     fig.suptitle(f"Flowkeeper and KEDA side by side (make bench-peers, {cores} cores, pollInterval "
                  f"{doc['settings']['poll_interval_seconds']}s)", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
