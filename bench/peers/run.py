@@ -195,6 +195,9 @@ class Bench:
             self.measure_running(namespace, n, pids, result)
         finally:
             result["keda_throttling_log_lines"] = throttle_lines(keda) - throttled if keda.operator else None
+            for process in (keda.operator, keda.adapter):
+                if process is not None and not process.running:
+                    result[f"{process.name}_exited"] = process.log_tail(3)
             keda.uninstall_apiservice()
             keda.close()
             strip_finalizers(self.cluster, namespace, "scaledobjects.keda.sh")
