@@ -189,21 +189,29 @@ class Bench:
                 scaled_object(namespace, flow_name(i), self.prometheus.url, query(flow_name(i)), per_replica=PER_REPLICA,
                               min_replicas=sut.min_replicas, max_replicas=MAX_REPLICAS, poll=self.args.poll)
                 for i in range(n)])
-            result["settle_seconds"] = round(self.wait_hpas(namespace, n, t), 1)
+            result["settle_seconds"] = round(self.wait_hpas(namespace, n, t, keda), 1)
             self.log(f"N={n} {sut.key}: every HPA read its metric {result['settle_seconds']}s after apply")
             pids = {"keda-operator": keda.operator.popen.pid, "keda-adapter": keda.adapter.popen.pid}
             self.measure_running(namespace, n, pids, result)
         finally:
             result["keda_throttling_log_lines"] = throttle_lines(keda) - throttled if keda.operator else None
+            for process in (keda.operator, keda.adapter):
+                if process is not None and not process.running:
+                    result[f"{process.name}_exited"] = process.log_tail(3)
             keda.uninstall_apiservice()
             keda.close()
             strip_finalizers(self.cluster, namespace, "scaledobjects.keda.sh")
 
-    def wait_hpas(self, namespace: str, n: int, since: float) -> float:
-        """Until N HPAs exist and each has read its external metric once; seconds since `since`."""
+    def wait_hpas(self, namespace: str, n: int, since: float, keda: KedaPeer) -> float:
+        """Until N HPAs exist and each has read its external metric once; seconds since `since`.
+        Fails at once when a KEDA process has exited (nothing restarts it here, unlike a kubelet)."""
         deadline = since + self.args.settle_timeout
         ready = 0
         while time.monotonic() < deadline:
+            for process in (keda.operator, keda.adapter):
+                if not process.running:
+                    raise RuntimeError(f"{process.name} exited {time.monotonic() - since:.0f}s after the ScaledObjects were "
+                                       f"applied, {ready} of {n} HPAs served; its last lines:\n{process.log_tail(4)}")
             out = self.cluster.kubectl("get", "hpa", "-n", namespace, "-o",
                                        'jsonpath={range .items[*]}{.metadata.name} {.status.currentMetrics[0].external.current.averageValue}{"\\n"}{end}',
                                        timeout=120).stdout

@@ -72,9 +72,11 @@ def test_request_summary_per_minute_with_writes_apart() -> None:
 
 def test_ratios_against_flowkeeper() -> None:
     by_system = {
-        "flowkeeper": {"idle": {"prometheus_queries_per_minute": 132.0, "api_writes_per_minute_net": 0.0},
+        "flowkeeper": {"idle": {"prometheus_queries_per_minute": 132.0, "api_writes_per_minute": 0.0,
+                                "control_plane_cpu_seconds": {"kube-apiserver": 1.5}},
                        "reaction_seconds": {"p99": 5.0}},
-        "keda-min0": {"idle": {"prometheus_queries_per_minute": 1980.0, "api_writes_per_minute_net": 300.0},
+        "keda-min0": {"idle": {"prometheus_queries_per_minute": 1980.0, "api_writes_per_minute": 300.0,
+                               "control_plane_cpu_seconds": {"kube-apiserver": 15.0}},
                       "reaction_seconds": {"p99": 16.0}},
         "keda-min1": {"failed": "TimeoutError: ..."},
     }
@@ -82,7 +84,8 @@ def test_ratios_against_flowkeeper() -> None:
     assert set(result) == {"keda-min0", "keda-min1"}
     assert result["keda-min0"]["idle.prometheus_queries_per_minute"] == 15.0
     assert result["keda-min0"]["reaction_seconds.p99"] == 3.2
-    assert result["keda-min0"]["idle.api_writes_per_minute_net"] is None  # a ratio to 0 says nothing
+    assert result["keda-min0"]["idle.control_plane_cpu_seconds.kube-apiserver"] == 10.0
+    assert result["keda-min0"]["idle.api_writes_per_minute"] is None  # a ratio to 0 says nothing
     assert all(v is None for v in result["keda-min1"].values())
     assert figures.ratios({"keda-min0": {}}) == {}
 
@@ -112,7 +115,8 @@ def test_system_variants() -> None:
 def test_chart_series_and_table_skip_what_was_not_measured() -> None:
     doc = {"sizes": {
         "1000": {"systems": {"flowkeeper": {"idle": {"prometheus_queries_per_minute": 132.0, "seconds": 60.0,
-                                                     "cpu_seconds_total": 3.0, "rss_mb_total": 150.0},
+                                                     "cpu_seconds_total": 3.0, "rss_mb_total": 150.0,
+                                                     "control_plane_cpu_seconds": {"kube-apiserver": 2.0}},
                                             "reaction_seconds": {"p50": 3.0, "p99": 5.5}, "burst": {"seconds": 6.0, "flows": 100}},
                              "keda-min0": {"failed": "TimeoutError: 10 of 1000 HPAs had read their metric"}}},
         "100": {"systems": {"flowkeeper": {"idle": {"prometheus_queries_per_minute": 132.0, "seconds": 60.0,
