@@ -61,12 +61,17 @@ def draw(doc: dict, path: Path) -> None:
         ax.set_xlabel("flows (N)")
         ax.set_title(title, fontsize=10)
         ax.grid(True, alpha=0.3)
+    failed = [f"{key} at {int(n):,}" for n, size in sorted(doc["sizes"].items(), key=lambda kv: int(kv[0]))
+              for key, f in size["systems"].items() if "failed" in f]
+    if failed:  # a system that never served every flow has no point there: say so on the chart
+        fig.text(0.5, 0.115, "not measured (the run failed; see bench/peers.json): " + ", ".join(failed),
+                 ha="center", fontsize=7.5, color="dimgray")
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, frameon=False)
     cores = doc.get("machine", {}).get("cores")
     fig.suptitle(f"Flowkeeper and KEDA side by side (make bench-peers, {cores} cores, pollInterval "
                  f"{doc['settings']['poll_interval_seconds']}s)", fontsize=11)
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
+    fig.tight_layout(rect=(0, 0.13, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
