@@ -42,6 +42,7 @@ from tests.support.processes import wait_until
 from tests.support.prometheus import LocalPrometheus
 
 CRD = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
+REDRIVE_CRD = REPO / "crds" / "flowkeeper.io_deadletterredrives.yaml"
 RESULTS = REPO / "bench" / "results.json"
 IDLE_DEPTH = 50  # below queueDepthPerReplica (100): every flow wants its one replica
 BURST_DEPTH = 250  # 3 replicas each: a step every burst flow answers, without thousands of pods more
@@ -300,8 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as on Ctrl-C
 
     with MetricsExporter() as exporter, LocalPrometheus([exporter.target]) as prometheus, LocalCluster() as cluster:
-        cluster.kubectl("apply", "-f", str(CRD))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "--timeout=60s")
+        cluster.kubectl("apply", "-f", str(CRD), "-f", str(REDRIVE_CRD))  # the operator lists both
+        cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io",
+                        "crd/deadletterredrives.flowkeeper.io", "--timeout=60s")
         results = [measure(cluster, prometheus, exporter, n, args) for n in args.sizes]
     RESULTS.write_text(json.dumps(merged_results(RESULTS, results), indent=2) + "\n")
     print(f"[bench] wrote {RESULTS.relative_to(REPO)}")

@@ -89,15 +89,19 @@ class Listing:
     versions: dict[str | None, str] = field(default_factory=dict)
 
 
-def load_client_config() -> k8s.ApiClient:
-    """In-cluster credentials when running in a Pod, else the current kubeconfig."""
+def load_client_config(connections: int = 10) -> k8s.ApiClient:
+    """In-cluster credentials when running in a Pod, else the current kubeconfig. `connections`: the
+    HTTP connections kept open to the API server; fewer than the threads that call it at once and
+    every extra call opens (and TLS-handshakes) a new one, then throws it away."""
     from kubernetes import config
 
+    configuration = k8s.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
-    return k8s.ApiClient()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.connection_pool_maxsize = connections
+    return k8s.ApiClient(configuration)
 
 
 class KubernetesGateway:

@@ -66,7 +66,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         metrics.serve(config.metrics_port)
     tracing.configure()  # on only when OTEL_EXPORTER_OTLP_ENDPOINT is set; logs which (docs/observability.md)
     store = ClusterStore(selector=config.selector)
-    gateway = KubernetesGateway(load_client_config(), request_timeout=config.request_timeout)
+    # Writers, the signals pass's Secret reads, the elector, LISTs and the dead-letter workers at once.
+    gateway = KubernetesGateway(load_client_config(connections=config.write_concurrency + 8), request_timeout=config.request_timeout)
     signals = None
     if config.prometheus_url:
         signals = PrometheusSignals.from_config(
