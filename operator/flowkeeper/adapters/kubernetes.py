@@ -135,8 +135,8 @@ class KubernetesGateway:
         return listing
 
     def _list_pages(self, group: str, api_version: str, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
-        """One consistent LIST in pages (LIST_PAGE objects by default) (no response of the API server holds
-        ten thousand objects at once), and the listing's resourceVersion. A continue token that
+        """One consistent LIST in pages of `list_page` objects, so that no response of the API server
+        holds ten thousand objects at once, and the listing's resourceVersion. A continue token that
         expired (410: the snapshot was compacted meanwhile) starts the listing again."""
         while True:
             items: list[dict[str, Any]] = []

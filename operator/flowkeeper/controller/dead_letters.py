@@ -312,17 +312,17 @@ class DeadLetterController:
             self._again(record.uid, rules.BLOCKED_RETRY)
 
     async def _step_once(self, record: RedriveRecord) -> None:
-        if self.store.selector.requirements and self._flow_of(record) is None and record.uid not in self._pending:
+        flow = self._flow_of(record)
+        pending = self._pending.get(record.uid)
+        if self.store.selector.requirements and flow is None and pending is None:
             # Sharded (--selector): a redrive of a flow this replica does not serve is its shard's.
             self._again(record.uid, rules.BLOCKED_RETRY)
             return
-        pending = self._pending.get(record.uid)
         if pending is not None:
             # A broker step whose result was not written yet (a conflict, a failed write): written
             # first, onto the redrive as it is stored now, so that no batch goes uncounted.
             await self._conclude(record, pending(record))
             return
-        flow = self._flow_of(record)
         situation = Situation(flow=flow, now=self.wall_clock())
         if record.cutoff is None and flow is not None and flow.spec is not None and record.spec is not None and not record.spec.dry_run:
             rate, problem = await self._cause_rate(flow, record)

@@ -27,7 +27,7 @@ from flowkeeper.domain import ownership
 from flowkeeper.api.v1alpha1 import ScaleTargetKind
 from flowkeeper.domain.redrive import RedriveRecord, redrive_from_body
 from flowkeeper.domain.selector import EVERYTHING, LabelSelector
-from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body
+from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body, uid_of
 
 TOMBSTONES = 10_000  # deleted UIDs remembered; they only matter while an older LIST may be applied
 DELETED_KEPT = 1_000  # deleted flows waiting to be reported by the leader
@@ -107,11 +107,12 @@ class ClusterStore:
                     self.target_gone(key)
         listed_flows = set()
         for body in flows.items:
-            record = flow_from_body(body)
-            listed_flows.add(record.uid)
+            uid = uid_of(body)
+            listed_flows.add(uid)
             if not self._serves(body):
-                self.flow_released(record.uid)
-            elif record.uid not in self._gone_flows and record.uid not in self.flows:
+                self.flow_released(uid)  # another shard's flow: not even parsed
+            elif uid not in self._gone_flows and uid not in self.flows:
+                record = flow_from_body(body)
                 self._put_flow(record)
                 self.mark_due(record.uid)
         for uid, record in list(self.flows.items()):
@@ -145,8 +146,8 @@ class ClusterStore:
     # -- fed by watch events
     def flow_event(self, event_type: str, body: dict[str, Any]) -> None:
         self.check_thread()
-        uid = str((body.get("metadata") or {}).get("uid") or "")
-        if event_type != "DELETED" and uid and not self._serves(body):
+        uid = uid_of(body)
+        if event_type != "DELETED" and not self._serves(body):
             self.flow_released(uid)  # another shard's flow: not even parsed
             return
         previous = self.flows.get(uid)

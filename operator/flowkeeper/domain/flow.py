@@ -150,6 +150,12 @@ def template_hash(template: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(template or {}, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def uid_of(body: dict[str, Any]) -> str:
+    """The key of a custom object in the store: its UID (namespace/name for a body that has none)."""
+    metadata = body.get("metadata") or {}
+    return str(metadata.get("uid") or "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+
+
 def identity(body: dict[str, Any]) -> dict[str, Any]:
     """namespace, name, uid, generation, status and resource_version of a custom object as a watch
     event or a write response carries it (the fields every record of ours starts with)."""
@@ -157,7 +163,7 @@ def identity(body: dict[str, Any]) -> dict[str, Any]:
     return {
         "namespace": metadata.get("namespace", ""),
         "name": metadata.get("name", ""),
-        "uid": metadata.get("uid", "") or f"{metadata.get('namespace', '')}/{metadata.get('name', '')}",
+        "uid": uid_of(body),
         "generation": int(metadata.get("generation") or 0),
         "status": dict(body.get("status") or {}),
         "resource_version": str(metadata.get("resourceVersion") or ""),
@@ -178,7 +184,7 @@ def flow_from_body(body: dict[str, Any], previous: FlowRecord | None = None) -> 
     thousand are not parsed again."""
     metadata = body.get("metadata", {})
     generation = int(metadata.get("generation") or 0)
-    if previous is not None and generation > 0 and previous.generation == generation and previous.uid == metadata.get("uid"):
+    if previous is not None and generation > 0 and previous.generation == generation and previous.uid == uid_of(body):
         spec, error = previous.spec, previous.spec_error
     else:
         spec, error = parse_spec(IntegrationFlowSpec, body)
