@@ -12,28 +12,31 @@ messages from a real RabbitMQ queue at a fixed rate, like a pod of a real flow w
         pool.configuration_error = True   # every message now fails and stays in the queue
     pool.counts                 # consumed, dead-lettered: for "no message lost"
 
-Each consumer exports the Flowkeeper metrics convention (docs/metrics-convention.md; the names come
-from the operator's own adapter, so the two cannot drift), labelled integration=<name> (and namespace=<namespace> when given).
+Each thread runs the real consumer's loop and message handling (examples/consumer, which runs as
+pods on a real node) and exports the Flowkeeper metrics convention (docs/metrics-convention.md; the
+names come from the operator's own adapter, so the two cannot drift), labelled integration=<name>
+(and namespace=<namespace> when given). What differs is only what decides a message's fate: the
+pool's switches (configuration_error, data_bug, dead_letter_fraction) instead of real settings.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pika
-import pika.exceptions
 from kubernetes import client, config
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 
-from flowkeeper.domain.dead_letters import ERROR_CLASS_HEADER, ERROR_HEADER, REDRIVE_HEADER
-from flowkeeper.adapters.prometheus.convention import ERRORS, INTEGRATION, LAST_SUCCESS, NAMESPACE, PROCESSED, PROCESSING_SECONDS
+from examples.consumer.errors import ConfigurationError, ErrorClass
+from examples.consumer.handling import MessageHandler, Outcome, Result, Work
+from examples.consumer.loop import Backoff, ConsumeLoop, Session
+from examples.consumer.metrics import ConventionMetrics
+from flowkeeper.domain.dead_letters import REDRIVE_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -76,29 +79,6 @@ class Counts:
     configuration_errors: int  # failed attempts, each message put back in the queue
 
 
-class _Metrics:
-    """The convention's series, in a registry of this pool's own (several pools in one process).
-    `namespace`, when given, stands for the label Prometheus' Kubernetes discovery puts on the series of
-    consumer pods (these consumers are threads, scraped without it)."""
-
-    def __init__(self, integration: str, namespace: str | None = None) -> None:
-        self.registry = CollectorRegistry()
-        names, values = ([NAMESPACE, INTEGRATION], [namespace, integration]) if namespace else ([INTEGRATION], [integration])
-        # prometheus_client appends _total to counters itself.
-        processed = Counter(PROCESSED.removesuffix("_total"), "Messages taken from the queue and finished, by outcome",
-                            [*names, "status"], registry=self.registry)
-        errors = Counter(ERRORS.removesuffix("_total"), "Processing errors by class", [*names, "class"], registry=self.registry)
-        self.seconds = Histogram(PROCESSING_SECONDS, "Time to process one message", names,
-                                 registry=self.registry).labels(*values)
-        self.last_success = Gauge(LAST_SUCCESS, "Unix time of the last message processed successfully", names,
-                                  registry=self.registry).labels(*values)
-        # Every child exists from the start (at 0), so "no errors yet" reads as 0, not as no data.
-        self.success = processed.labels(*values, "success")
-        self.error = processed.labels(*values, "error")
-        self.configuration_errors = errors.labels(*values, "configuration")
-        self.data_errors = errors.labels(*values, "data")
-
-
 class ConsumerPool:
     """Consumer threads of one flow. `replicas` is a fixed number, or a callable the pool polls every
     `poll_interval` seconds (a DeploymentReader, or anything returning an int or a DeploymentState)."""
@@ -121,7 +101,6 @@ class ConsumerPool:
         if rate_per_replica <= 0 or not 0 <= dead_letter_fraction <= 1:
             raise ValueError("rate_per_replica must be > 0 and dead_letter_fraction within [0, 1]")
         self.parameters, self.queue, self.integration = parameters, queue, integration
-        self.seconds_per_message = 1 / rate_per_replica
         self.dead_letter_fraction = dead_letter_fraction
         self.configuration_error = configuration_error  # the switch: read by every consumer, per message
         self.poll_interval = poll_interval
@@ -129,12 +108,15 @@ class ConsumerPool:
         # the convention's headers (x-flowkeeper-error-class, x-flowkeeper-error), then acked; without
         # one it is rejected to the queue's dead-letter exchange. `data_bug(body)` returns the reason
         # a message fails (a data error), or None: switch it at any time (a bug deployed, then fixed).
-        self.dead_letter_queue = dead_letter_queue
         self.data_bug = data_bug
         self.handled: collections.Counter[bytes] = collections.Counter()  # bodies acked, by times (duplicates show)
         self.redriven_seen = 0  # messages carrying a redrive's mark that came by
         self._replicas = replicas
-        self._metrics = _Metrics(integration, namespace)
+        self._metrics = ConventionMetrics(integration, namespace)
+        # The real consumer's handling (examples/consumer): the threads differ from its pods only in
+        # what decides a message's fate (the switches above) and in how many of them run.
+        self._handler = MessageHandler(self._metrics, work=Work(seconds=1 / rate_per_replica), check=self._check,
+                                       dead_letter_queue=dead_letter_queue, on_result=self._count)
         self._lock = threading.Lock()
         self._workers: list[_Consumer] = []
         self._leaving: list[_Consumer] = []
@@ -143,6 +125,19 @@ class ConsumerPool:
         self._stopping = threading.Event()
         self._follower: threading.Thread | None = None
         self._server = None
+
+    @property
+    def seconds_per_message(self) -> float:
+        """The work of one message (1 / rate_per_replica); may be changed at any time."""
+        return self._handler.work.seconds
+
+    @seconds_per_message.setter
+    def seconds_per_message(self, seconds: float) -> None:
+        self._handler.work = Work(seconds=seconds)
+
+    @property
+    def dead_letter_queue(self) -> str | None:
+        return self._handler.dead_letter_queue
 
     # --- lifecycle
 
@@ -228,48 +223,31 @@ class ConsumerPool:
     def metrics_url(self) -> str:
         return f"http://{self.metrics_target}/metrics"
 
-    def _handle(self, channel: pika.adapters.blocking_connection.BlockingChannel, delivery_tag: int,
-                properties: pika.BasicProperties | None = None, body: bytes = b"") -> None:
-        """One message: the work takes seconds_per_message, then ack, dead-letter, or put back."""
-        started = time.monotonic()
-        time.sleep(self.seconds_per_message)
+    def _check(self, body: bytes) -> str | None:
+        """The fate the switches decide: a configuration error (the message goes back to the queue),
+        a data error (its reason: a dead letter), or None (handled)."""
         if self.configuration_error:
-            # Nothing can be delivered with a wrong configuration: the message goes back to the queue
-            # (no message lost, the backlog kept for when it is fixed). Not "processed": a retried
-            # message counts once, with its final status (the convention).
-            channel.basic_nack(delivery_tag, requeue=True)
-            self._metrics.configuration_errors.inc()
-            with self._lock:
-                self._configuration_errors += 1
-            return
-        headers = dict((properties.headers if properties else None) or {})
+            # Nothing can be delivered with a wrong configuration: the backlog is kept for the fix.
+            raise ConfigurationError("the consumers' configuration is broken")
         bug = self.data_bug
         reason = bug(body) if bug is not None else None
         with self._lock:
             self._finished += 1
-            if REDRIVE_HEADER in headers:
-                self.redriven_seen += 1
             # Exactly the fraction asked, spread evenly: the n-th message is a dead letter when the
             # whole number of dead letters due grows at n.
             if reason is None and int(self._finished * self.dead_letter_fraction) > int((self._finished - 1) * self.dead_letter_fraction):
                 reason = "invalid order"
-        if reason is not None:
-            if self.dead_letter_queue:
-                headers.update({ERROR_CLASS_HEADER: "data", ERROR_HEADER: reason})
-                channel.basic_publish("", self.dead_letter_queue, body, pika.BasicProperties(
-                    headers=headers, delivery_mode=2, timestamp=int(time.time()), message_id=properties.message_id if properties else None))
-                channel.basic_ack(delivery_tag)
-            else:
-                channel.basic_reject(delivery_tag, requeue=False)  # to the dead-letter queue
-            self._metrics.error.inc()
-            self._metrics.data_errors.inc()
-        else:
-            channel.basic_ack(delivery_tag)
-            self._metrics.success.inc()
-            self._metrics.last_success.set(time.time())
-        self._metrics.seconds.observe(time.monotonic() - started)
+        return reason
+
+    def _count(self, body: bytes, headers: dict, result: Result) -> None:
         with self._lock:
-            if reason is not None:
+            if result.outcome is Outcome.REQUEUED:
+                if result.error_class is ErrorClass.CONFIGURATION:
+                    self._configuration_errors += 1
+                return
+            if REDRIVE_HEADER in headers:
+                self.redriven_seen += 1
+            if result.outcome is Outcome.DEAD_LETTERED:
                 self._dead_lettered += 1
             else:
                 self._consumed += 1
@@ -277,37 +255,19 @@ class ConsumerPool:
 
 
 class _Consumer(threading.Thread):
-    """One simulated replica: its own connection (pika connections are not thread-safe), one message
-    in hand at a time (prefetch 1), so a replica's rate is the rate asked for."""
+    """One simulated replica: the real consumer's loop (its own connection: pika connections are not
+    thread-safe), one message in hand at a time (prefetch 1), so a replica's rate is the rate asked
+    for. A failure (the broker restarts, a message put back) is retried a second later."""
 
     def __init__(self, pool: ConsumerPool, name: str) -> None:
         super().__init__(name=name, daemon=True)
-        self.pool = pool
         self._leaving = threading.Event()
+        session = Session(pool.parameters, pool.queue, pool._handler, prefetch=1)
+        self._loop = ConsumeLoop(lambda: session, pool._metrics, self._leaving, Backoff(1.0, 1.0), name=name)
 
     def leave(self) -> None:
         """Finishes the message in hand, then disconnects."""
         self._leaving.set()
 
     def run(self) -> None:
-        while not self._leaving.is_set():
-            try:
-                self._consume()
-            except pika.exceptions.AMQPError as error:  # the broker restarts or is gone: try again
-                log.debug("%s: %r; reconnecting", self.name, error)
-                self._leaving.wait(1.0)
-
-    def _consume(self) -> None:
-        with pika.BlockingConnection(self.pool.parameters) as connection:
-            channel = connection.channel()
-            channel.basic_qos(prefetch_count=1)
-            if self.pool.dead_letter_queue:
-                channel.confirm_delivery()  # a dead letter is published with a confirm before its original is acked
-            # The timeout wakes the loop up on an idle queue, to notice leave().
-            for method, properties, body in channel.consume(self.pool.queue, inactivity_timeout=0.2):
-                if self._leaving.is_set():
-                    break  # a message delivered now goes back to the queue when the connection closes
-                if method is not None:
-                    self.pool._handle(channel, method.delivery_tag, properties, body)
-            with contextlib.suppress(pika.exceptions.AMQPError):
-                channel.cancel()
+        self._loop.run()

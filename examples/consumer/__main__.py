@@ -1,0 +1,5 @@
+import sys
+
+from examples.consumer.main import main
+
+sys.exit(main())
