@@ -66,6 +66,8 @@ def classify(error: BaseException) -> ErrorClass:
 def describe(error: BaseException) -> str:
     """A short reason for the logs and the dead letter's x-flowkeeper-error header."""
     text = str(error)
+    if not text and error.args:
+        return repr(error)  # pika's connection errors: an empty str(), their cause in args and repr()
     if isinstance(error, (ConfigurationError, TransientError, DataError)) and text:
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

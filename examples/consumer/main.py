@@ -13,8 +13,7 @@ import threading
 from collections.abc import Mapping
 
 import pika
-from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client import ProcessCollector
+from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
 from examples.consumer.errors import ConfigurationError
 from examples.consumer.handling import MessageHandler, Work
@@ -45,6 +44,8 @@ def session_from(environ: Mapping[str, str], metrics: ConventionMetrics) -> Sess
 def main(environ: Mapping[str, str] | None = None) -> int:
     environ = os.environ if environ is None else environ
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # The loop logs every failure once, with its class; pika would add its own lines and tracebacks.
+    logging.getLogger("pika").setLevel(logging.CRITICAL)
     try:
         reporting = ReportingSettings.from_environment(environ)
     except ConfigurationError as error:
