@@ -42,7 +42,8 @@ class _Reader:
 
     def text(self, name: str, default: object = _REQUIRED) -> str | None:
         variable, file_variable = PREFIX + name, PREFIX + name + FILE_SUFFIX
-        inline, path = self.environ.get(variable), self.environ.get(file_variable)
+        # An empty variable counts as not set, as an empty value would be no use anyway.
+        inline, path = self.environ.get(variable) or None, self.environ.get(file_variable) or None
         if inline is not None and path is not None:
             raise ConfigurationError(f"{variable} and {file_variable} are both set: set one")
         if path is not None:
