@@ -6,6 +6,7 @@ listens on the host's loopback); as a pod on a real node it runs under the kubel
 
 from __future__ import annotations
 
+import shutil
 import signal
 import urllib.request
 import uuid
@@ -65,13 +66,16 @@ def test_the_image_consumes_dead_letters_and_stops_on_sigterm(image: Image, root
             "CONSUMER_CHECK": "examples.demo.orders:release_1_1",
         })
         # Only the image's environment: nothing of the host's Python reaches the program.
-        argv = ["env", "-i", *(f"{k}={v}" for k, v in env.items()),
-                "chroot", f"--userspec={USER[0]}:{USER[1]}", str(rootfs), *config["Entrypoint"]]
+        argv = [shutil.which("env"), "-i", *(f"{k}={v}" for k, v in env.items()),
+                shutil.which("chroot"), f"--userspec={USER[0]}:{USER[1]}", str(rootfs), *config["Entrypoint"]]
         consumer = Process(f"consumer-image-{uuid.uuid4().hex[:6]}", argv, tmp_path)
         consumer.start()
         try:
             def processed() -> dict[str, float]:
-                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                try:
+                    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                except OSError:  # not serving yet
+                    return {}
                 return {s.labels["status"]: s.value for f in text_string_to_metric_families(text) for s in f.samples
                         if s.name == "flowkeeper_messages_processed_total"}
 
