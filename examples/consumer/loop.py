@@ -103,6 +103,10 @@ class ConsumeLoop:
                     raise _PutBack(result)  # closing the connection puts the prefetched messages back too
                 if result.outcome is Outcome.SUCCEEDED:
                     self.backoff.reset()
+            if not self.stopping.is_set():
+                # The broker ended the subscription (the queue was deleted, or moved to another
+                # node): the next session finds out which.
+                raise pika.exceptions.ConsumerCancelled(f"the broker cancelled the consumer of {session.queue}")
             # Delivered and not handled yet (the prefetch): back to the queue.
             with contextlib.suppress(pika.exceptions.AMQPError):
                 channel.cancel()

@@ -48,7 +48,7 @@ class _Reader:
             raise ConfigurationError(f"{variable} and {file_variable} are both set: set one")
         if path is not None:
             try:
-                value = Path(path).read_text()
+                value = Path(path).read_bytes().decode()  # bytes: no newline translation, the value as written
             except (OSError, UnicodeDecodeError) as error:
                 raise ConfigurationError(f"{file_variable}: cannot read {path}: {error}") from None
             value = value.removesuffix("\n").removesuffix("\r")

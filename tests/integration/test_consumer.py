@@ -186,6 +186,22 @@ def test_a_wrong_setting_is_a_configuration_error_until_its_mounted_file_is_fixe
     assert running.terminate() == 0
 
 
+def test_a_queue_deleted_under_the_consumer_is_a_configuration_error_until_it_is_back(broker: LocalRabbitMQ, consumer) -> None:
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    declare_queue(broker.parameters, queue)
+    running = consumer(queue)
+    publish(broker.parameters, queue, 10)
+    eventually(lambda: running.processed("success") == 10, timeout=30, what="consuming")
+    with pika.BlockingConnection(broker.parameters) as connection:
+        connection.channel().queue_delete(queue)  # the broker cancels the subscription
+    eventually(lambda: running.errors("configuration") >= 2, timeout=30, what="configuration errors counted")
+    assert running.process.running and running.processed("success") == 10
+
+    declare_queue(broker.parameters, queue)
+    publish(broker.parameters, queue, 10)
+    eventually(lambda: running.processed("success") == 20, timeout=30, what="consuming again")
+
+
 def test_bad_credentials_from_the_environment_are_fixed_by_a_restart(broker: LocalRabbitMQ, queue: str, consumer) -> None:
     """A password from an environment variable (secretKeyRef) is read once: a new pod fixes it."""
     published = publish(broker.parameters, queue, 20)
