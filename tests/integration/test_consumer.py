@@ -290,6 +290,7 @@ def test_the_cpu_setting_burns_cpu(broker: LocalRabbitMQ, queue: str, consumer) 
     eventually(lambda: idle.processed("success") == count and burning.processed("success") == count, timeout=90, what="both drained")
     without, with_burn = idle.cpu_seconds(), burning.cpu_seconds()
     print(f"CPU for {count} messages: {without:.2f}s without burning, {with_burn:.2f}s burning {cpu_per_message}s each")
-    assert with_burn - without >= 0.9 * count * cpu_per_message
+    # Each message burned its CPU time for sure; beyond the start-up both pay, the difference shows it.
+    assert with_burn >= count * cpu_per_message and with_burn - without >= 0.75 * count * cpu_per_message
     reported = burning.metrics()[("process_cpu_seconds_total", ())]
     assert reported >= count * cpu_per_message, "the process' own metrics show it too"
