@@ -94,7 +94,7 @@ class MessageHandler:
         except Exception as error:  # noqa: BLE001 - every failure is classified, none stops the consumer
             result = Result(Outcome.DEAD_LETTERED, classify(error), describe(error)[:REASON_MAX])
         else:
-            result = Result(Outcome.SUCCEEDED) if reason is None else Result(Outcome.DEAD_LETTERED, ErrorClass.DATA, reason[:REASON_MAX])
+            result = Result(Outcome.SUCCEEDED) if reason is None else Result(Outcome.DEAD_LETTERED, ErrorClass.DATA, str(reason)[:REASON_MAX])
 
         if result.outcome is Outcome.SUCCEEDED:
             channel.basic_ack(delivery_tag)

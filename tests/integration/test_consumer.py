@@ -5,7 +5,6 @@ convention's headers; SIGTERM loses nothing; its CPU burn setting burns CPU."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
@@ -25,7 +24,7 @@ from tests.support.cluster import REPO
 from tests.support.cluster_fixtures import eventually
 from tests.support.consumer_checks import RECORD_FILE
 from tests.support.processes import Process, free_port
-from tests.support.rabbitmq import PERSISTENT, LocalRabbitMQ, declare_queue, depth, publish
+from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth, publish
 
 pytestmark = pytest.mark.rabbitmq
 
