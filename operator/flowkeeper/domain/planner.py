@@ -78,6 +78,9 @@ class Inputs:
     target: TargetRecord | None
     signals: FlowSignals | None = None  # None: not read (no Prometheus configured, or the read failed)
     failure: SignalsFailure | None = None
+    # False: `signals` is the last pass's reading, planned again after a watch event; it is not a new
+    # observation (no failure counted, no recommendation remembered, no activity seen).
+    fresh_signals: bool = True
     metrics_enabled: bool = False
     memory: FlowMemory = field(default_factory=FlowMemory)
     # After a resume, configuration errors counted before the pause still show in rate() windows.
@@ -244,6 +247,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         ready_replicas=target.ready_replicas,
         memory=memory.scaling,
         now=mono,
+        fresh=inputs.fresh_signals,
     )
     memory = _evolve(memory, scaling=decision.memory)
     desired = _capped(decision.desired_replicas, current, inputs.replicas_cap)
