@@ -26,11 +26,11 @@ from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
 from flowkeeper.controller.readings import Reading
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import ownership
-from flowkeeper.domain.errors import FlowkeeperError
+from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.redrive import replicas_cap
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
-from flowkeeper.domain.signals import FlowSignals
+from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper.controller")
@@ -238,7 +238,7 @@ class FlowController:
         else:
             signals = read.signals.get(flow.uid) if read else None
             failure = read.failures.get(flow.uid) if read else None
-            if signals is not None and failure is None and target is not None:
+            if signals is not None and failure is None and target is not None and signals.backlog_unanswered is None:
                 self.readings[flow.uid] = Reading.of(signals, flow, target, mono)
             else:
                 self.readings.pop(flow.uid, None)
@@ -288,7 +288,7 @@ class FlowController:
         on_default = [f.uid for f in flows if f.spec is not None and f.spec.metrics.server is None]
         if not on_default:
             return self.prometheus_down
-        failed = [read.failures.get(uid) for uid in on_default]
+        failed = [read.failures.get(uid) or _backlog_unanswered(read.signals.get(uid)) for uid in on_default]
         down = all(f is not None and f.error_class.value == "transient" for f in failed)
         metrics.PROMETHEUS_UP.set(0 if down else 1)
         if down != self.prometheus_down:
@@ -356,6 +356,14 @@ class FlowController:
         self.flow_gauges.forget(live)
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
         metrics.record_flow_phases(counts)
+
+
+def _backlog_unanswered(signals: FlowSignals | None) -> SignalsFailure | None:
+    """A read whose backlog query Prometheus did not answer (timed out, not asked by the deadline)
+    counts towards an outage like a failed one: every flow's backlog query is the same batched query."""
+    if signals is None or signals.backlog_unanswered is None:
+        return None
+    return SignalsFailure(ErrorClass.transient, signals.backlog_unanswered, signals.unread.get("queue_depth", "the backlog was not read"))
 
 
 async def _wait_any(events: list[asyncio.Event | None], timeout: float) -> None:

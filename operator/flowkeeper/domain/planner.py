@@ -434,7 +434,16 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
     signals = inputs.signals
     unread = dict(signals.unread) if signals is not None else {}
     if not decision.metrics_available:
-        if "queue_depth" in unread:
+        if signals is not None and signals.backlog_unanswered is not None:
+            # Prometheus did not answer the backlog query: its trouble, said like a failed read.
+            if failures_reached:
+                out.condition(
+                    cond.METRICS_AVAILABLE, False, signals.backlog_unanswered, f"not read: {_unread_text(unread)}; {holding}",
+                    event=not inputs.outage,
+                )
+            else:
+                out.keep(cond.METRICS_AVAILABLE, "SignalsPending", "the flow's backlog has not been read yet")
+        elif "queue_depth" in unread:
             # An impossible backlog is a broken exporter or query: said at once, never acted on.
             out.condition(cond.METRICS_AVAILABLE, False, "ImpossibleValue", f"not used: {_unread_text(unread)}; {holding}", event=True)
         elif failures_reached:
