@@ -10,6 +10,8 @@ log() { echo "[setup] $*" >&2; }
 # --- Debian packages: Prometheus (and promtool) for the tests, RabbitMQ for the end-to-end demo, and
 # a JDK with Maven for the Kafka broker the dead-letter tests run (its jars come from Maven Central).
 debs=(prometheus rabbitmq-server maven openjdk-17-jre-headless)
+# The real node beside kwok: its container runtime, CNI plugins and the tools kube-proxy drives.
+debs+=(containerd runc containernetworking-plugins iptables conntrack)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
