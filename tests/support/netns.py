@@ -137,45 +137,44 @@ def address_lock() -> Iterator[None]:
 
 class NetNamespace:
     """`ip netns` namespace <prefix>-<pid> with loopback up and a veth pair: <prefix>h<pid> on the
-    host (host_ip/30), <prefix>n<pid> inside (inner_ip/30). `routes` (networks) are routed from the
-    host to the inner end once it is up (a pod network behind it, say). close() removes the
-    namespace and the pair (idempotent; also at exit)."""
+    host (host_ip/30), <prefix>n<pid> inside (inner_ip/30). start(route_pool=...) also picks a free
+    subnet of that pool (`routed`: a pod network behind the inner end, say) and routes it from the
+    host through the pair. close() removes the namespace and the pair (idempotent; also at exit)."""
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.pid = os.getpid()
         self.name, self.host_link, self.inner_link = names(prefix, self.pid)
         self.host_ip = self.inner_ip = ""
+        self.routed: ipaddress.IPv4Network | None = None
         self._made = False
 
-    def start(self, routes: tuple[str, ...] = ()) -> NetNamespace:
+    def start(self, route_pool: ipaddress.IPv4Network | None = None, route_prefixlen: int = 24) -> NetNamespace:
         if os.geteuid() != 0:
             raise PermissionError("making a network namespace needs root (ip netns, ip link)")
         remove_stale(self.prefix)
         self._made = True
         atexit.register(self.close)
         try:
-            with address_lock():
-                host, inner = list(free_subnet(POOL, 30, used_networks()).hosts())
+            with address_lock():  # until the addresses and the route are on the links
+                used = used_networks()
+                host, inner = list(free_subnet(POOL, 30, used).hosts())
                 self.host_ip, self.inner_ip = str(host), str(inner)
                 _ip("netns", "add", self.name)
                 _ip("link", "add", self.host_link, "type", "veth", "peer", "name", self.inner_link)
                 _ip("link", "set", self.inner_link, "netns", self.name)
                 _ip("addr", "add", f"{self.host_ip}/30", "dev", self.host_link)
-            _ip("link", "set", self.host_link, "up")
-            self.exec_ip("addr", "add", f"{self.inner_ip}/30", "dev", self.inner_link)
-            self.exec_ip("link", "set", self.inner_link, "up")
-            self.exec_ip("link", "set", "lo", "up")
-            for network in routes:
-                self.add_host_route(network)
+                _ip("link", "set", self.host_link, "up")
+                self.exec_ip("addr", "add", f"{self.inner_ip}/30", "dev", self.inner_link)
+                self.exec_ip("link", "set", self.inner_link, "up")
+                self.exec_ip("link", "set", "lo", "up")
+                if route_pool is not None:
+                    self.routed = free_subnet(route_pool, route_prefixlen, used)
+                    _ip("route", "replace", str(self.routed), "via", self.inner_ip, "dev", self.host_link)
         except BaseException:
             self.close()
             raise
         return self
-
-    def add_host_route(self, network: str) -> None:
-        """Routes `network` from the host to the inner end of the pair (gone with the link)."""
-        _ip("route", "replace", network, "via", self.inner_ip, "dev", self.host_link)
 
     def exec_ip(self, *args: str) -> subprocess.CompletedProcess[str]:
         return _ip("-n", self.name, *args)

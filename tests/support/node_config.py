@@ -66,7 +66,7 @@ def containerd_config(layout: NodeLayout) -> str:
 root = {_toml(str(c / "root"))}
 state = {_toml(str(layout.containerd_state))}
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs", "io.containerd.runtime.v1.linux",
+  "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",
   "io.containerd.tracing.processor.v1.otlp", "io.containerd.internal.v1.tracing"]
 
 [grpc]
