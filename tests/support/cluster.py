@@ -453,6 +453,9 @@ def _up(args: argparse.Namespace) -> int:
             return 0
         except (ProcessLookupError, ValueError):
             pass
+    from tests.support.node_cleanup import clear_stale
+
+    clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     cluster = LocalCluster(workdir=state, real_node=args.real_node)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ class NodeRun:
 
     pid: int
     root: str  # the node's folder
+    socket_dir: str  # containerd's sockets
     netns_prefix: str
     cgroup: str  # the cgroup's name under each hierarchy
     cni_network: str
@@ -215,13 +217,22 @@ def clear(run: NodeRun) -> None:
             if link.is_symlink() and os.readlink(link).startswith(run.pod_logs.rstrip("/") + "/"):
                 link.unlink(missing_ok=True)
     remove_tree(Path(run.root))
+    remove_tree(Path(run.socket_dir))
     run.record.unlink(missing_ok=True)
 
 
 def clear_stale() -> list[int]:
-    """Clears every recorded run whose process is gone; returns their pids."""
-    cleared = []
-    for run in stale_runs():
-        clear(run)
-        cleared.append(run.pid)
-    return cleared
+    """Clears every recorded run whose process is gone; returns their pids. Two starts at once take
+    turns (a lock), so one run's leftovers are not cleared twice in parallel."""
+    if not records_dir().exists():
+        return []
+    fd = os.open(records_dir() / "clear.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        cleared = []
+        for run in stale_runs():
+            clear(run)
+            cleared.append(run.pid)
+        return cleared
+    finally:
+        os.close(fd)

@@ -1,8 +1,8 @@
 """The real node's configuration files, rendered from its paths and addresses (pure: no I/O).
 
 containerd (CRI), the CNI network, kubelet and kube-proxy each get a file of their own; every path
-they write to is under the node's folder, so removing that folder (after unmounting what is mounted
-in it) removes their state.
+they write to is under the node's folder (containerd's sockets under a short folder of their own),
+so removing those (after unmounting what is mounted in them) removes their state.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ class NodeLayout:
     """Where one node keeps everything, and the names and addresses it was given."""
 
     root: Path  # the node's folder
+    socket_dir: Path  # containerd's sockets: a short path (a unix socket's is at most 104 bytes)
     name: str  # the Node's name
     network: str  # the CNI network's name (unique per run: the CNI result cache is machine-wide)
     node_ip: str  # the inner end of the veth pair
@@ -32,7 +33,7 @@ class NodeLayout:
 
     @property
     def containerd_socket(self) -> Path:
-        return self.root / "containerd" / "containerd.sock"
+        return self.socket_dir / "containerd.sock"
 
     @property
     def containerd_state(self) -> Path:

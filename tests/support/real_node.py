@@ -28,6 +28,7 @@ import ipaddress
 import json
 import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -115,10 +116,12 @@ class RealNode:
         self.netns = NetNamespace(NETNS_PREFIX)
         self.relay: TcpRelay | None = None
         self.processes: list[Process] = []
+        pid = os.getpid()
+        self.socket_dir = Path(tempfile.gettempdir()) / f"{NETNS_PREFIX}-{pid}"
         self.run = NodeRun(
-            pid=os.getpid(), root=str(self.root), netns_prefix=NETNS_PREFIX, cgroup=f"flowkeeper-node-{os.getpid()}",
-            cni_network=f"{NETNS_PREFIX}-{os.getpid()}", containerd_socket=str(self.root / "containerd" / "containerd.sock"),
-            pod_logs=str(self.root / "pod-logs"),
+            pid=pid, root=str(self.root), socket_dir=str(self.socket_dir), netns_prefix=NETNS_PREFIX,
+            cgroup=f"flowkeeper-node-{pid}", cni_network=f"{NETNS_PREFIX}-{pid}",
+            containerd_socket=str(self.socket_dir / "containerd.sock"), pod_logs=str(self.root / "pod-logs"),
         )
         self.layout: NodeLayout | None = None
         self.timings: dict[str, float] = {}
@@ -176,6 +179,7 @@ class RealNode:
 
         self.run.save()  # before anything is made: a kill from here on is cleared by the next start
         self.root.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(mode=0o700, exist_ok=True)
         self.netns.start(route_pool=POD_POOL, route_prefixlen=24)
         make_cgroup(self.run.cgroup)
         subprocess.run(self.wrap(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]), check=True)
@@ -185,7 +189,7 @@ class RealNode:
             {"apiVersion": "v1", "kind": "List", "items": kubernetes_endpoints(self.netns.host_ip, api_port)}))
 
         self.layout = layout = NodeLayout(
-            root=self.root, name=self.name, network=self.run.cni_network, node_ip=self.netns.inner_ip,
+            root=self.root, socket_dir=self.socket_dir, name=self.name, network=self.run.cni_network, node_ip=self.netns.inner_ip,
             pod_cidr=self.pod_cidr, service_cidr="10.0.0.0/24", cgroup_root=f"/{self.run.cgroup}", pause_image=pause.name,
         )
         pki = self.root / "pki"
