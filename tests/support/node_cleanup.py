@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.support import netns
+from tests.support.node_config import cri_sandboxes
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_RESULTS = Path("/var/lib/cni/results")  # libcni's cache: containerd 1.6 does not move it
@@ -202,6 +203,8 @@ def clear(run: NodeRun) -> None:
         found = shim_arguments(_cmdline(pid))
         if found and found[0] == run.containerd_socket:
             sockets.append(shim_socket(*found))
+    sandboxes = cri_sandboxes(Path(run.root))
+    sandbox_ids = [p.name for p in sandboxes.iterdir()] if sandboxes.is_dir() else []
     kill_until_gone(lambda: netns.namespace_pids(run.netns))
     kill_until_gone(lambda: cgroup_pids(run.cgroup))
     for socket_path in sockets:
@@ -212,6 +215,8 @@ def clear(run: NodeRun) -> None:
     if CNI_RESULTS.is_dir():
         for entry in CNI_RESULTS.glob(f"{run.cni_network}-*"):
             entry.unlink(missing_ok=True)
+        for sandbox_id in sandbox_ids:  # the loopback network containerd adds to every sandbox
+            (CNI_RESULTS / f"cni-loopback-{sandbox_id}-lo").unlink(missing_ok=True)
     if CONTAINER_LOG_LINKS.is_dir():
         for link in CONTAINER_LOG_LINKS.iterdir():
             if link.is_symlink() and os.readlink(link).startswith(run.pod_logs.rstrip("/") + "/"):
