@@ -327,18 +327,31 @@ def debian_suite() -> str:
 
 def debian_sources(suite: str) -> list[str]:
     """One-line apt sources for `suite` and its -updates/-security suites, as the machine's apt
-    configuration has them (`apt-get indextargets`): the image comes from the mirror the host uses."""
-    listed = subprocess.run(["apt-get", "indextargets", "--format", "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"],
+    configuration has them: the image comes from the mirror the host uses."""
+    listed = subprocess.run(["apt-get", "indextargets", "--format", INDEXTARGETS_FORMAT],
                             capture_output=True, text=True, check=True, timeout=60).stdout
+    sources = sources_of_suite(listed, suite)
+    if not sources:
+        raise BuildError(f"apt on this machine has no source for {suite}")
+    return sources
+
+
+INDEXTARGETS_FORMAT = "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"
+
+
+def sources_of_suite(indextargets: str, suite: str) -> list[str]:
+    """`deb URI SUITE COMPONENTS...` lines from `apt-get indextargets --format INDEXTARGETS_FORMAT`
+    output, for `suite` and its -updates and -security suites (other repositories left out); none
+    when `suite` itself is missing."""
     components: dict[tuple[str, str], list[str]] = {}
-    for line in listed.splitlines():
+    for line in indextargets.splitlines():
         target_of, uri, release, component = (line.split() + ["", "", "", ""])[:4]
         if target_of == "deb" and release in (suite, f"{suite}-updates", f"{suite}-security"):
             found = components.setdefault((uri, release), [])
             if component and component not in found:
                 found.append(component)
     if not any(release == suite for _, release in components):
-        raise BuildError(f"apt on this machine has no source for {suite}")
+        return []
     return [f"deb {uri} {release} {' '.join(sorted(comps))}" for (uri, release), comps in sorted(components.items())]
 
 
@@ -366,8 +379,8 @@ def base_image() -> Image:
 
 
 def relabelled(image: Image, labels: Mapping[str, str]) -> Image:
-    """`image` with `labels` added: the same layers and program, a different image (id and tag), in
-    seconds rather than a rebuild."""
+    """`image` with `labels` added: the same layers (and an empty one: a commit always adds a layer)
+    and program, a different image (id and tag), without a rebuild."""
     def build(name: str) -> None:
         load(image)
         container = buildah("from", "--quiet", "--pull-never", image.name).strip()
