@@ -14,6 +14,7 @@ How, and why:
   is built FROM; for a scratch image its files and configuration). The docker-archive and a small
   record of the image (`<repository>-<key>.json`) are kept in `<cache root>/images/archives`; when
   the record exists nothing is built. The record is written last, so a killed build leaves no record.
+  Building an image removes the images of its repository that no run used for two days.
 - The archive is what containerd 1.6 imports: `buildah push NAME docker-archive:FILE:NAME` stores the
   name in RepoTags, which `ctr images import` uses as the image's name.
 - Builds hold an exclusive lock on the storage (another session building the same image waits, then
@@ -36,8 +37,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +58,7 @@ PIP_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "default-timeout
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 BUILD_TIMEOUT = 1800
 REVISION_LABEL = "io.flowkeeper.test.revision"
+UNUSED_FOR = 2 * 24 * 3600
 
 
 class BuildError(RuntimeError):
@@ -162,8 +166,6 @@ def load(image: Image) -> None:
 
 
 def _archive_image_id(archive: Path) -> str:
-    import tarfile
-
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     return "sha256:" + manifest[0]["Config"].removesuffix(".json").removeprefix("sha256:")
@@ -179,8 +181,9 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
 
     def recorded() -> Image | None:
         if record.exists() and archive.exists():
+            os.utime(record)  # last used: see _prune
             data = json.loads(record.read_text())
-            return Image(name=data["name"], archive=Path(data["archive"]), id=data["id"])
+            return Image(name=data["name"], archive=archive, id=data["id"])
         return None
 
     if found := recorded():
@@ -197,9 +200,25 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
         partial.rename(archive)
         image = Image(name=name, archive=archive, id=_archive_image_id(archive))
         staging = record.with_name(record.name + ".partial")
-        staging.write_text(json.dumps({**asdict(image), "archive": str(archive)}))
+        staging.write_text(json.dumps({"name": image.name, "id": image.id}))
         staging.rename(record)
+        _prune(repository, keep=record)
         return image
+
+
+def _prune(repository: str, keep: Path) -> None:
+    """Removes the images of `repository` that no run used for UNUSED_FOR seconds (the inputs
+    changed since), so the cache does not grow with every change of the sources."""
+    for record in (images_root() / "archives").glob(f"{repository}-*.json"):
+        if record == keep or time.time() - record.stat().st_mtime < UNUSED_FOR:
+            continue
+        name = json.loads(record.read_text())["name"]
+        if name.rpartition(":")[0] != f"localhost/{repository}":
+            continue  # another repository whose name starts the same way
+        with contextlib.suppress(BuildError):
+            buildah("rmi", "--force", name)
+        record.unlink(missing_ok=True)
+        (images_root() / "archives" / f"{record.stem}.tar").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------- images from scratch
