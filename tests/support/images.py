@@ -14,6 +14,7 @@ How, and why:
   is built FROM; for a scratch image its files and configuration). The docker-archive and a small
   record of the image (`<repository>-<key>.json`) are kept in `<cache root>/images/archives`; when
   the record exists nothing is built. The record is written last, so a killed build leaves no record.
+  Building an image removes the images of its repository that no run used for two days.
 - The archive is what containerd 1.6 imports: `buildah push NAME docker-archive:FILE:NAME` stores the
   name in RepoTags, which `ctr images import` uses as the image's name.
 - Builds hold an exclusive lock on the storage (another session building the same image waits, then
@@ -36,8 +37,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -54,6 +57,8 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 PIP_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "default-timeout", "proxy")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 BUILD_TIMEOUT = 1800
+REVISION_LABEL = "io.flowkeeper.test.revision"
+UNUSED_FOR = 2 * 24 * 3600
 
 
 class BuildError(RuntimeError):
@@ -161,8 +166,6 @@ def load(image: Image) -> None:
 
 
 def _archive_image_id(archive: Path) -> str:
-    import tarfile
-
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     return "sha256:" + manifest[0]["Config"].removesuffix(".json").removeprefix("sha256:")
@@ -178,8 +181,9 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
 
     def recorded() -> Image | None:
         if record.exists() and archive.exists():
+            os.utime(record)  # last used: see _prune
             data = json.loads(record.read_text())
-            return Image(name=data["name"], archive=Path(data["archive"]), id=data["id"])
+            return Image(name=data["name"], archive=archive, id=data["id"])
         return None
 
     if found := recorded():
@@ -196,9 +200,25 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
         partial.rename(archive)
         image = Image(name=name, archive=archive, id=_archive_image_id(archive))
         staging = record.with_name(record.name + ".partial")
-        staging.write_text(json.dumps({**asdict(image), "archive": str(archive)}))
+        staging.write_text(json.dumps({"name": image.name, "id": image.id}))
         staging.rename(record)
+        _prune(repository, keep=record)
         return image
+
+
+def _prune(repository: str, keep: Path) -> None:
+    """Removes the images of `repository` that no run used for UNUSED_FOR seconds (the inputs
+    changed since), so the cache does not grow with every change of the sources."""
+    for record in (images_root() / "archives").glob(f"{repository}-*.json"):
+        if record == keep or time.time() - record.stat().st_mtime < UNUSED_FOR:
+            continue
+        name = json.loads(record.read_text())["name"]
+        if name.rpartition(":")[0] != f"localhost/{repository}":
+            continue  # another repository whose name starts the same way
+        with contextlib.suppress(BuildError):
+            buildah("rmi", "--force", name)
+        record.unlink(missing_ok=True)
+        (images_root() / "archives" / f"{record.stem}.tar").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------- images from scratch
@@ -326,18 +346,31 @@ def debian_suite() -> str:
 
 def debian_sources(suite: str) -> list[str]:
     """One-line apt sources for `suite` and its -updates/-security suites, as the machine's apt
-    configuration has them (`apt-get indextargets`): the image comes from the mirror the host uses."""
-    listed = subprocess.run(["apt-get", "indextargets", "--format", "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"],
+    configuration has them: the image comes from the mirror the host uses."""
+    listed = subprocess.run(["apt-get", "indextargets", "--format", INDEXTARGETS_FORMAT],
                             capture_output=True, text=True, check=True, timeout=60).stdout
+    sources = sources_of_suite(listed, suite)
+    if not sources:
+        raise BuildError(f"apt on this machine has no source for {suite}")
+    return sources
+
+
+INDEXTARGETS_FORMAT = "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"
+
+
+def sources_of_suite(indextargets: str, suite: str) -> list[str]:
+    """`deb URI SUITE COMPONENTS...` lines from `apt-get indextargets --format INDEXTARGETS_FORMAT`
+    output, for `suite` and its -updates and -security suites (other repositories left out); none
+    when `suite` itself is missing."""
     components: dict[tuple[str, str], list[str]] = {}
-    for line in listed.splitlines():
+    for line in indextargets.splitlines():
         target_of, uri, release, component = (line.split() + ["", "", "", ""])[:4]
         if target_of == "deb" and release in (suite, f"{suite}-updates", f"{suite}-security"):
             found = components.setdefault((uri, release), [])
             if component and component not in found:
                 found.append(component)
     if not any(release == suite for _, release in components):
-        raise BuildError(f"apt on this machine has no source for {suite}")
+        return []
     return [f"deb {uri} {release} {' '.join(sorted(comps))}" for (uri, release), comps in sorted(components.items())]
 
 
@@ -364,12 +397,29 @@ def base_image() -> Image:
     return _cached("flowkeeper-base", content_key("base", suite, mmdebstrap, sources, asdict(config)), build)
 
 
+def relabelled(image: Image, labels: Mapping[str, str]) -> Image:
+    """`image` with `labels` added: the same layers (and an empty one: a commit always adds a layer)
+    and program, a different image (id and tag), without a rebuild."""
+    def build(name: str) -> None:
+        load(image)
+        container = buildah("from", "--quiet", "--pull-never", image.name).strip()
+        try:
+            buildah("config", *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")], container)
+            buildah("commit", "--quiet", "--rm", container, name)
+        except BaseException:
+            with contextlib.suppress(BuildError):
+                buildah("rm", container)
+            raise
+
+    return _cached(image.repository.removeprefix("localhost/"), content_key("relabelled", image.id, sorted(labels.items())), build)
+
+
 def operator_image(revision: str | None = None) -> Image:
-    """operator/Dockerfile built FROM base_image(). A `revision` makes a different image of the same
-    code (a label differs, so its id and tag differ): what an upgrade test rolls out."""
+    """operator/Dockerfile built FROM base_image(). A `revision` gives a changed image of the same
+    code (label REVISION_LABEL differs, so do its id and tag): what an upgrade test rolls out."""
     base = base_image()
-    labels = {"io.flowkeeper.test.revision": revision} if revision else {}
-    return dockerfile_image("flowkeeper", REPO, OPERATOR_DOCKERFILE, build_args={"BASE": base.name}, labels=labels, bases=[base])
+    image = dockerfile_image("flowkeeper", REPO, OPERATOR_DOCKERFILE, build_args={"BASE": base.name}, bases=[base])
+    return relabelled(image, {REVISION_LABEL: revision}) if revision else image
 
 
 def remove_cache() -> None:
