@@ -152,9 +152,9 @@ def issue_client_cert(pki: Path, stem: Path, cn: str, org: str | None = None) ->
 
 
 def real_node_flags(pki: Path) -> list[str]:
-    """kube-apiserver flags of a cluster with a real node: ServiceAccount admission (pods get
-    tokens), a client certificate for the kubelet (logs, exec, metrics through the API server) and
-    the node's InternalIP before its hostname (which nothing here resolves)."""
+    """kube-apiserver flags of a cluster with a real node: a client certificate for the kubelet
+    (logs, exec, metrics through the API server) and the node's InternalIP before its hostname
+    (which nothing here resolves)."""
     cert, key = issue_client_cert(pki, pki / "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
     return [
         f"--kubelet-client-certificate={cert}", f"--kubelet-client-key={key}",
