@@ -455,7 +455,8 @@ def _up(args: argparse.Namespace) -> int:
             pass
     from tests.support.node_cleanup import clear_stale
 
-    clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
+    if os.geteuid() == 0:  # only root makes real nodes
+        clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     cluster = LocalCluster(workdir=state, real_node=args.real_node)
