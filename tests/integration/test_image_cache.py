@@ -4,6 +4,7 @@ pruned when unused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tarfile
@@ -98,3 +99,15 @@ def test_images_unused_for_days_are_pruned_by_the_next_build(repository: str, tm
     finally:
         for image in (old, recent, newest):
             _remove(image)
+
+
+def test_a_killed_builds_working_container_is_removed_by_the_next_build() -> None:
+    # what a build killed between `buildah from` and its commit leaves (it never held the lock again)
+    leftover = images.buildah("from", "--quiet", "scratch").strip()
+    try:
+        assert leftover in images.buildah("containers", "--format", "{{.ContainerName}}").split()
+        with images.storage_lock.held():
+            assert images.buildah("containers", "--quiet").strip() == ""
+    finally:
+        with contextlib.suppress(images.BuildError):
+            images.buildah("rm", leftover)

@@ -129,10 +129,11 @@ class _StorageLock:
             if self._depth == 0:
                 images_root().mkdir(parents=True, exist_ok=True)
                 self._file = os.open(images_root() / "storage.lock", os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self._file, fcntl.LOCK_EX)
-                _remove_leftovers()
             self._depth += 1
             try:
+                if self._depth == 1:
+                    fcntl.flock(self._file, fcntl.LOCK_EX)
+                    _remove_leftovers()
                 yield
             finally:
                 self._depth -= 1
