@@ -153,6 +153,8 @@ def _remove_leftovers() -> None:
     for scratch in images_root().glob(f"{SCRATCH_PREFIX}*"):
         for mountpoint in sorted(_mounts_under(scratch), key=len, reverse=True):
             subprocess.run(["umount", "--lazy", mountpoint], capture_output=True, timeout=60)
+        if still := _mounts_under(scratch):  # never delete through a mount (a chroot binds host folders)
+            raise BuildError(f"cannot unmount {still} of a killed build")
         shutil.rmtree(scratch, ignore_errors=True)
 
 
