@@ -4,8 +4,11 @@ pruned when unused."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
@@ -98,3 +101,30 @@ def test_images_unused_for_days_are_pruned_by_the_next_build(repository: str, tm
     finally:
         for image in (old, recent, newest):
             _remove(image)
+
+
+def test_a_killed_builds_working_container_is_removed_by_the_next_build() -> None:
+    # what a build killed between `buildah from` and its commit leaves (it never held the lock again)
+    leftover = images.buildah("from", "--quiet", "scratch").strip()
+    try:
+        assert leftover in images.buildah("containers", "--format", "{{.ContainerName}}").split()
+        with images.storage_lock.held():
+            assert images.buildah("containers", "--quiet").strip() == ""
+    finally:
+        with contextlib.suppress(images.BuildError):
+            images.buildah("rm", leftover)
+
+
+def test_a_killed_base_builds_scratch_folder_and_its_mounts_are_removed_by_the_next_build() -> None:
+    # what a killed mmdebstrap leaves: its chroot in a scratch folder, with a mount still in it
+    chroot = images.images_root() / f"{images.SCRATCH_PREFIX}killed" / "chroot" / "proc"
+    chroot.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "leftover", str(chroot)], check=True)
+    try:
+        with images.storage_lock.held():
+            pass
+        assert not chroot.parent.parent.exists()
+        assert str(chroot) not in Path("/proc/self/mountinfo").read_text()
+    finally:
+        subprocess.run(["umount", "--lazy", str(chroot)], capture_output=True)
+        shutil.rmtree(chroot.parent.parent, ignore_errors=True)

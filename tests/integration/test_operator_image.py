@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import errno
 import json
+import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.support import images
+from tests.support import images, oci
 from tests.support.images import REPO, REVISION_LABEL, Image
 from tests.support.oci import image_config, image_rootfs, run_in_rootfs
 
@@ -144,3 +146,29 @@ def test_a_revision_is_a_changed_image_of_the_same_program(operator: Image) -> N
     assert changed_layers[: len(operator_layers)] == operator_layers
     assert not [names for names in changed_layers[len(operator_layers):] if names]
     assert images.operator_image(revision="upgrade-1") == changed
+
+
+def test_a_killed_runs_container_is_deleted_by_the_next_run(rootfs: Path, config: dict) -> None:
+    dead = subprocess.Popen(["true"])  # its pid names the container: a starter that is gone
+    dead.wait()
+    leftover = f"{oci.CONTAINER_PREFIX}{dead.pid}-0"
+    with tempfile.TemporaryDirectory() as bundle:
+        spec = oci._spec(rootfs, ["/opt/venv/bin/python", "-c", "import time; time.sleep(600)"], config["Env"], "/", USER, True)
+        (Path(bundle) / "config.json").write_text(json.dumps(spec))
+        try:
+            # the container's process keeps runc's stdio: a file, not a pipe that would never close
+            with tempfile.TemporaryFile() as errors:
+                created = subprocess.run(["runc", "--root", str(oci.RUNC_ROOT), "create", "--bundle", bundle, leftover],
+                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors, timeout=60)
+                errors.seek(0)
+                assert created.returncode == 0, errors.read().decode()
+            assert leftover in _runc_ids()
+            result = run_in_rootfs(rootfs, config, ["--help"], user=USER)
+            assert result.returncode == 0 and leftover not in _runc_ids()
+        finally:
+            subprocess.run(["runc", "--root", str(oci.RUNC_ROOT), "delete", "--force", leftover], capture_output=True)
+
+
+def _runc_ids() -> set[str]:
+    listed = subprocess.run(["runc", "--root", str(oci.RUNC_ROOT), "list", "--quiet"], capture_output=True, text=True, check=True)
+    return set(listed.stdout.split())
