@@ -4,6 +4,7 @@ judged against has changed: no Prometheus read for it. What did change is read a
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 from flowkeeper.api.v1alpha1 import DEPLOYMENT
 from flowkeeper.controller.loop import EVENT_DEBOUNCE_SECONDS, FlowController
@@ -18,14 +19,24 @@ async def _settled(controller: FlowController, signals: CountingSignals) -> None
     await asyncio.sleep(3 * EVENT_DEBOUNCE_SECONDS)
 
 
-def test_events_that_change_nothing_the_signals_were_judged_on_reuse_the_reading() -> None:
+def _run(scenario: Callable[[FlowController, CountingSignals], Awaitable[None]]) -> None:
+    """Runs the controller's loop over FLOWS flows while `scenario` drives it, then stops it."""
     signals = CountingSignals()
     controller = FlowController(ClusterStore(), Flows(), signals)
 
-    async def scenario() -> None:
+    async def main() -> None:
         stopped = asyncio.Event()
         loop = asyncio.create_task(controller.run_forever(stopped))
         await _settled(controller, signals)
+        await scenario(controller, signals)
+        stopped.set()
+        await asyncio.wait_for(loop, 10)
+
+    asyncio.run(main())
+
+
+def test_events_that_change_nothing_the_signals_were_judged_on_reuse_the_reading() -> None:
+    async def scenario(controller: FlowController, signals: CountingSignals) -> None:
         reads, passes = list(signals.reads), controller.passes
         assert reads == [FLOWS]
         # A new resourceVersion of every Deployment, same counts and template (e.g. a label set).
@@ -34,31 +45,22 @@ def test_events_that_change_nothing_the_signals_were_judged_on_reuse_the_reading
         await _settled(controller, signals)
         assert controller.passes > passes  # the flows were planned again...
         assert signals.reads == reads  # ...on their last reading: Prometheus was not asked
-        # Two consumers become ready and one Deployment gets a new template: those three are read.
+        # Ready replicas move on one, replicas on another, a third gets a new template: those three are
+        # read afresh; the fourth has only a new resourceVersion.
         controller.store.target_event(DEPLOYMENT, "MODIFIED", deployment("d0", ready=0, version=300))
-        controller.store.target_event(DEPLOYMENT, "MODIFIED", deployment("d1", replicas=1, ready=0, version=301))
+        controller.store.target_event(DEPLOYMENT, "MODIFIED", deployment("d1", replicas=2, version=301))
         controller.store.target_event(DEPLOYMENT, "MODIFIED", deployment("d2", image="b", version=302))
         controller.store.target_event(DEPLOYMENT, "MODIFIED", deployment("d3", version=303))
         await _settled(controller, signals)
         assert signals.reads == [*reads, 3]
-        stopped.set()
-        await asyncio.wait_for(loop, 10)
 
-    asyncio.run(scenario())
+    _run(scenario)
 
 
 def test_a_standby_forgets_its_readings() -> None:
-    signals = CountingSignals()
-    controller = FlowController(ClusterStore(), Flows(), signals)
-
-    async def scenario() -> None:
-        stopped = asyncio.Event()
-        loop = asyncio.create_task(controller.run_forever(stopped))
-        await _settled(controller, signals)
+    async def scenario(controller: FlowController, _: CountingSignals) -> None:
         assert len(controller.readings) == FLOWS
         controller._forget_plans()
         assert controller.readings == {}
-        stopped.set()
-        await asyncio.wait_for(loop, 10)
 
-    asyncio.run(scenario())
+    _run(scenario)
