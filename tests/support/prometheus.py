@@ -37,14 +37,16 @@ def find_tool(name: str) -> str:
     return found
 
 
-def _config(targets: Sequence[str], scrape_interval: str) -> str:
+def _config(targets: Sequence[str], scrape_interval: str, jobs: Sequence[dict[str, Any]] = ()) -> str:
     # JSON is YAML: no dependency, no quoting surprises. honor_labels keeps exported labels such as
     # `namespace` or `job`-like names as the exporter wrote them, as for a federated source.
+    # `jobs` are further scrape configs (kube-state-metrics, a kubelet), as written by their callers.
     return json.dumps(
         {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval, "scrape_timeout": scrape_interval},
             "scrape_configs": [
                 {"job_name": "exporter", "honor_labels": True, "static_configs": [{"targets": list(targets)}]},
+                *jobs,
             ],
         },
         indent=2,
@@ -64,7 +66,9 @@ class LocalPrometheus:
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="flowkeeper-prometheus-"))
         self.config_file = self.workdir / "prometheus.yml"
-        self.config_file.write_text(_config(targets, scrape_interval))
+        self._targets, self._scrape_interval = list(targets), scrape_interval
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._write_config()
         self.process = Process(
             "prometheus",
             [
@@ -114,8 +118,25 @@ class LocalPrometheus:
         self.close()
 
     def set_targets(self, targets: Sequence[str], scrape_interval: str = "1s") -> None:
-        self.config_file.write_text(_config(targets, scrape_interval))
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10).close()
+        self._targets, self._scrape_interval = list(targets), scrape_interval
+        self._reload()
+
+    def add_scrape_job(self, job: dict[str, Any]) -> None:
+        """Adds (or replaces, by job_name) a scrape config and reloads a running Prometheus."""
+        self._jobs[job["job_name"]] = job
+        self._reload()
+
+    def remove_scrape_job(self, job_name: str) -> None:
+        self._jobs.pop(job_name, None)
+        self._reload()
+
+    def _write_config(self) -> None:
+        self.config_file.write_text(_config(self._targets, self._scrape_interval, list(self._jobs.values())))
+
+    def _reload(self) -> None:
+        self._write_config()
+        if self.process.running:  # a stopped one reads the file when it starts
+            urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10).close()
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """The result of an instant query (raises on an error answer)."""
