@@ -10,7 +10,8 @@ help:
 	@echo "make test         every test (unit, property, and against the real control plane and Prometheus)"
 	@echo "make unit         the fast tests only (no I/O)"
 	@echo "make crds         regenerate crds/ from the API models"
-	@echo "make cluster      start the local control plane in the background (prints export KUBECONFIG=...)"
+	@echo "make cluster      start the local control plane in the background (prints export KUBECONFIG=...);"
+	@echo "                  REAL_NODE=1 also starts one real node (kubelet, containerd) beside kwok (root)"
 	@echo "make cluster-down stop it"
 	@echo "make bin-dir      print the folder with kubectl and the control-plane binaries"
 	@echo "make bench        benchmarks; writes bench/results.json"
@@ -33,7 +34,7 @@ crds: setup
 cluster: setup
 	@mkdir -p $${TMPDIR:-/tmp}
 	@ready=$$(mktemp); rm -f $$ready; \
-	nohup $(PY) -m tests.support.cluster up --detach-ready-file $$ready > $${TMPDIR:-/tmp}/flowkeeper-cluster.log 2>&1 & \
+	nohup $(PY) -m tests.support.cluster up $(if $(REAL_NODE),--real-node) --detach-ready-file $$ready > $${TMPDIR:-/tmp}/flowkeeper-cluster.log 2>&1 & \
 	for i in $$(seq 1 240); do [ -s $$ready ] && break; sleep 0.5; done; \
 	if [ -s $$ready ]; then echo "export KUBECONFIG=$$(cat $$ready)"; rm -f $$ready; \
 	else echo "the local cluster did not start; see $${TMPDIR:-/tmp}/flowkeeper-cluster.log"; exit 1; fi

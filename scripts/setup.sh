@@ -8,8 +8,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 log() { echo "[setup] $*" >&2; }
 
 # --- Debian packages: Prometheus (and promtool) for the tests, RabbitMQ for the end-to-end demo, and
-# a JDK with Maven for the Kafka broker the dead-letter tests run (its jars come from Maven Central).
-debs=(prometheus rabbitmq-server maven openjdk-17-jre-headless)
+# a JDK with Maven for the Kafka broker the dead-letter tests run (its jars come from Maven Central);
+# buildah, mmdebstrap and runc build the container images here and run them (tests/support/images.py).
+debs=(prometheus rabbitmq-server maven openjdk-17-jre-headless buildah mmdebstrap runc)
+# The real node beside kwok: its container runtime, CNI plugins and the tools kube-proxy drives.
+debs+=(containerd containernetworking-plugins iptables conntrack)
 missing=()
 for p in "${debs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

@@ -1,6 +1,5 @@
 """Peers measured beside Flowkeeper on the same local control plane (KEDA): not part of `make test`.
 
-- netns:   the network namespace and veth pair a run makes for an extension API server, and a relay
 - keda:    KEDA's operator and metrics adapter as processes (`KedaPeer`), the ScaledObject manifest
 - smoke:   `python -m bench.peers.smoke`, one ScaledObject end to end, timed
 - run:     `make bench-peers` (`python -m bench.peers.run`), Flowkeeper and KEDA side by side at N flows

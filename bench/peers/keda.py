@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from bench.peers.netns import NetNamespace, TcpRelay
 from tests.support.cluster import BUILD_SCRIPT, REPO, LocalCluster
+from tests.support.netns import NetNamespace, TcpRelay
 from tests.support.processes import Process, free_port, stop_all, wait_until
 
 NAMESPACE = "keda"
@@ -47,6 +47,7 @@ SERVICE_ACCOUNT = "keda-operator"
 METRICS_SERVICE = "keda-metrics-apiserver"
 APISERVICE = "v1beta1.external.metrics.k8s.io"
 ADAPTER_PORT = 6443
+NETNS_PREFIX = "fkpeer"  # names of the namespace and links the bench makes: fkpeer-<pid>, fkpeerh<pid>
 VERSIONS = REPO / "tests" / "cluster" / "versions.env"
 
 
@@ -144,7 +145,7 @@ class KedaPeer:
         self.log_level = log_level
         self.workdir = cluster.workdir / "keda"
         self.logs = cluster.logs
-        self.netns = NetNamespace()
+        self.netns = NetNamespace(NETNS_PREFIX)
         self.relay: TcpRelay | None = None
         self.operator: Process | None = None
         self.adapter: Process | None = None

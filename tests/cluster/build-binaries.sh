@@ -24,14 +24,17 @@ log() { echo "[build-binaries] $*" >&2; }
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -mod=mod"
 
-build_k8s() {
-  local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-  local missing=0
-  for b in "${want[@]}"; do [[ -x "$bin/$b" ]] || missing=1; done
-  [[ $missing == 1 ]] || return 0
-  log "building Kubernetes ${K8S_VERSION} (first time: 10-25 minutes on 2 cores)"
+# Commands of k8s.io/kubernetes, built through the wrapper module in go/k8s; only the missing ones
+# are built, so adding a target never rebuilds the binaries already in the folder.
+build_k8s_cmds() {
+  local what="$1"; shift
+  local missing=()
+  for b in "$@"; do [[ -x "$bin/$b" ]] || missing+=("$b"); done
+  ((${#missing[@]})) || return 0
+  log "building Kubernetes ${K8S_VERSION} ${what}: ${missing[*]}"
   local work; work="$(mktemp -d)"
-  trap 'rm -rf "$work"' RETURN
+  # Expanded now and cleared when it fires: it would fire again when the caller returns.
+  trap "rm -rf '$work'; trap - RETURN" RETURN
   cp "$here/go/k8s/go.mod" "$here/go/k8s/tools.go" "$work/"
   [[ -f "$here/go/k8s/go.sum" ]] && cp "$here/go/k8s/go.sum" "$work/"
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
@@ -40,10 +43,22 @@ build_k8s() {
     ld+=" -X $pkg.gitVersion=${K8S_VERSION} -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor} -X $pkg.gitTreeState=clean"
   done
   (cd "$work" && go mod download &&
-    for b in "${want[@]}"; do
+    for b in "${missing[@]}"; do
       log "  go build $b"
-      go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin/$b" "k8s.io/kubernetes/cmd/$b"
+      go build -trimpath -tags selinux,notest -ldflags "$ld" -o "$bin/$b.tmp" "k8s.io/kubernetes/cmd/$b" &&
+        mv "$bin/$b.tmp" "$bin/$b"
     done)
+}
+
+build_k8s() {
+  build_k8s_cmds "control plane (first time: 10-25 minutes on 2 cores)" \
+    kube-apiserver kube-controller-manager kube-scheduler kubectl
+}
+
+# The real node's kubelet and kube-proxy (with the Go build cache warm from the control plane:
+# well under a minute; cold: a few minutes).
+build_node() {
+  build_k8s_cmds "node" kubelet kube-proxy
 }
 
 build_etcd() {
@@ -121,8 +136,8 @@ ksm_bin="$cache/bin/ksm-${KSM_VERSION}"
 targets=("${@:-all}")
 for t in "${targets[@]}"; do
   case "$t" in
-    all) build_etcd; build_kwok; build_k8s; build_helm; build_ksm ;;
-    etcd) build_etcd ;; kwok) build_kwok ;; k8s) build_k8s ;; helm) build_helm ;;
+    all) build_etcd; build_kwok; build_k8s; build_node; build_helm; build_ksm ;;
+    etcd) build_etcd ;; kwok) build_kwok ;; k8s) build_k8s ;; node) build_node ;; helm) build_helm ;;
     keda) build_keda; echo "$keda_bin"; exit 0 ;;
     ksm) build_ksm; echo "$ksm_bin"; exit 0 ;;
     *) log "unknown target $t"; exit 2 ;;

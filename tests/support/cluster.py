@@ -5,6 +5,7 @@ Deployments really get ReplicaSets and Pods that become Ready on the kwok node; 
 simulated. Used by the pytest session fixture, by `make cluster` and by `make demo`:
 
     python -m tests.support.cluster up     # foreground; prints the export KUBECONFIG=... line
+    python -m tests.support.cluster up --real-node   # also one real node (root; tests/support/real_node.py)
     python -m tests.support.cluster down   # stops the one `up` started
 """
 
@@ -25,6 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 from cryptography import x509
@@ -34,8 +36,12 @@ from cryptography.x509.oid import NameOID
 
 from tests.support.processes import Process, free_port, stop_all, wait_until
 
+if TYPE_CHECKING:
+    from tests.support.real_node import RealNode
+
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO / "tests" / "cluster" / "build-binaries.sh"
+VERSIONS = REPO / "tests" / "cluster" / "versions.env"
 NEEDED = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "kubectl")
 NODE_NAME = "kwok-node-0"
 
@@ -55,6 +61,11 @@ def build_cache(*targets: str) -> Path:
         ["bash", str(BUILD_SCRIPT), *(targets or ("etcd", "kwok", "k8s"))], check=True, stdout=subprocess.PIPE, text=True
     )
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+def k8s_version() -> str:
+    """K8S_VERSION of versions.env (the version the binaries and the kubernetes module are of)."""
+    return re.search(r"^K8S_VERSION=(\S+)", VERSIONS.read_text(), re.M).group(1)  # type: ignore[union-attr]
 
 
 def find_binary(name: str, preferred: Path) -> str:
@@ -124,6 +135,31 @@ def write_credentials(pki: Path) -> None:
     (pki / "sa.pub").write_bytes(
         sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
+
+
+def issue_client_cert(pki: Path, stem: Path, cn: str, org: str | None = None) -> tuple[Path, Path]:
+    """A client certificate of the cluster CA (pki/ca.crt, pki/ca.key) for user `cn` in group `org`,
+    written to <stem>.crt and <stem>.key."""
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = _cert(_name(cn, org), key, ca.subject, ca_key, ca=False, client=True)
+    crt_path, key_path = stem.with_suffix(".crt"), stem.with_suffix(".key")
+    crt_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(_key_pem(key))
+    key_path.chmod(0o600)
+    return crt_path, key_path
+
+
+def real_node_flags(pki: Path) -> list[str]:
+    """kube-apiserver flags of a cluster with a real node: ServiceAccount admission (pods get
+    tokens), a client certificate for the kubelet (logs, exec, metrics through the API server) and
+    the node's InternalIP before its hostname (which nothing here resolves)."""
+    cert, key = issue_client_cert(pki, pki / "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+    return [
+        f"--kubelet-client-certificate={cert}", f"--kubelet-client-key={key}",
+        "--kubelet-preferred-address-types=InternalIP,Hostname",
+    ]
 
 
 FRONT_PROXY_CLIENT = "front-proxy-client"
@@ -200,10 +236,19 @@ class LocalCluster:
 
     aggregation=True (off by default) also turns on the API aggregation layer (a front-proxy CA and
     client cert, the request-header flags, aggregator routing to endpoints), so an APIService can
-    route a group such as external.metrics.k8s.io to an extension API server."""
+    route a group such as external.metrics.k8s.io to an extension API server.
 
-    def __init__(self, workdir: Path | None = None, bin_dir: Path | None = None, *, aggregation: bool = False) -> None:
+    real_node=True (off by default: it needs root and costs a few seconds) also starts one real node
+    (tests/support/real_node.py, `self.real_node`) and turns on ServiceAccount admission, which the
+    kwok-only cluster leaves off: there every pod would get a token volume and wait for its
+    namespace's default ServiceAccount, work the kwok pods have no use for."""
+
+    def __init__(
+        self, workdir: Path | None = None, bin_dir: Path | None = None, *, aggregation: bool = False, real_node: bool = False
+    ) -> None:
         self.aggregation = aggregation
+        self.with_real_node = real_node
+        self.real_node: RealNode | None = None
         self._owns_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="flowkeeper-cluster-"))
         self.bin_dir = bin_dir or binaries()
@@ -306,10 +351,12 @@ class LocalCluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             "--service-cluster-ip-range=10.0.0.0/24", "--allow-privileged=true",
-            "--disable-admission-plugins=ServiceAccount", "--endpoint-reconciler-type=none",
+            *([] if self.with_real_node else ["--disable-admission-plugins=ServiceAccount"]),
+            "--endpoint-reconciler-type=none",
             f"--token-auth-file={self._token_file()}",
             "--advertise-address=127.0.0.1",
             *(aggregation_flags(pki) if self.aggregation else []),
+            *(real_node_flags(pki) if self.with_real_node else []),
         ])
         wait_until(lambda: self._get("/readyz") == b"ok", 120, "kube-apiserver", apiserver)
 
@@ -340,6 +387,11 @@ class LocalCluster:
         ])
         self._create_node()
         wait_until(self._node_ready, 120, "the kwok node")
+        if self.with_real_node:
+            from tests.support.real_node import RealNode
+
+            self.real_node = RealNode(self)
+            self.real_node.start()
 
     def _token_file(self) -> Path:
         """Static tokens for identities the tests use besides the admin (e.g. a non-admin for RBAC)."""
@@ -368,7 +420,15 @@ class LocalCluster:
         node = json.loads(self.kubectl("get", "node", NODE_NAME, "-o", "json").stdout)
         return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
+    @property
+    def all_processes(self) -> list[Process]:
+        """The control plane's programs and the real node's."""
+        return [*self.processes, *(self.real_node.processes if self.real_node else [])]
+
     def stop(self) -> None:
+        if self.real_node is not None:
+            self.real_node.stop()
+            self.real_node = None
         stop_all(list(reversed(self.processes)))
         self.processes.clear()
         if self._owns_workdir:
@@ -398,9 +458,12 @@ def _up(args: argparse.Namespace) -> int:
             return 0
         except (ProcessLookupError, ValueError):
             pass
+    from tests.support.node_cleanup import clear_stale
+
+    clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
-    cluster = LocalCluster(workdir=state)
+    cluster = LocalCluster(workdir=state, real_node=args.real_node)
     stopping = False
 
     def _stop(*_: object) -> None:
@@ -420,7 +483,7 @@ def _up(args: argparse.Namespace) -> int:
     if args.detach_ready_file:
         Path(args.detach_ready_file).write_text(str(cluster.kubeconfig_path))
     while True:  # supervise: a control-plane process that dies is reported, not silently ignored
-        for process in cluster.processes:
+        for process in cluster.all_processes:
             if not process.running:
                 print(f"{process.name} died:\n{process.log_tail()}", file=sys.stderr, flush=True)
                 _stop()
@@ -454,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local control plane and supervise it (foreground)")
     up.add_argument("--detach-ready-file", help="write the kubeconfig path here once ready")
+    up.add_argument("--real-node", action="store_true", help="also start one real node (kubelet, containerd; needs root)")
     up.set_defaults(run=_up)
     sub.add_parser("down", help="stop the control plane `up` started").set_defaults(run=_down)
     sub.add_parser("build", help="build or locate the binaries, print their folder").set_defaults(

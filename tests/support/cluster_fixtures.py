@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ import pytest
 
 from tests.support.cluster import REPO, LocalCluster
 from tests.support.operator import OperatorProcess
+from tests.support.real_node import RealNode
 from tests.support.rollouts import CRD_NAME as ROLLOUT_CRD_NAME, ROLLOUT_CRD
 
 CRD_FILE = REPO / "crds" / "flowkeeper.io_integrationflows.yaml"
@@ -27,6 +29,28 @@ def cluster() -> Iterator[LocalCluster]:
             "wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "crd/deadletterredrives.flowkeeper.io", "--timeout=60s"
         )
         yield local
+
+
+@pytest.fixture(scope="session")
+def real_node_cluster() -> Iterator[LocalCluster]:
+    """A control plane of its own with one real node beside kwok (LocalCluster(real_node=True)),
+    started only when a test asks for it: the kwok-only `cluster` stays as it is for every other test."""
+    if os.geteuid() != 0:
+        pytest.skip("the real node makes a network namespace and cgroups: it needs root")
+    with LocalCluster(real_node=True) as local:
+        local.kubectl("apply", "-f", str(CRD_FILE), "-f", str(REDRIVE_CRD_FILE))
+        local.kubectl(
+            "wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io", "crd/deadletterredrives.flowkeeper.io", "--timeout=60s"
+        )
+        yield local
+
+
+@pytest.fixture(scope="session")
+def real_node(real_node_cluster: LocalCluster) -> RealNode:
+    """The real node of `real_node_cluster` (kubelet, containerd, kube-proxy); import_image() puts a
+    locally built image on it, pod_overrides() lets a pod spec run there."""
+    assert real_node_cluster.real_node is not None
+    return real_node_cluster.real_node
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ from pathlib import Path
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
+from tests.support.cache import cache_root
 from tests.support.processes import Process, free_port, wait_until
 
 DEFAULT_VERSION = "4.1.2"
@@ -55,13 +56,6 @@ JVM_OPTIONS = (
 
 def version() -> str:
     return os.environ.get("FLOWKEEPER_KAFKA_VERSION", DEFAULT_VERSION)
-
-
-def cache_root() -> Path:
-    """The same cache root as tests/cluster/build-binaries.sh."""
-    if "FLOWKEEPER_CACHE" in os.environ:
-        return Path(os.environ["FLOWKEEPER_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "flowkeeper"
 
 
 def jars(kafka_version: str | None = None) -> Path:
