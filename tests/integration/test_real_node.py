@@ -156,9 +156,16 @@ def test_kube_proxy_chains_live_in_the_node_namespace_only(real_node: RealNode) 
 # ------------------------------------------------------------------------- leaving nothing behind
 
 
-def leftovers(pid: int, state: Path) -> dict[str, list[str]]:
-    """What a node run of process `pid` with its cluster in `state` could leave, as found on the
-    machine: processes, mounts, network namespace and link, cgroups, CNI cache entries, log links."""
+def sandbox_ids(state: Path) -> list[str]:
+    """The pod sandboxes containerd's CRI plugin made for the node of the cluster in `state`."""
+    sandboxes = state / "node" / "containerd" / "root" / "io.containerd.grpc.v1.cri" / "sandboxes"
+    return [p.name for p in sandboxes.iterdir()] if sandboxes.is_dir() else []
+
+
+def leftovers(pid: int, state: Path, sandboxes: list[str]) -> dict[str, list[str]]:
+    """What a node run of process `pid` with its cluster in `state` and pod `sandboxes` could leave,
+    as found on the machine: processes, mounts, network namespace and link, cgroups, CNI cache
+    entries (its network's and the loopback's of each sandbox), log links, containerd's sockets."""
     sockets = Path(tempfile.gettempdir()) / f"fknode-{pid}"  # containerd's, named in its shims' command lines
     processes = [line for line in subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True).stdout.splitlines()
                  if (str(state) in line or str(sockets) in line) and "tests.support.cluster" not in line]
@@ -166,7 +173,8 @@ def leftovers(pid: int, state: Path) -> dict[str, list[str]]:
     namespaces = [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split() if n == f"fknode-{pid}"]
     links = [link for link in [f"fknodeh{pid}"] if subprocess.run(["ip", "link", "show", link], capture_output=True).returncode == 0]
     cgroups = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/flowkeeper-node-{pid}")]
-    cni = [str(p) for p in Path("/var/lib/cni/results").glob(f"fknode-{pid}-*")]
+    cni = [str(p) for p in Path("/var/lib/cni/results").glob("*")
+           if p.name.startswith(f"fknode-{pid}-") or any(i in p.name for i in sandboxes)]
     log_links = [str(p) for p in Path("/var/log/containers").glob("*") if p.is_symlink() and str(state) in os.readlink(p)]
     found = {"processes": processes, "mounts": mounts, "netns": namespaces, "links": links, "cgroups": cgroups,
              "cni": cni, "log_links": log_links,
@@ -212,13 +220,15 @@ def test_down_leaves_nothing_behind(tmp_path: Path, real_node: RealNode) -> None
     up, env = start_cluster_up(state, tmp_path)
     try:
         run_pause_pod(env, kubectl_binary())
-        made = leftovers(up.pid, state)
+        sandboxes = sandbox_ids(state)
+        assert sandboxes
+        made = leftovers(up.pid, state, sandboxes)
         assert {"processes", "mounts", "netns", "links", "cgroups", "cni", "log_links", "sockets"} <= made.keys(), made
     finally:
         down = subprocess.run([sys.executable, "-m", "tests.support.cluster", "down"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
         up.wait(60)
     assert down.returncode == 0, down.stdout + down.stderr
-    assert leftovers(up.pid, state) == {}
+    assert leftovers(up.pid, state, sandboxes) == {}
     assert not state.exists()
 
 
@@ -226,20 +236,22 @@ def test_a_start_clears_what_a_killed_run_left(tmp_path: Path, real_node: RealNo
     killed_state, next_state = tmp_path / "killed", tmp_path / "next"
     up, env = start_cluster_up(killed_state, tmp_path)
     run_pause_pod(env, kubectl_binary())
+    sandboxes = sandbox_ids(killed_state)
     os.kill(up.pid, signal.SIGKILL)
     up.wait(30)
     # The kubelet, containerd and the control plane die with it; the shims and containers do not,
     # nor the namespace, mounts and cgroups.
-    left = eventually(lambda: (found := leftovers(up.pid, killed_state)) and "kubelet" not in str(found.get("processes")) and found,
+    left = eventually(lambda: (found := leftovers(up.pid, killed_state, sandboxes)) and "kubelet" not in str(found.get("processes")) and found,
                       timeout=30, what="the kubelet gone with its parent")
-    assert {"processes", "mounts", "netns", "cgroups"} <= left.keys(), left
+    assert {"processes", "mounts", "netns", "cgroups", "cni"} <= left.keys(), left
     assert any("containerd-shim" in p for p in left["processes"]), left["processes"]
 
     second, second_env = start_cluster_up(next_state, tmp_path)
     try:
-        assert leftovers(up.pid, killed_state) == {}
+        assert leftovers(up.pid, killed_state, sandboxes) == {}
         run_pause_pod(second_env, kubectl_binary())  # and the new node works
+        second_sandboxes = sandbox_ids(next_state)
     finally:
         subprocess.run([sys.executable, "-m", "tests.support.cluster", "down"], cwd=REPO, env=second_env, capture_output=True, timeout=120)
         second.wait(60)
-    assert leftovers(second.pid, next_state) == {}
+    assert leftovers(second.pid, next_state, second_sandboxes) == {}

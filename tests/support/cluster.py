@@ -152,9 +152,9 @@ def issue_client_cert(pki: Path, stem: Path, cn: str, org: str | None = None) ->
 
 
 def real_node_flags(pki: Path) -> list[str]:
-    """kube-apiserver flags of a cluster with a real node: ServiceAccount admission (pods get
-    tokens), a client certificate for the kubelet (logs, exec, metrics through the API server) and
-    the node's InternalIP before its hostname (which nothing here resolves)."""
+    """kube-apiserver flags of a cluster with a real node: a client certificate for the kubelet
+    (logs, exec, metrics through the API server) and the node's InternalIP before its hostname
+    (which nothing here resolves)."""
     cert, key = issue_client_cert(pki, pki / "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
     return [
         f"--kubelet-client-certificate={cert}", f"--kubelet-client-key={key}",
@@ -460,7 +460,8 @@ def _up(args: argparse.Namespace) -> int:
             pass
     from tests.support.node_cleanup import clear_stale
 
-    clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
+    if os.geteuid() == 0:  # only root makes real nodes
+        clear_stale()  # a killed `up --real-node` may have left mounts in the folder removed next
     shutil.rmtree(state, ignore_errors=True)
     state.mkdir(parents=True)
     cluster = LocalCluster(workdir=state, real_node=args.real_node)

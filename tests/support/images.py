@@ -14,10 +14,12 @@ How, and why:
   is built FROM; for a scratch image its files and configuration). The docker-archive and a small
   record of the image (`<repository>-<key>.json`) are kept in `<cache root>/images/archives`; when
   the record exists nothing is built. The record is written last, so a killed build leaves no record.
+  Building an image removes the images of its repository that no run used for two days.
 - The archive is what containerd 1.6 imports: `buildah push NAME docker-archive:FILE:NAME` stores the
   name in RepoTags, which `ctr images import` uses as the image's name.
 - Builds hold an exclusive lock on the storage (another session building the same image waits, then
-  finds it cached); whoever takes the lock first removes working containers a killed build left.
+  finds it cached); whoever takes the lock first removes what a killed build left (working
+  containers, scratch folders and the mounts of a chroot in them).
 - Dockerfile builds never pull (`--pull-never`): the images they are FROM are given as `bases` and
   loaded into the storage from their archives if needed. PyPI is reached as the host reaches it: the
   host's CA bundle is bind-mounted read-only over the image's (a TLS-intercepting proxy's CA may be
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -36,8 +39,10 @@ import platform
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -49,11 +54,15 @@ from tests.support.cache import cache_root
 REPO = Path(__file__).resolve().parents[2]
 OPERATOR_DOCKERFILE = REPO / "operator" / "Dockerfile"
 BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
-HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+# The system's CA bundle on Debian, on the host and in the images built FROM a Debian base.
+HOST_CA_BUNDLE = IMAGE_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # pip settings passed through to RUN steps when the environment or pip's configuration has them.
 PIP_SETTINGS = ("index-url", "extra-index-url", "trusted-host", "default-timeout", "proxy")
 PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy")
 BUILD_TIMEOUT = 1800
+REVISION_LABEL = "io.flowkeeper.test.revision"
+UNUSED_FOR = 2 * 24 * 3600
+SCRATCH_PREFIX = "scratch-"
 
 
 class BuildError(RuntimeError):
@@ -120,10 +129,11 @@ class _StorageLock:
             if self._depth == 0:
                 images_root().mkdir(parents=True, exist_ok=True)
                 self._file = os.open(images_root() / "storage.lock", os.O_RDWR | os.O_CREAT, 0o644)
-                fcntl.flock(self._file, fcntl.LOCK_EX)
-                _remove_leftover_containers()
             self._depth += 1
             try:
+                if self._depth == 1:
+                    fcntl.flock(self._file, fcntl.LOCK_EX)
+                    _remove_leftovers()
                 yield
             finally:
                 self._depth -= 1
@@ -135,11 +145,24 @@ class _StorageLock:
 storage_lock = _StorageLock()
 
 
-def _remove_leftover_containers() -> None:
-    """Working containers are only alive while their builder holds the lock: any found when taking
-    it are a killed run's."""
+def _remove_leftovers() -> None:
+    """Working containers and scratch folders only live while their builder holds the lock: any
+    found when taking it are a killed run's (a killed mmdebstrap may leave mounts in its chroot)."""
     if (images_root() / "storage").exists() and buildah("containers", "--quiet").strip():
         buildah("rm", "--all")
+    for scratch in images_root().glob(f"{SCRATCH_PREFIX}*"):
+        for mountpoint in sorted(_mounts_under(scratch), key=len, reverse=True):
+            subprocess.run(["umount", "--lazy", mountpoint], capture_output=True, timeout=60)
+        if still := _mounts_under(scratch):  # never delete through a mount (a chroot binds host folders)
+            raise BuildError(f"cannot unmount {still} of a killed build")
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _mounts_under(folder: Path) -> list[str]:
+    prefix = str(folder.resolve()) + "/"
+    with open("/proc/self/mountinfo") as mounts:
+        points = [line.split()[4].replace("\\040", " ") for line in mounts]
+    return [point for point in points if point.startswith(prefix)]
 
 
 def in_storage(name: str) -> bool:
@@ -161,8 +184,6 @@ def load(image: Image) -> None:
 
 
 def _archive_image_id(archive: Path) -> str:
-    import tarfile
-
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
     return "sha256:" + manifest[0]["Config"].removesuffix(".json").removeprefix("sha256:")
@@ -178,8 +199,9 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
 
     def recorded() -> Image | None:
         if record.exists() and archive.exists():
+            os.utime(record)  # last used: see _prune
             data = json.loads(record.read_text())
-            return Image(name=data["name"], archive=Path(data["archive"]), id=data["id"])
+            return Image(name=data["name"], archive=archive, id=data["id"])
         return None
 
     if found := recorded():
@@ -196,9 +218,25 @@ def _cached(repository: str, key: str, build: Callable[[str], None]) -> Image:
         partial.rename(archive)
         image = Image(name=name, archive=archive, id=_archive_image_id(archive))
         staging = record.with_name(record.name + ".partial")
-        staging.write_text(json.dumps({**asdict(image), "archive": str(archive)}))
+        staging.write_text(json.dumps({"name": image.name, "id": image.id}))
         staging.rename(record)
+        _prune(repository, keep=record)
         return image
+
+
+def _prune(repository: str, keep: Path) -> None:
+    """Removes the images of `repository` that no run used for UNUSED_FOR seconds (the inputs
+    changed since), so the cache does not grow with every change of the sources."""
+    for record in (images_root() / "archives").glob(f"{repository}-*.json"):
+        if record == keep or time.time() - record.stat().st_mtime < UNUSED_FOR:
+            continue
+        name = json.loads(record.read_text())["name"]
+        if name.rpartition(":")[0] != f"localhost/{repository}":
+            continue  # another repository whose name starts the same way
+        with contextlib.suppress(BuildError):
+            buildah("rmi", "--force", name)
+        record.unlink(missing_ok=True)
+        (images_root() / "archives" / f"{record.stem}.tar").unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------- images from scratch
@@ -272,21 +310,26 @@ def context_digest(context: Path, dockerfile: Path) -> list[tuple[str, str, int]
     return [(p, file_digest(context / p), (context / p).lstat().st_mode & 0o111) for p in kept]
 
 
-def pip_access() -> dict[str, str]:
-    """Build arguments that let pip in a RUN step reach the index the way pip on this host does:
-    the certificate bundle mounted at HOST_CA_BUNDLE, and index/proxy settings from the environment
-    (PIP_INDEX_URL, ...) or pip's configuration files, when there are any."""
-    args = {"PIP_CERT": str(HOST_CA_BUNDLE)}
+def _pip_settings() -> dict[str, str]:
+    """pip's settings on this host (environment and configuration files), by option name."""
     listed = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60)
+    settings = {}
     for line in listed.stdout.splitlines():
         setting, _, value = line.partition("=")
-        option = setting.rpartition(".")[2]
-        if option in PIP_SETTINGS:
-            args[f"PIP_{option.upper().replace('-', '_')}"] = value.strip().strip("'\"")
-    for variable in PROXY_VARIABLES:
-        if os.environ.get(variable):
-            args[variable] = os.environ[variable]
-    return args
+        settings[setting.rpartition(".")[2]] = value.strip().strip("'\"")
+    return settings
+
+
+def pip_access() -> tuple[dict[str, str], Path]:
+    """What lets pip in a RUN step reach the index the way pip on this host does: build arguments
+    (index and proxy settings from the environment or pip's configuration, when there are any; PIP_CERT
+    naming IMAGE_CA_BUNDLE) and the host's certificate bundle to mount there (pip's own `cert`
+    setting, else the system's)."""
+    settings = _pip_settings()
+    args = {f"PIP_{option.upper().replace('-', '_')}": settings[option] for option in PIP_SETTINGS if settings.get(option)}
+    args["PIP_CERT"] = str(IMAGE_CA_BUNDLE)
+    args.update({variable: os.environ[variable] for variable in PROXY_VARIABLES if os.environ.get(variable)})
+    return args, Path(settings.get("cert") or HOST_CA_BUNDLE)
 
 
 def dockerfile_image(
@@ -306,11 +349,11 @@ def dockerfile_image(
         for base in bases:
             load(base)
         argv = ["bud", "--quiet", "--pull-never", "--isolation", "chroot", "--file", str(dockerfile), "--tag", name]
-        access = pip_access() if pypi else {}
+        access, ca_bundle = pip_access() if pypi else ({}, None)
         argv += [a for k, v in {**access, **build_args}.items() for a in ("--build-arg", f"{k}={v}")]
         argv += [a for k, v in labels.items() for a in ("--label", f"{k}={v}")]
-        if pypi:
-            argv += ["--volume", f"{HOST_CA_BUNDLE}:{HOST_CA_BUNDLE}:ro"]
+        if ca_bundle:
+            argv += ["--volume", f"{ca_bundle}:{IMAGE_CA_BUNDLE}:ro"]
         buildah(*argv, str(context))
 
     return _cached(repository, key, build)
@@ -324,20 +367,35 @@ def debian_suite() -> str:
     return platform.freedesktop_os_release()["VERSION_CODENAME"]
 
 
-def debian_sources(suite: str) -> list[str]:
+@functools.cache
+def debian_sources(suite: str) -> tuple[str, ...]:
     """One-line apt sources for `suite` and its -updates/-security suites, as the machine's apt
-    configuration has them (`apt-get indextargets`): the image comes from the mirror the host uses."""
-    listed = subprocess.run(["apt-get", "indextargets", "--format", "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"],
+    configuration has them: the image comes from the mirror the host uses. (Asked once per process:
+    apt takes a second or two to answer.)"""
+    listed = subprocess.run(["apt-get", "indextargets", "--format", INDEXTARGETS_FORMAT],
                             capture_output=True, text=True, check=True, timeout=60).stdout
+    sources = sources_of_suite(listed, suite)
+    if not sources:
+        raise BuildError(f"apt on this machine has no source for {suite}")
+    return tuple(sources)
+
+
+INDEXTARGETS_FORMAT = "$(TARGET_OF) $(REPO_URI) $(RELEASE) $(COMPONENT)"
+
+
+def sources_of_suite(indextargets: str, suite: str) -> list[str]:
+    """`deb URI SUITE COMPONENTS...` lines from `apt-get indextargets --format INDEXTARGETS_FORMAT`
+    output, for `suite` and its -updates and -security suites (other repositories left out); none
+    when `suite` itself is missing."""
     components: dict[tuple[str, str], list[str]] = {}
-    for line in listed.splitlines():
+    for line in indextargets.splitlines():
         target_of, uri, release, component = (line.split() + ["", "", "", ""])[:4]
         if target_of == "deb" and release in (suite, f"{suite}-updates", f"{suite}-security"):
             found = components.setdefault((uri, release), [])
             if component and component not in found:
                 found.append(component)
     if not any(release == suite for _, release in components):
-        raise BuildError(f"apt on this machine has no source for {suite}")
+        return []
     return [f"deb {uri} {release} {' '.join(sorted(comps))}" for (uri, release), comps in sorted(components.items())]
 
 
@@ -353,23 +411,41 @@ def base_image() -> Image:
     config = ImageConfig(cmd=("python3",), env=(("LANG", "C.UTF-8"),))
 
     def build(name: str) -> None:
-        with tempfile.TemporaryDirectory(prefix="rootfs-", dir=images_root()) as scratch:
+        with tempfile.TemporaryDirectory(prefix=SCRATCH_PREFIX, dir=images_root()) as scratch:
             rootfs = Path(scratch) / "rootfs.tar"
+            # its chroot in the scratch folder too, so a killed run's mounts are found there
             result = subprocess.run([*mmdebstrap, suite, str(rootfs), *sources], capture_output=True, text=True,
-                                    timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL)
+                                    timeout=BUILD_TIMEOUT, stdin=subprocess.DEVNULL, env={**os.environ, "TMPDIR": scratch})
             if result.returncode != 0:
                 raise BuildError(f"mmdebstrap failed ({result.returncode}):\n{result.stderr[-6000:]}")
             _commit_from_scratch(name, {}, config, rootfs_tar=rootfs)
 
-    return _cached("flowkeeper-base", content_key("base", suite, mmdebstrap, sources, asdict(config)), build)
+    return _cached("flowkeeper-base", content_key("base", suite, mmdebstrap, list(sources), asdict(config)), build)
+
+
+def relabelled(image: Image, labels: Mapping[str, str]) -> Image:
+    """`image` with `labels` added: the same layers (and an empty one: a commit always adds a layer)
+    and program, a different image (id and tag), without a rebuild."""
+    def build(name: str) -> None:
+        load(image)
+        container = buildah("from", "--quiet", "--pull-never", image.name).strip()
+        try:
+            buildah("config", *[a for k, v in labels.items() for a in ("--label", f"{k}={v}")], container)
+            buildah("commit", "--quiet", "--rm", container, name)
+        except BaseException:
+            with contextlib.suppress(BuildError):
+                buildah("rm", container)
+            raise
+
+    return _cached(image.repository.removeprefix("localhost/"), content_key("relabelled", image.id, sorted(labels.items())), build)
 
 
 def operator_image(revision: str | None = None) -> Image:
-    """operator/Dockerfile built FROM base_image(). A `revision` makes a different image of the same
-    code (a label differs, so its id and tag differ): what an upgrade test rolls out."""
+    """operator/Dockerfile built FROM base_image(). A `revision` gives a changed image of the same
+    code (label REVISION_LABEL differs, so do its id and tag): what an upgrade test rolls out."""
     base = base_image()
-    labels = {"io.flowkeeper.test.revision": revision} if revision else {}
-    return dockerfile_image("flowkeeper", REPO, OPERATOR_DOCKERFILE, build_args={"BASE": base.name}, labels=labels, bases=[base])
+    image = dockerfile_image("flowkeeper", REPO, OPERATOR_DOCKERFILE, build_args={"BASE": base.name}, bases=[base])
+    return relabelled(image, {REVISION_LABEL: revision}) if revision else image
 
 
 def remove_cache() -> None:

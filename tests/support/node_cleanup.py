@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tests.support import netns
+from tests.support.node_config import cri_sandboxes
 
 CGROUP_FS = Path("/sys/fs/cgroup")
 CNI_RESULTS = Path("/var/lib/cni/results")  # libcni's cache: containerd 1.6 does not move it
@@ -160,6 +161,24 @@ def kill_until_gone(find: Callable[[], Iterable[int]], timeout: float = 20) -> N
 # ------------------------------------------------------------------------------------------ files
 
 
+def sandbox_id_of_result(name: str, network: str) -> str | None:
+    """The sandbox id in a CNI cache file name `<network>-<sandbox id>-<interface>`, else None."""
+    if not name.startswith(network + "-"):
+        return None
+    sandbox_id, _, interface = name[len(network) + 1:].rpartition("-")
+    return sandbox_id if sandbox_id and interface else None
+
+
+def run_sandbox_ids(run: NodeRun) -> list[str]:
+    """The pod sandboxes of `run`: containerd's folders of them, and the ones its network's CNI cache
+    names (a sandbox being removed when the run stopped may be in only one of the two)."""
+    sandboxes = cri_sandboxes(Path(run.root))
+    ids = [p.name for p in sandboxes.iterdir()] if sandboxes.is_dir() else []
+    if CNI_RESULTS.is_dir():
+        ids += [i for p in CNI_RESULTS.iterdir() if (i := sandbox_id_of_result(p.name, run.cni_network))]
+    return ids
+
+
 def unmount_under(root: str) -> None:
     """Unmounts everything at or below `root`, deepest first; a busy mount is detached."""
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -202,6 +221,7 @@ def clear(run: NodeRun) -> None:
         found = shim_arguments(_cmdline(pid))
         if found and found[0] == run.containerd_socket:
             sockets.append(shim_socket(*found))
+    sandbox_ids = set(run_sandbox_ids(run))
     kill_until_gone(lambda: netns.namespace_pids(run.netns))
     kill_until_gone(lambda: cgroup_pids(run.cgroup))
     for socket_path in sockets:
@@ -212,6 +232,8 @@ def clear(run: NodeRun) -> None:
     if CNI_RESULTS.is_dir():
         for entry in CNI_RESULTS.glob(f"{run.cni_network}-*"):
             entry.unlink(missing_ok=True)
+        for sandbox_id in sandbox_ids:  # the loopback network containerd adds to every sandbox
+            (CNI_RESULTS / f"cni-loopback-{sandbox_id}-lo").unlink(missing_ok=True)
     if CONTAINER_LOG_LINKS.is_dir():
         for link in CONTAINER_LOG_LINKS.iterdir():
             if link.is_symlink() and os.readlink(link).startswith(run.pod_logs.rstrip("/") + "/"):
@@ -219,6 +241,16 @@ def clear(run: NodeRun) -> None:
     remove_tree(Path(run.root))
     remove_tree(Path(run.socket_dir))
     run.record.unlink(missing_ok=True)
+    if not any(netns.pid_alive(int(p.stem)) for p in records_dir().glob("*.json") if p.stem.isdigit()):
+        remove_empty_machine_folders()
+
+
+def remove_empty_machine_folders() -> None:
+    """The machine-wide folders containerd, the CNI plugins and the kubelet make on first use, when
+    nothing is in them (rmdir fails on a folder that has anything: another runtime's is kept)."""
+    for folder in (SHIM_SOCKETS, SHIM_SOCKETS.parent, CNI_RESULTS, CNI_RESULTS.parent, CONTAINER_LOG_LINKS):
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def clear_stale() -> list[int]:

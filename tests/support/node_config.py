@@ -17,6 +17,15 @@ CNI_BIN_DIR = Path("/usr/lib/cni")  # Debian's containernetworking-plugins
 KUBELET_PORT = 10250
 
 
+def containerd_root(node_root: Path) -> Path:
+    return node_root / "containerd" / "root"
+
+
+def cri_sandboxes(node_root: Path) -> Path:
+    """Where containerd's CRI plugin keeps a folder per pod sandbox (named by the sandbox's id)."""
+    return containerd_root(node_root) / "io.containerd.grpc.v1.cri" / "sandboxes"
+
+
 @dataclass(frozen=True)
 class NodeLayout:
     """Where one node keeps everything, and the names and addresses it was given."""
@@ -64,7 +73,7 @@ def containerd_config(layout: NodeLayout) -> str:
     c = layout.root / "containerd"
     cri = 'plugins."io.containerd.grpc.v1.cri"'
     return f"""version = 2
-root = {_toml(str(c / "root"))}
+root = {_toml(str(containerd_root(layout.root)))}
 state = {_toml(str(layout.containerd_state))}
 disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshotter.v1.btrfs",
   "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.zfs",

@@ -177,6 +177,7 @@ class RealNode:
         pause = pause_image()
         self.timings["binaries_and_pause_image"] = time.monotonic() - began
 
+        began = time.monotonic()
         self.run.save()  # before anything is made: a kill from here on is cleared by the next start
         self.root.mkdir(parents=True, exist_ok=True)
         self.socket_dir.mkdir(mode=0o700, exist_ok=True)
@@ -212,6 +213,7 @@ class RealNode:
         proxy_yaml = self.root / "kube-proxy.yaml"
         proxy_yaml.write_text(yaml.safe_dump(kube_proxy_config(layout, kubeconfigs["kube-proxy"])))
 
+        self.timings["namespace_cgroups_credentials_configs"] = time.monotonic() - began
         began = time.monotonic()
         containerd = self._run("containerd", ["containerd", f"--config={containerd_toml}"])
         wait_until(lambda: bool(self.ctr("version", timeout=5)), 60, "containerd", containerd)

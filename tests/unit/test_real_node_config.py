@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.support import netns
-from tests.support.node_cleanup import mounts_under, shim_arguments, shim_socket
+from tests.support.node_cleanup import mounts_under, sandbox_id_of_result, shim_arguments, shim_socket
 from tests.support.node_config import (
     NodeLayout,
     cni_config,
@@ -143,3 +143,9 @@ def test_free_subnet_is_in_the_pool_and_overlaps_nothing_used(used_octets: list[
 def test_free_subnet_fails_when_the_pool_is_full() -> None:
     with pytest.raises(RuntimeError):
         netns.free_subnet(ipaddress.ip_network("10.214.0.0/23"), 24, [ipaddress.ip_network("10.214.0.0/23")])
+
+
+def test_sandbox_id_of_a_cni_cache_file_name() -> None:
+    assert sandbox_id_of_result("fknode-42-abc123-eth0", "fknode-42") == "abc123"
+    assert sandbox_id_of_result("fknode-420-abc123-eth0", "fknode-42") is None
+    assert sandbox_id_of_result("cni-loopback-abc123-lo", "fknode-42") is None

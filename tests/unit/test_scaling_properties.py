@@ -244,3 +244,28 @@ def test_extreme_durations_and_rates_never_raise(
     sig = FlowSignals(observed_at=NOW, queue_depth=queue_depth, throughput=throughput)
     decision = run(unchecked, sig, current, memory, ready)
     assert floor(spec) <= decision.desired_replicas <= cap(spec)
+
+
+unusable_or_not = st.none() | signals | fresh_signals(st.none() | st.just(math.nan))
+
+
+@PROPERTY
+@given(spec=specs(), sig=unusable_or_not, current=currents, memory=memories, ready=st.integers(0, 60))
+def test_a_reused_reading_decides_alike_but_is_no_new_observation(
+    spec: ScalingSpec, sig: FlowSignals | None, current: int, memory: ScalingMemory, ready: int
+) -> None:
+    """The last pass's signals planned again after a watch event: same replicas, but no failure counted
+    towards the fallback, no recommendation added to the windows, no activity seen for idleAfter."""
+    fresh = decide(spec, sig, current_replicas=current, ready_replicas=ready, memory=memory, now=NOW)
+    reused = decide(spec, sig, current_replicas=current, ready_replicas=ready, memory=memory, now=NOW, fresh=False)
+    assert reused.desired_replicas == fresh.desired_replicas or not fresh.metrics_available
+    assert reused.metrics_available == fresh.metrics_available
+    if memory.recommendations:
+        assert reused.memory.recommendations == memory.recommendations
+    if fresh.metrics_available:
+        assert reused.memory.metrics_failures == 0
+        if memory.last_active_at is not None:
+            assert reused.memory.last_active_at == memory.last_active_at
+    else:
+        assert fresh.memory.metrics_failures == memory.metrics_failures + 1
+        assert reused.memory.metrics_failures == max(1, memory.metrics_failures)

@@ -23,12 +23,14 @@ from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
 from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
+from flowkeeper.controller.readings import Reading
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import ownership
-from flowkeeper.domain.errors import FlowkeeperError
+from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.redrive import replicas_cap
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
+from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper.controller")
@@ -75,6 +77,7 @@ class FlowController:
         self.conflict_hold_off = conflict_hold_off
         self.memory: dict[str, FlowMemory] = {}  # by flow UID
         self.read_failures: dict[str, int] = {}  # flow UID -> transient signal reads failed in a row
+        self.readings: dict[str, Reading] = {}  # flow UID -> its last signals read afresh
         self.prometheus_down = False
         self.random = random.Random()
         self.passes = 0
@@ -113,7 +116,7 @@ class FlowController:
             due = self.store.take_due(self.monotonic())
             if due:
                 try:
-                    await self.run_pass(due)
+                    await self.run_pass(due, by_event=self.store.due_by_event)
                 except Exception:  # noqa: BLE001 - one bad pass must not end the loop for every flow
                     # The flows were already scheduled again by take_due; the next pass retries them.
                     log.exception("pass failed", extra={"stage": "pass", "outcome": "error", "flows": len(due)})
@@ -129,9 +132,10 @@ class FlowController:
     def _forget_plans(self) -> None:
         """What a standby knew from an earlier term may be stale by the time it leads again; the
         state that matters (pause, replicas to restore) lives in the flows' status anyway."""
-        if self.memory or self.read_failures:
+        if self.memory or self.read_failures or self.readings:
             self.memory.clear()
             self.read_failures.clear()
+            self.readings.clear()
             self.executor.forget(set())
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
         self.flow_gauges.forget()
@@ -165,16 +169,19 @@ class FlowController:
         except FlowkeeperError as exc:
             log.warning("resync listing failed", extra={"reason": exc.reason, "stage": "resync", "outcome": "retry"})
 
-    async def run_pass(self, flows: list[FlowRecord]) -> None:
+    async def run_pass(self, flows: list[FlowRecord], by_event: frozenset[str] = frozenset()) -> None:
+        """`by_event`: the flows a watch event made due; their last reading may serve (readings.py)."""
         pass_id = uuid.uuid4().hex[:12]
         with tracing.pass_span(pass_id, len(flows)):
-            await self._run_pass(pass_id, flows)
+            await self._run_pass(pass_id, flows, by_event)
 
-    async def _run_pass(self, pass_id: str, flows: list[FlowRecord]) -> None:
+    async def _run_pass(self, pass_id: str, flows: list[FlowRecord], by_event: frozenset[str]) -> None:
         started = time.monotonic()
+        reused = self._reusable_readings(flows, by_event, self.monotonic())
+        to_read = [f for f in flows if f.uid not in reused] if reused else flows
         with tracing.action_span("read_signals", "", ""):
-            read = await self._read_signals(flows)
-        outage = await self._note_outage(flows, read)
+            read = await self._read_signals(to_read)
+        outage = await self._note_outage(to_read, read)
         now, mono = self.wall_clock(), self.monotonic()
         for i, taken in enumerate(flows):
             if i and i % YIELD_EVERY == 0:
@@ -184,7 +191,7 @@ class FlowController:
             if flow is None or flow.uid in self.writing:
                 continue  # deleted during the read, or its last plan is still being written
             target = self.store.target_of(flow)
-            flow_plan = self._plan(flow, target, read, outage, now, mono)
+            flow_plan = self._plan(flow, target, read, reused.get(flow.uid), outage, now, mono)
             self._write(flow, target, flow_plan, pass_id)
         self._back_off_failed_reads(read, mono)
         self._after_pass()
@@ -194,7 +201,7 @@ class FlowController:
         # Routine: at DEBUG. What a pass changed is logged by the executor at INFO.
         log.debug(
             "pass done",
-            extra={"pass_id": pass_id, "stage": "pass", "flows": len(flows), "queries": read.queries if read else 0,
+            extra={"pass_id": pass_id, "stage": "pass", "flows": len(flows), "reused": len(reused), "queries": read.queries if read else 0,
                    "seconds": round(time.monotonic() - started, 4)},
         )
 
@@ -212,12 +219,35 @@ class FlowController:
         if self.writing:
             await asyncio.wait(list(self.writing.values()), timeout=timeout)
 
-    def _plan(self, flow: FlowRecord, target: TargetRecord | None, read: PassResult | None, outage: bool, now: float, mono: float) -> Plan:
+    def _reusable_readings(self, flows: list[FlowRecord], by_event: frozenset[str], now: float) -> dict[str, FlowSignals]:
+        if self.signals is None or not by_event:
+            return {}
+        reused = {}
+        for flow in flows:
+            reading = self.readings.get(flow.uid) if flow.uid in by_event else None
+            if reading is not None and reading.still_serves(flow, self.store.target_of(flow), now):
+                reused[flow.uid] = reading.signals
+        return reused
+
+    def _plan(
+        self, flow: FlowRecord, target: TargetRecord | None, read: PassResult | None, reused: FlowSignals | None,
+        outage: bool, now: float, mono: float,
+    ) -> Plan:
+        if reused is not None:
+            signals, failure = reused, None
+        else:
+            signals = read.signals.get(flow.uid) if read else None
+            failure = read.failures.get(flow.uid) if read else None
+            if signals is not None and failure is None and target is not None and signals.backlog_unanswered is None:
+                self.readings[flow.uid] = Reading.of(signals, flow, target, mono)
+            else:
+                self.readings.pop(flow.uid, None)
         inputs = Inputs(
             flow=flow,
             target=target,
-            signals=read.signals.get(flow.uid) if read else None,
-            failure=read.failures.get(flow.uid) if read else None,
+            signals=signals,
+            failure=failure,
+            fresh_signals=reused is None,
             metrics_enabled=self.signals is not None,
             memory=self.memory.get(flow.uid, FlowMemory()),
             monotonic=mono,
@@ -242,6 +272,8 @@ class FlowController:
         if self.signals is None:
             return None
         targets = [FlowTarget(f.uid, f.namespace, f.name, f.spec) for f in flows if f.spec is not None]
+        if not targets:  # every flow of the pass planned again on its last reading
+            return PassResult(signals={}, failures={}, queries=0, seconds=0.0)
         result = await asyncio.to_thread(self.signals.collect, targets)
         metrics.PROMETHEUS_QUERIES.inc(result.queries)
         for failure in result.failures.values():
@@ -256,7 +288,7 @@ class FlowController:
         on_default = [f.uid for f in flows if f.spec is not None and f.spec.metrics.server is None]
         if not on_default:
             return self.prometheus_down
-        failed = [read.failures.get(uid) for uid in on_default]
+        failed = [read.failures.get(uid) or _backlog_unanswered(read.signals.get(uid)) for uid in on_default]
         down = all(f is not None and f.error_class.value == "transient" for f in failed)
         metrics.PROMETHEUS_UP.set(0 if down else 1)
         if down != self.prometheus_down:
@@ -318,10 +350,20 @@ class FlowController:
         live = set(self.store.flows)
         for key in self.memory.keys() - live:
             del self.memory[key]
+        for key in self.readings.keys() - live:
+            del self.readings[key]
         self.executor.forget(live)
         self.flow_gauges.forget(live)
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())
         metrics.record_flow_phases(counts)
+
+
+def _backlog_unanswered(signals: FlowSignals | None) -> SignalsFailure | None:
+    """A read whose backlog query Prometheus did not answer (timed out, not asked by the deadline)
+    counts towards an outage like a failed one: every flow's backlog query is the same batched query."""
+    if signals is None or signals.backlog_unanswered is None:
+        return None
+    return SignalsFailure(ErrorClass.transient, signals.backlog_unanswered, signals.unread.get("queue_depth", "the backlog was not read"))
 
 
 async def _wait_any(events: list[asyncio.Event | None], timeout: float) -> None:

@@ -5,6 +5,9 @@ A flow is due every pollInterval, on the interval's grid so that flows sharing a
 together and one batched Prometheus pass serves them all, and at once when something it depends on
 changes. A retry after a failed write sets a `not_before` that events cannot bring forward: backoff
 really spaces the retries.
+
+Each take also tells which flows an event brought forward (`by_event`): their last reading of signals
+may still serve (controller/readings.py); a flow due on its own interval is always read afresh.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ class DueQueue:
         self._due: dict[str, float] = {}  # key -> next time it is due
         self._not_before: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []
+        self._woken: set[str] = set()  # keys whose pending due time an event (or a write retry) set
+        self.by_event: frozenset[str] = frozenset()  # of the keys the last take_due returned
 
     def __contains__(self, key: str) -> bool:
         return key in self._due
@@ -31,20 +36,24 @@ class DueQueue:
         if self._due.get(key, math.inf) <= at:
             return
         self._set(key, at)
+        self._woken.add(key)
 
     def retry_at(self, key: str, at: float) -> None:
         """Due exactly at `at`, later or earlier, and not before it, whatever happens meanwhile."""
         self._not_before[key] = at
         self._set(key, at)
+        self._woken.add(key)  # a write to retry, not a reading to renew
 
     def postpone(self, key: str, at: float) -> None:
         """Due at `at`, later or earlier; a later mark_due may still bring it forward."""
         self._not_before.pop(key, None)
         self._set(key, at)
+        self._woken.discard(key)  # postponed reads (a failing Prometheus) are read afresh
 
     def forget(self, key: str) -> None:
         self._due.pop(key, None)
         self._not_before.pop(key, None)
+        self._woken.discard(key)
 
     def take_due(self, now: float, interval_of) -> list[str]:
         """Keys whose time has come; each is scheduled again after its own interval."""
@@ -56,6 +65,8 @@ class DueQueue:
             del self._due[key]
             self._not_before.pop(key, None)
             due.append(key)
+        self.by_event = frozenset(key for key in due if key in self._woken)
+        self._woken.difference_update(due)
         for key in due:
             interval = max(MIN_INTERVAL, interval_of(key))
             self._set(key, (math.floor(now / interval) + 1) * interval)

@@ -264,6 +264,12 @@ class ClusterStore:
         uids = self.schedule.take_due(now, self._interval_of)
         return [self.flows[uid] for uid in uids if uid in self.flows]
 
+    @property
+    def due_by_event(self) -> frozenset[str]:
+        """Of the flows the last take_due returned, those a watch event (or a write retry) made due
+        before their interval came round."""
+        return self.schedule.by_event
+
     def seconds_until_next(self, now: float) -> float | None:
         return self.schedule.seconds_until_next(now)
 

@@ -78,6 +78,9 @@ class Inputs:
     target: TargetRecord | None
     signals: FlowSignals | None = None  # None: not read (no Prometheus configured, or the read failed)
     failure: SignalsFailure | None = None
+    # False: `signals` is the last pass's reading, planned again after a watch event; it is not a new
+    # observation (no failure counted, no recommendation remembered, no activity seen).
+    fresh_signals: bool = True
     metrics_enabled: bool = False
     memory: FlowMemory = field(default_factory=FlowMemory)
     # After a resume, configuration errors counted before the pause still show in rate() windows.
@@ -244,6 +247,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         ready_replicas=target.ready_replicas,
         memory=memory.scaling,
         now=mono,
+        fresh=inputs.fresh_signals,
     )
     memory = _evolve(memory, scaling=decision.memory)
     desired = _capped(decision.desired_replicas, current, inputs.replicas_cap)
@@ -430,7 +434,16 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
     signals = inputs.signals
     unread = dict(signals.unread) if signals is not None else {}
     if not decision.metrics_available:
-        if "queue_depth" in unread:
+        if signals is not None and signals.backlog_unanswered is not None:
+            # Prometheus did not answer the backlog query: its trouble, said like a failed read.
+            if failures_reached:
+                out.condition(
+                    cond.METRICS_AVAILABLE, False, signals.backlog_unanswered, f"not read: {_unread_text(unread)}; {holding}",
+                    event=not inputs.outage,
+                )
+            else:
+                out.keep(cond.METRICS_AVAILABLE, "SignalsPending", "the flow's backlog has not been read yet")
+        elif "queue_depth" in unread:
             # An impossible backlog is a broken exporter or query: said at once, never acted on.
             out.condition(cond.METRICS_AVAILABLE, False, "ImpossibleValue", f"not used: {_unread_text(unread)}; {holding}", event=True)
         elif failures_reached:

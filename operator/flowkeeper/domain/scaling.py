@@ -60,7 +60,10 @@ def decide(
     ready_replicas: int,
     memory: ScalingMemory,
     now: float,
+    fresh: bool = True,
 ) -> ScalingDecision:
+    """`fresh=False`: the signals were already judged by an earlier pass (a reading reused after a
+    watch event): the decision is the same function of them, but they count as no new observation."""
     bounds = _Bounds.of(spec)
     if not memory.recommendations:
         # Restart safety: a fresh memory behaves as if the current count had been recommended just now,
@@ -68,9 +71,9 @@ def decide(
         memory = replace(memory, recommendations=((now, current_replicas),))
     problem = _unusable(spec, signals, now)
     if problem is not None:
-        return _hold(spec, bounds, problem, current_replicas, memory, now)
+        return _hold(spec, bounds, problem, current_replicas, memory, now, fresh)
     assert signals is not None and signals.queue_depth is not None  # _unusable checked both
-    return _scale(spec, bounds, signals, signals.queue_depth, current_replicas, ready_replicas, memory, now)
+    return _scale(spec, bounds, signals, signals.queue_depth, current_replicas, ready_replicas, memory, now, fresh)
 
 
 @dataclass(frozen=True)
@@ -108,12 +111,12 @@ def _unusable(spec: ScalingSpec, signals: FlowSignals | None, now: float) -> str
 
 
 def _hold(
-    spec: ScalingSpec, bounds: _Bounds, problem: str, current: int, memory: ScalingMemory, now: float
+    spec: ScalingSpec, bounds: _Bounds, problem: str, current: int, memory: ScalingMemory, now: float, fresh: bool
 ) -> ScalingDecision:
     """Without a backlog nothing goes down (KEDA #3065 read an empty result as 0). After afterFailures
     passes in a row the fallback may raise the count, also from zero (KEDA #7239 skips it there).
     Only the bounds, which the user declared, may lower it."""
-    failures = memory.metrics_failures + 1
+    failures = memory.metrics_failures + 1 if fresh else max(1, memory.metrics_failures)
     after = spec.fallback.after_failures
     fallback_active = failures >= after
     if fallback_active and spec.fallback.replicas is not None:
@@ -133,7 +136,7 @@ def _hold(
         memory=ScalingMemory(
             # The held count counts as a recommendation: when metrics return, going down from a fallback
             # count waits a full scale-down window, so fallback and recovery do not flap (KEDA #4249).
-            recommendations=_remember(spec, memory.recommendations, now, desired),
+            recommendations=_remember(spec, memory.recommendations, now, desired) if fresh else memory.recommendations,
             metrics_failures=failures,
             # Unknown is not idle: a metrics outage never counts towards idleAfter.
             last_active_at=now,
@@ -160,6 +163,7 @@ def _scale(
     ready: int,
     memory: ScalingMemory,
     now: float,
+    fresh: bool,
 ) -> ScalingDecision:
     targets = _targets(spec, signals, queue_depth, current, ready)
     driver = max(targets, key=lambda target: target.replicas)  # on a tie the first listed: backlog
@@ -182,7 +186,7 @@ def _scale(
     if stepped != stabilized:
         notes.append(f"step limit {stepped - current:+d}")
 
-    working = queue_depth > 0 or (signals.throughput or 0) > 0
+    working = fresh and (queue_depth > 0 or (signals.throughput or 0) > 0)
     # A restarted operator has not seen the flow idle yet: its idle time starts now.
     last_active_at = now if working or memory.last_active_at is None else memory.last_active_at
     desired, zero_note = _zero_rules(spec, queue_depth, current, stepped, idle_for=now - last_active_at)
@@ -200,7 +204,7 @@ def _scale(
         metrics_available=True,
         fallback_active=False,
         memory=ScalingMemory(
-            recommendations=_remember(spec, memory.recommendations, now, recommended),
+            recommendations=_remember(spec, memory.recommendations, now, recommended) if fresh else memory.recommendations,
             metrics_failures=0,
             last_active_at=last_active_at,
         ),

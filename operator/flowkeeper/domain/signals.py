@@ -62,6 +62,10 @@ class FlowSignals:
     # Signals that have no value this pass although they were asked for, and why (a query that timed
     # out, a value that cannot be true): FlowSignals field name -> reason for people.
     unread: dict[str, str] = field(default_factory=dict)
+    # Why the backlog itself has no value when its query got no answer (PrometheusTimeout,
+    # PrometheusPassTimeout, ...): Prometheus' trouble, not the flow's, and one incident when it hits
+    # every flow (controller/loop.py), not a Warning per flow.
+    backlog_unanswered: str | None = None
 
     def __post_init__(self) -> None:
         # NaN and infinities from Prometheus mean "no value"; a value that cannot be true (a negative
@@ -88,7 +92,7 @@ class FlowSignals:
 
 # The fields that hold a reading (a number or None), named once: __post_init__ runs for every flow
 # of every pass.
-_READINGS = tuple(f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread"))
+_READINGS = tuple(f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread", "backlog_unanswered"))
 
 
 

@@ -165,6 +165,7 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
     invalid: dict[str, str] = {}
     unread: dict[str, str] = {}
     problems: list[QueryProblem] = []
+    backlog_unanswered: str | None = None
     for read in reads:
         answer = answers.get(read.query)
         try:
@@ -187,9 +188,11 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
             unread[read.signal] = f"{describe(read)}: {problem.message}"
             if read.base is None:
                 problems.append(problem)
+                if read.signal == "queue_depth":
+                    backlog_unanswered = _UNAVAILABLE_REASONS[problem.kind]
     if problems and not values and not invalid:
         return _failure(problems[0], from_flow_server)
-    return FlowSignals(observed_at=now, invalid_queries=invalid, unread=unread, **values)
+    return FlowSignals(observed_at=now, invalid_queries=invalid, unread=unread, backlog_unanswered=backlog_unanswered, **values)
 
 
 def _failure(problem: QueryProblem, from_flow_server: bool) -> SignalsFailure:

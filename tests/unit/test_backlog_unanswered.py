@@ -1,0 +1,86 @@
+"""A backlog query Prometheus did not answer (timed out, or not asked by the pass's deadline) is
+Prometheus' trouble: said with its reason like a failed read, never as an impossible value, and one
+operator-wide incident when it hits every flow, not a Warning per flow."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from flowkeeper.adapters.prometheus import PassResult
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble
+from flowkeeper.controller.loop import FlowController
+from flowkeeper.controller.store import ClusterStore
+from flowkeeper.domain.planner import FlowMemory, Inputs, plan
+from flowkeeper.domain.scaling import ScalingMemory
+from flowkeeper.domain.signals import FlowSignals
+from tests.unit.test_loop_debounce import Flows
+from tests.unit.test_planner_pause import NOW, condition, flow_with, signals
+from tests.unit.test_prometheus_queries import DEPTH, DERIVED, OWN, READS, series, vector
+from flowkeeper.domain.flow import flow_from_body, target_from_body
+from flowkeeper.api.v1alpha1 import DEPLOYMENT
+from tests.unit.test_store import deployment
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [(QueryProblem.TIMEOUT, "PrometheusTimeout"), (QueryProblem.NOT_ASKED, "PrometheusPassTimeout"), (QueryProblem.UNAVAILABLE, "PrometheusUnavailable")],
+)
+def test_the_reason_the_backlog_query_got_no_answer_is_kept(kind: str, reason: str) -> None:
+    read = assemble(READS, {DEPTH: QueryProblem(kind, "late"), OWN: vector(series("3")), DERIVED: vector()}, now=0)
+    assert isinstance(read, FlowSignals) and read.queue_depth is None and read.throughput == 3.0
+    assert read.backlog_unanswered == reason
+
+
+def test_an_answered_backlog_or_an_impossible_one_has_no_such_reason() -> None:
+    assert assemble(READS, {DEPTH: {("a",): 7.0}, OWN: vector(), DERIVED: vector()}, now=0).backlog_unanswered is None
+    assert assemble(READS, {DEPTH: {("a",): -7.0}, OWN: vector(), DERIVED: vector()}, now=0).backlog_unanswered is None
+    timed_out_other = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: QueryProblem(QueryProblem.TIMEOUT, "late"), DERIVED: None}, now=0)
+    assert timed_out_other.backlog_unanswered is None
+
+
+def _plan(sig: FlowSignals, *, failures: int, outage: bool):
+    return plan(
+        Inputs(
+            flow=flow_from_body(flow_with()),
+            target=target_from_body(deployment(replicas=3, ready=3), DEPLOYMENT),
+            signals=sig,
+            metrics_enabled=True,
+            memory=FlowMemory(scaling=ScalingMemory(metrics_failures=failures)),
+            outage=outage,
+        ),
+        now=NOW,
+    )
+
+
+def test_an_unanswered_backlog_holds_replicas_and_names_prometheus_not_the_value() -> None:
+    late = signals(queue_depth=None, backlog_unanswered="PrometheusTimeout", unread={"queue_depth": "queue depth: Prometheus did not answer in time"})
+    first = _plan(late, failures=0, outage=False)
+    assert first.scale_to is None and condition(first.status, "MetricsAvailable")["reason"] == "SignalsPending"
+    lasting = _plan(late, failures=10, outage=False)
+    metrics = condition(lasting.status, "MetricsAvailable")
+    assert lasting.scale_to is None
+    assert (metrics["status"], metrics["reason"]) == ("False", "PrometheusTimeout")
+    assert "did not answer in time" in metrics["message"]
+    assert [e.reason for e in lasting.events if e.type == "Warning"] == ["PrometheusTimeout"]
+    # The same for every flow: told once on the operator, not on each flow.
+    assert [e for e in _plan(late, failures=10, outage=True).events if e.type == "Warning"] == []
+
+
+class BacklogTimesOut:
+    def collect(self, targets):
+        late = FlowSignals(observed_at=0.0, throughput=1.0, backlog_unanswered="PrometheusPassTimeout",
+                           unread={"queue_depth": "queue depth: not asked: the signals pass reached its deadline (15s)"})
+        return PassResult({t.key: late for t in targets}, {}, 1, 0.0)
+
+
+def test_a_backlog_query_unanswered_for_every_flow_is_one_outage() -> None:
+    controller = FlowController(ClusterStore(), Flows(), BacklogTimesOut(), operator_ref={"kind": "Pod", "namespace": "ops", "name": "fk-0", "uid": "u"})
+
+    async def scenario() -> None:
+        controller.store.seed(*await controller._list())
+        await controller.run_pass(controller.store.take_due(controller.monotonic()))
+
+    asyncio.run(scenario())
+    assert controller.prometheus_down
