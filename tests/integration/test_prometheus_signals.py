@@ -161,61 +161,6 @@ def test_queue_growth_over_the_window(signals, fresh_exporter: MetricsExporter, 
     collect_until(signals, flows, check)
 
 
-def test_cpu_and_memory_per_workload(signals, fresh_exporter: MetricsExporter, unique: str) -> None:
-    u, e = unique, fresh_exporter
-    one, two = f"{u}-one", f"{u}-two"
-    # (namespace, workload kind, workload, pod, container, cpu cores used, cpu request, memory used, memory limit)
-    containers = [
-        (one, "Deployment", "worker", "worker-5d9f-a", "app", 0.2, 0.5, 100, 400),
-        (one, "Deployment", "worker", "worker-5d9f-a", "sidecar", 0.1, None, 50, None),  # no request: not counted
-        (one, "Deployment", "worker", "worker-5d9f-b", "app", 0.3, 0.5, 200, 400),
-        (one, "Deployment", "api", "api-77c4-a", "app", 0.1, 0.25, 64, 256),
-        (two, "Deployment", "worker", "worker-81ab-a", "app", 0.9, 1.0, 512, 1024),  # same Deployment name, other namespace
-        # A StatefulSet named like the Deployment: its pods are its own (no ReplicaSet), kept apart by kind.
-        (one, "StatefulSet", "worker", "worker-0", "app", 0.6, 1.0, 300, 1000),
-        (one, "StatefulSet", "worker", "worker-1", "app", 0.2, 1.0, 100, 1000),
-        # An Argo Rollout: pods -> ReplicaSet -> Rollout, like a Deployment's.
-        (one, "Rollout", "canary", "canary-6b8c-a", "app", 0.15, 0.5, 128, 512),
-    ]
-    for namespace, kind, workload, pod, container, cpu, request, memory, limit in containers:
-        labels = {"namespace": namespace, "pod": pod, "container": container}
-        e.set_rate("container_cpu_usage_seconds_total", labels, cpu)
-        e.set("container_memory_working_set_bytes", labels, memory)
-        if request is not None:
-            e.set("kube_pod_container_resource_requests", {**labels, "resource": "cpu", "unit": "core"}, request)
-            e.set("kube_pod_container_resource_limits", {**labels, "resource": "memory", "unit": "byte"}, limit)
-        if kind == "StatefulSet":
-            e.set("kube_pod_owner", {"namespace": namespace, "pod": pod, "owner_kind": "StatefulSet", "owner_name": workload, "owner_is_controller": "true"}, 1)
-            continue
-        replicaset = pod.rsplit("-", 1)[0]
-        e.set("kube_pod_owner", {"namespace": namespace, "pod": pod, "owner_kind": "ReplicaSet", "owner_name": replicaset, "owner_is_controller": "true"}, 1)
-        e.set("kube_replicaset_owner", {"namespace": namespace, "replicaset": replicaset, "owner_kind": kind, "owner_name": workload}, 1)
-    # A Pending pod: requests, no usage yet. It must not dilute the ratio.
-    e.set("kube_pod_container_resource_requests", {"namespace": one, "pod": "worker-5d9f-c", "container": "app", "resource": "cpu"}, 0.5)
-    e.set("kube_pod_owner", {"namespace": one, "pod": "worker-5d9f-c", "owner_kind": "ReplicaSet", "owner_name": "worker-5d9f"}, 1)
-
-    rabbit = {"broker": "rabbitmq", "queue": "q"}
-    flows = [
-        flow("f1", rabbit, namespace=one, target="worker"),
-        flow("f2", rabbit, namespace=two, target="worker"),
-        flow("f3", rabbit, namespace=one, target="api"),
-        flow("f4", rabbit, namespace=one, target="worker", target_kind={"kind": "StatefulSet"}),
-        flow("f5", rabbit, namespace=one, target="canary", target_kind={"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout"}),
-    ]
-
-    def check(result: PassResult) -> None:
-        usage = {k: (s.cpu_utilization, s.memory_utilization) for k, s in result.signals.items()}
-        assert usage == {
-            f"{one}/f1": (approx(0.5), 0.375),
-            f"{two}/f2": (approx(0.9), 0.5),
-            f"{one}/f3": (approx(0.4), 0.25),
-            f"{one}/f4": (approx(0.4), 0.2),
-            f"{one}/f5": (approx(0.3), 0.25),
-        }
-
-    collect_until(signals, flows, check)
-
-
 # ---------------------------------------------------------------------------------------- the cost
 
 

@@ -273,10 +273,15 @@ class LocalCluster:
         """Environment for a child (kubectl, the operator) that should talk to this cluster."""
         return {**os.environ, "KUBECONFIG": str(self.kubeconfig_path)}
 
-    def env_for_service_account(self, namespace: str, name: str) -> dict[str, str]:
+    def service_account_token(self, namespace: str, name: str, duration: str = "1h") -> str:
+        """A token of ServiceAccount namespace/name from the TokenRequest API, as the kubelet mounts one."""
+        return self.kubectl("create", "token", name, "-n", namespace, f"--duration={duration}").stdout.strip()
+
+    def env_for_service_account(self, namespace: str, name: str, duration: str = "1h") -> dict[str, str]:
         """Environment whose kubeconfig carries a token of ServiceAccount namespace/name, issued by
-        the TokenRequest API like the kubelet mounts one into a Pod: requests run with its RBAC."""
-        token = self.kubectl("create", "token", name, "-n", namespace, "--duration=1h").stdout.strip()
+        the TokenRequest API like the kubelet mounts one into a Pod: requests run with its RBAC.
+        A process that outlives `duration` (a session-wide one) asks for a longer one."""
+        token = self.service_account_token(namespace, name, duration)
         path = self.workdir / f"kubeconfig-{namespace}-{name}"
         path.write_text(yaml.safe_dump(kubeconfig(self.server, self.pki, user=f"{namespace}-{name}", token=token)))
         return {**os.environ, "KUBECONFIG": str(path)}

@@ -33,9 +33,33 @@ def set_depth(exporter: MetricsExporter, queue: str, value: float) -> None:
     exporter.set("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": queue}, value)
 
 
-def statefulset_manifest(name: str, replicas: int) -> str:
+def container(name: str = "consumer", *, cpu_request: str | None = None, memory_limit: str | None = None) -> dict[str, Any]:
+    """A container of a kwok pod (the image is never pulled), with a CPU request and a memory limit
+    when given (the API defaults the memory request to the limit)."""
+    resources: dict[str, dict[str, str]] = {}
+    if cpu_request:
+        resources["requests"] = {"cpu": cpu_request}
+    if memory_limit:
+        resources["limits"] = {"memory": memory_limit}
+    return {"name": name, "image": "example/consumer:1", **({"resources": resources} if resources else {})}
+
+
+def _pod_template(name: str, containers: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {"metadata": {"labels": {"app": name}}, "spec": {"containers": containers or [container()]}}
+
+
+def deployment_manifest(name: str, replicas: int, containers: list[dict[str, Any]] | None = None) -> str:
+    """A Deployment whose pods kwok runs (one container `consumer` unless given)."""
+    return json.dumps({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}}, "template": _pod_template(name, containers)},
+    })
+
+
+def statefulset_manifest(name: str, replicas: int, containers: list[dict[str, Any]] | None = None) -> str:
     """A StatefulSet whose pods kwok runs; Parallel so that scaling does not wait pod by pod."""
-    labels = {"app": name}
     return json.dumps({
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -44,8 +68,8 @@ def statefulset_manifest(name: str, replicas: int) -> str:
             "replicas": replicas,
             "serviceName": name,
             "podManagementPolicy": "Parallel",
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "consumer", "image": "example/consumer:1"}]}},
+            "selector": {"matchLabels": {"app": name}},
+            "template": _pod_template(name, containers),
         },
     })
 

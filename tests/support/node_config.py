@@ -176,6 +176,9 @@ def kubelet_args(layout: NodeLayout, config: Path, kubeconfig: Path) -> list[str
         f"--config={config}", f"--kubeconfig={kubeconfig}", f"--root-dir={layout.kubelet_root}",
         f"--cert-dir={layout.kubelet_root / 'pki'}", f"--hostname-override={layout.name}",
         f"--node-ip={layout.node_ip}", f"--node-labels={labels}", "--v=1",
+        # cAdvisor's containerd plugin looks for the default socket: without this flag the kubelet's
+        # /metrics/cadvisor has pod cgroups only, no series per container (deprecated, still served).
+        f"--containerd={layout.containerd_socket}",
     ]
 
 

@@ -37,18 +37,23 @@ def find_tool(name: str) -> str:
     return found
 
 
-def _config(targets: Sequence[str], scrape_interval: str) -> str:
+def prometheus_config(
+    targets: Sequence[str], scrape_interval: str, jobs: Sequence[dict[str, Any]] = (), rule_files: Sequence[Path] = ()
+) -> str:
+    """prometheus.yml: the static targets under job `exporter`, then `jobs` (further scrape configs:
+    kube-state-metrics, a kubelet, ...) as their callers write them; rules evaluated every scrape."""
     # JSON is YAML: no dependency, no quoting surprises. honor_labels keeps exported labels such as
     # `namespace` or `job`-like names as the exporter wrote them, as for a federated source.
-    return json.dumps(
-        {
-            "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval, "scrape_timeout": scrape_interval},
-            "scrape_configs": [
-                {"job_name": "exporter", "honor_labels": True, "static_configs": [{"targets": list(targets)}]},
-            ],
-        },
-        indent=2,
-    )
+    config: dict[str, Any] = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval, "scrape_timeout": scrape_interval},
+        "scrape_configs": [
+            {"job_name": "exporter", "honor_labels": True, "static_configs": [{"targets": list(targets)}]},
+            *jobs,
+        ],
+    }
+    if rule_files:
+        config["rule_files"] = [str(path) for path in rule_files]
+    return json.dumps(config, indent=2)
 
 
 def _cleanup(process: Process, workdir: Path) -> None:
@@ -58,13 +63,17 @@ def _cleanup(process: Process, workdir: Path) -> None:
 
 class LocalPrometheus:
     def __init__(
-        self, targets: Sequence[str], *, scrape_interval: str = "1s", port: int | None = None, data_dir: Path | None = None
+        self, targets: Sequence[str], *, scrape_interval: str = "1s", port: int | None = None, data_dir: Path | None = None,
+        rule_files: Sequence[Path] = (),
     ) -> None:
         self.binary = find_tool("prometheus")
         self.port = port or free_port()
         self.workdir = Path(tempfile.mkdtemp(prefix="flowkeeper-prometheus-"))
         self.config_file = self.workdir / "prometheus.yml"
-        self.config_file.write_text(_config(targets, scrape_interval))
+        self._targets, self._scrape_interval = list(targets), scrape_interval
+        self._jobs: dict[str, dict[str, Any]] = {}
+        self._rule_files = list(rule_files)
+        self._write_config()
         self.process = Process(
             "prometheus",
             [
@@ -114,8 +123,30 @@ class LocalPrometheus:
         self.close()
 
     def set_targets(self, targets: Sequence[str], scrape_interval: str = "1s") -> None:
-        self.config_file.write_text(_config(targets, scrape_interval))
-        urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10).close()
+        self._targets, self._scrape_interval = list(targets), scrape_interval
+        self._reload()
+
+    def add_scrape_job(self, job: dict[str, Any]) -> None:
+        """Adds (or replaces, by job_name) a scrape config and reloads a running Prometheus."""
+        self._jobs[job["job_name"]] = job
+        self._reload()
+
+    def remove_scrape_job(self, job_name: str) -> None:
+        self._jobs.pop(job_name, None)
+        self._reload()
+
+    def _write_config(self) -> None:
+        self.config_file.write_text(prometheus_config(self._targets, self._scrape_interval, list(self._jobs.values()), self._rule_files))
+
+    def _reload(self) -> None:
+        self._write_config()
+        if self.process.running:  # a stopped one reads the file when it starts
+            urllib.request.urlopen(urllib.request.Request(f"{self.url}/-/reload", method="POST"), timeout=10).close()
+
+    def alerts(self) -> list[dict[str, Any]]:
+        """The alerts of the loaded rules, pending or firing, as /api/v1/alerts lists them."""
+        with self._get("/api/v1/alerts") as response:
+            return json.load(response)["data"]["alerts"]
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """The result of an instant query (raises on an error answer)."""

@@ -61,9 +61,14 @@ ROLLOUT_CRD: dict[str, Any] = {
 }
 
 
-def rollout_manifest(name: str, replicas: int) -> str:
+def rollout_manifest(name: str, replicas: int, containers: list[dict[str, Any]] | None = None) -> str:
     """A canary Rollout as Argo's documentation writes them (strategy, selector, pod template)."""
     labels = {"app": name}
+    containers = containers or [{
+        "name": "consumer",
+        "image": "example/consumer:1",
+        "resources": {"requests": {"memory": "32Mi", "cpu": "5m"}},
+    }]
     return json.dumps({
         "apiVersion": "argoproj.io/v1alpha1",
         "kind": "Rollout",
@@ -75,11 +80,7 @@ def rollout_manifest(name: str, replicas: int) -> str:
             "strategy": {"canary": {"steps": [{"setWeight": 20}, {"pause": {}}]}},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{
-                    "name": "consumer",
-                    "image": "example/consumer:1",
-                    "resources": {"requests": {"memory": "32Mi", "cpu": "5m"}},
-                }]},
+                "spec": {"containers": containers},
             },
         },
     })
@@ -91,3 +92,23 @@ def set_rollout_status(cluster, namespace: str, name: str, replicas: int, ready:
     cluster.kubectl(
         "patch", RESOURCE, name, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps({"status": status})
     )
+
+
+def rollout_replicaset_manifest(rollout: dict[str, Any], pod_hash: str) -> str:
+    """The ReplicaSet Argo's controller makes for a Rollout (`rollout`: the Rollout as the API server
+    returns it, for its uid): the Rollout's pod template under the `rollouts-pod-template-hash`
+    label, owned by the Rollout as its controller. The ReplicaSet controller then makes its pods."""
+    name, spec = rollout["metadata"]["name"], rollout["spec"]
+    labels = {**spec["selector"]["matchLabels"], "rollouts-pod-template-hash": pod_hash}
+    template = json.loads(json.dumps(spec["template"]))
+    template["metadata"] = {**template.get("metadata", {}), "labels": {**template.get("metadata", {}).get("labels", {}), **labels}}
+    owner = {
+        "apiVersion": rollout["apiVersion"], "kind": "Rollout", "name": name, "uid": rollout["metadata"]["uid"],
+        "controller": True, "blockOwnerDeletion": True,
+    }
+    return json.dumps({
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {"name": f"{name}-{pod_hash}", "labels": labels, "ownerReferences": [owner]},
+        "spec": {"replicas": spec["replicas"], "selector": {"matchLabels": labels}, "template": template},
+    })

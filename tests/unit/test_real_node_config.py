@@ -70,6 +70,7 @@ def test_kubelet_config_is_not_anonymous_and_registers_tainted() -> None:
     assert "--node-ip=10.213.0.2" in args and "--hostname-override=real-node-0" in args
     assert "--node-labels=flowkeeper.io/real-node=true" in args
     assert any(a.startswith("--root-dir=/work dir/node/") for a in args)
+    assert "--containerd=/tmp/fknode-42/containerd.sock" in args  # cAdvisor's per-container series
 
 
 def test_kube_proxy_config_uses_iptables_and_leaves_machine_wide_conntrack_alone() -> None:
