@@ -36,3 +36,11 @@ def test_allowed_servers_and_overrides_from_options_and_environment(monkeypatch:
 def test_a_server_that_is_not_a_base_url_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output, config = run(monkeypatch, "--allowed-prometheus-server=prometheus:9090")
     assert code == 2 and "--allowed-prometheus-server" in output and config is None
+
+
+def test_the_loop_stall_limit_from_option_or_environment_and_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(monkeypatch)[2].loop_stall_seconds == 180.0
+    assert run(monkeypatch, "--loop-stall-seconds=20")[2].loop_stall_seconds == 20.0
+    assert run(monkeypatch, env={"FLOWKEEPER_LOOP_STALL_SECONDS": "30"})[2].loop_stall_seconds == 30.0
+    code, output, config = run(monkeypatch, "--loop-stall-seconds=1")
+    assert code == 2 and "--loop-stall-seconds" in output and config is None
