@@ -172,6 +172,9 @@ def run(
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
         standalone=True,
+        # kopf's own id, unused without peering; given so that kopf does not look the user up: the
+        # image's user 65532 has no passwd entry, and getpass.getuser() fails for it.
+        identity=config.lease.identity if config.lease else socket.gethostname(),
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,
