@@ -10,13 +10,10 @@ The tests of this module run in order on one release (each leaves it as the next
 from __future__ import annotations
 
 import json
-import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
 import pytest
 
@@ -27,6 +24,7 @@ from tests.support.flows import Flow, flow_manifest, set_depth
 from tests.support.images import REVISION_LABEL, operator_image
 from tests.support.operator_release import (
     POD_READY_TIMEOUT,
+    LeaseTimeline,
     OperatorRelease,
     add_scrape_jobs,
     container_status,
@@ -57,7 +55,6 @@ class Setup:
     queue: str
     flow: Flow
     prometheus_url: str  # as the pods reach it: the relay on the node's veth pair
-    began: float = field(default_factory=time.time)
 
     def kubectl(self, *args: str, **kwargs):
         return self.cluster.kubectl(*args, **kwargs)
@@ -88,10 +85,11 @@ def setup(real_node_cluster: LocalCluster, real_node: RealNode, exporter: Metric
                 real_node_cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
 
-def service_account_can(setup: Setup, verb: str, resource: str, namespace: str | None) -> bool:
+def service_account_can(setup: Setup, verb: str, resource: str, namespace: str | None, subresource: str = "") -> bool:
     account = f"system:serviceaccount:{setup.release.namespace}:{setup.release.fullname}"
     where = ["-n", namespace] if namespace else ["--all-namespaces"]
-    answer = setup.kubectl("auth", "can-i", verb, resource, *where, f"--as={account}", check=False).stdout.strip()
+    extra = [f"--subresource={subresource}"] if subresource else []
+    answer = setup.kubectl("auth", "can-i", verb, resource, *extra, *where, f"--as={account}", check=False).stdout.strip()
     return answer == "yes"
 
 
@@ -121,9 +119,10 @@ def test_helm_install_runs_the_operator_on_the_real_node_as_the_chart_says(setup
         assert token.count(".") == 2  # a JWT
     # Least privilege, as the API server sees the ServiceAccount: flows and scaling in the watched
     # namespace, nothing in another, no Secrets listed anywhere.
-    assert service_account_can(setup, "patch", "deployments.apps/scale", setup.flows_namespace)
-    assert service_account_can(setup, "patch", "integrationflows.flowkeeper.io/status", setup.flows_namespace)
-    assert not service_account_can(setup, "patch", "deployments.apps/scale", "default")
+    assert service_account_can(setup, "patch", "deployments.apps", setup.flows_namespace, "scale")
+    assert not service_account_can(setup, "patch", "deployments.apps", setup.flows_namespace)  # only their scale
+    assert service_account_can(setup, "patch", "integrationflows.flowkeeper.io", setup.flows_namespace, "status")
+    assert not service_account_can(setup, "patch", "deployments.apps", "default", "scale")
     assert not service_account_can(setup, "list", "secrets", setup.flows_namespace)
     assert not service_account_can(setup, "get", "integrationflows.flowkeeper.io", None)
 
@@ -147,6 +146,8 @@ def test_it_serves_a_flow_from_a_real_signal_and_prometheus_scrapes_it_from_the_
     assert {s["metric"]["pod"]: s["value"][1] for s in gauges} == {name: "1" if name == leader else "0" for name in pods}
     scaled = setup.prometheus.wait_for(f'flowkeeper_kubernetes_writes_total{{job="{JOB}",kind="scale"}}', timeout=30)
     assert {s["metric"]["pod"] for s in scaled if float(s["value"][1]) > 0} == {leader}
+    # The kubelet has been probing all along: both Ready, liveness never failed (no restart).
+    assert all(is_ready(p) and container_status(p)["restartCount"] == 0 for p in setup.release.pods())
 
 
 @dataclass
@@ -242,3 +243,47 @@ def test_leadership_when_the_leader_container_is_killed_and_when_its_pod_is_forc
     by_step = writes_by_step(writes)
     assert len(set().union(*by_step.values())) >= 2, f"writes of one pod only: the check below saw no takeover {by_step}"
     assert all(len(pods) == 1 for pods in by_step.values()), {at: pods for at, pods in by_step.items() if len(pods) > 1}
+
+
+@pytest.mark.timeout(900)
+def test_helm_upgrade_to_a_changed_image_rolls_out_on_the_node_and_leadership_moves(setup: Setup) -> None:
+    changed = operator_image(revision="upgrade")
+    old_pods = {p["metadata"]["name"] for p in setup.release.pods()}
+    old_leader = setup.release.lease_holder()
+    setup.release.upgrade(changed)
+    setup.kubectl("rollout", "status", f"deployment/{setup.release.fullname}", "-n", setup.release.namespace, "--timeout=400s",
+                  timeout=420)
+    pods = setup.release.wait_ready(2)
+    assert not old_pods & {p["metadata"]["name"] for p in pods}
+    for pod in pods:
+        status = container_status(pod)
+        assert pod["spec"]["nodeName"] == NODE_NAME and status["image"] == changed.name and status["restartCount"] == 0
+        assert status["imageID"].endswith(changed.id.removeprefix("sha256:")), status["imageID"]
+    # The image the node runs is the changed one: its configuration carries the revision label.
+    config = json.loads(setup.node.ctr("content", "get", changed.id))
+    assert config["config"]["Labels"][REVISION_LABEL] == "upgrade"
+    leader = eventually(lambda: (h := setup.release.lease_holder()) in {p["metadata"]["name"] for p in pods} and h,
+                        timeout=2 * LEASE_DURATION + 30, what="a new pod leading")
+    assert leader != old_leader
+    setup.scale_to(2)  # and the flow is served by the new leader
+    setup.flow.wait_replicas(2, timeout=60)
+
+
+def test_helm_uninstall_removes_the_release_and_keeps_crds_and_flows(setup: Setup) -> None:
+    release = setup.release
+    release.uninstall()
+    selector = f"app.kubernetes.io/instance={release.name}"
+    assert not release.pods()
+    for kinds, where in (("all,serviceaccounts,roles,rolebindings,configmaps,poddisruptionbudgets", ["-n", release.namespace]),
+                         ("roles,rolebindings", ["-n", setup.flows_namespace]), ("clusterroles,clusterrolebindings", [])):
+        left = json.loads(setup.kubectl("get", kinds, *where, "-l", selector, "-o", "json").stdout)["items"]
+        assert not left, [f"{o['kind']}/{o['metadata']['name']}" for o in left]
+    assert release.helm("list", "-n", release.namespace, "--all", "-q").strip() == ""
+    secrets = json.loads(setup.kubectl("get", "secrets", "-n", release.namespace, "-o", "json").stdout)["items"]
+    assert not [s for s in secrets if s["metadata"]["name"].startswith("sh.helm.release")]
+    # The stopping replicas handed the Lease back on their way out (SIGTERM, a clean stop).
+    assert release.lease_holder() is None
+    # The CRDs and the flows stay: uninstalling the operator must not delete anyone's integrations.
+    setup.kubectl("get", "crd", "integrationflows.flowkeeper.io", "deadletterredrives.flowkeeper.io")
+    setup.kubectl("get", "integrationflow", "orders", "-n", setup.flows_namespace)
+    assert setup.flow.replicas() == 2  # and what it scaled stays as it was
