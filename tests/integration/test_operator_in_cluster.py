@@ -31,6 +31,7 @@ from tests.support.operator_release import (
     is_ready,
     PodDiscovery,
     query_range,
+    writes_by_step,
     relay_to_pods,
 )
 from tests.support.prometheus import LocalPrometheus
@@ -192,19 +193,17 @@ def force_delete(setup: Setup) -> Callable[[str, dict], None]:
     return act
 
 
-def writes_by_step(series: list[dict], step: float = 1.0) -> dict[float, set[str]]:
-    """From a range query of each pod's write counter: at each step, the pods whose counter moved. A
-    gap in a series is its target down (a container restarting), and a counter below its last value
-    a new process: either way the process after it counts from 0."""
-    writers: dict[float, set[str]] = {}
-    for one in series:
-        previous_at, previous = None, 0.0
-        for at, value in ((float(t), float(v)) for t, v in one["values"]):
-            restarted = previous_at is not None and (at - previous_at > 2 * step or value < previous)
-            if previous_at is not None and (value > previous or (restarted and value > 0)):
-                writers.setdefault(at, set()).add(one["metric"]["pod"])
-            previous_at, previous = at, value
-    return writers
+def assert_one_leader_and_writer(setup: Setup, since: float, writers_at_least: int) -> None:
+    """Prometheus' scrapes of the operator pods since `since`: at no step two replicas leading, nor
+    two pods' write counters moving; at least `writers_at_least` pods wrote (the check saw them)."""
+    time.sleep(3)  # the last scrapes
+    until = time.time()
+    leading = query_range(setup.prometheus, f'sum(flowkeeper_leader{{job="{JOB}"}})', since, until)
+    assert leading and max(float(v) for _, v in leading[0]["values"]) == 1.0
+    writes = query_range(setup.prometheus, f'sum by (pod) (flowkeeper_kubernetes_writes_total{{job="{JOB}"}})', since, until)
+    by_step = writes_by_step(writes)
+    assert len(set().union(*by_step.values())) >= writers_at_least, f"fewer pods wrote than expected: {by_step}"
+    assert all(len(pods) == 1 for pods in by_step.values()), {at: pods for at, pods in by_step.items() if len(pods) > 1}
 
 
 @pytest.mark.timeout(900)
@@ -238,19 +237,13 @@ def test_leadership_when_the_leader_container_is_killed_and_when_its_pod_is_forc
         print(takeover)
         assert takeover.first_write < 2 * LEASE_DURATION + 30
 
-    time.sleep(3)  # the last scrapes
-    ended = time.time()
-    leading = query_range(setup.prometheus, f'sum(flowkeeper_leader{{job="{JOB}"}})', ha_began, ended)
-    assert leading and max(float(v) for _, v in leading[0]["values"]) == 1.0
-    writes = query_range(setup.prometheus, f'sum by (pod) (flowkeeper_kubernetes_writes_total{{job="{JOB}"}})', ha_began, ended)
-    by_step = writes_by_step(writes)
-    assert len(set().union(*by_step.values())) >= 2, f"writes of one pod only: the check below saw no takeover {by_step}"
-    assert all(len(pods) == 1 for pods in by_step.values()), {at: pods for at, pods in by_step.items() if len(pods) > 1}
+    assert_one_leader_and_writer(setup, since=ha_began, writers_at_least=2)
 
 
 @pytest.mark.timeout(900)
 def test_helm_upgrade_to_a_changed_image_rolls_out_on_the_node_and_leadership_moves(setup: Setup) -> None:
     changed = operator_image(revision="upgrade")
+    began = time.time()
     old_pods = {p["metadata"]["name"] for p in setup.release.pods()}
     old_leader = setup.release.lease_holder()
     setup.release.upgrade(changed)
@@ -270,6 +263,7 @@ def test_helm_upgrade_to_a_changed_image_rolls_out_on_the_node_and_leadership_mo
     assert leader != old_leader
     setup.scale_to(9)  # and the flow is served by the new leader (up: scaling down waits out a window)
     setup.flow.wait_replicas(9, timeout=60)
+    assert_one_leader_and_writer(setup, since=began, writers_at_least=1)
 
 
 def test_helm_uninstall_removes_the_release_and_keeps_crds_and_flows(setup: Setup) -> None:

@@ -205,6 +205,21 @@ class LeaseTimeline:
         self._thread.join(5)
 
 
+def writes_by_step(series: list[dict], step: float = 1.0) -> dict[float, set[str]]:
+    """From a range query of each pod's write counter: at each step, the pods whose counter moved. A
+    gap in a series is its target down (a container restarting), and a counter below its last value
+    a new process: either way the process after it counts from 0."""
+    writers: dict[float, set[str]] = {}
+    for one in series:
+        previous_at, previous = None, 0.0
+        for at, value in ((float(t), float(v)) for t, v in one["values"]):
+            restarted = previous_at is not None and (at - previous_at > 2 * step or value < previous)
+            if previous_at is not None and (value > previous or (restarted and value > 0)):
+                writers.setdefault(at, set()).add(one["metric"]["pod"])
+            previous_at, previous = at, value
+    return writers
+
+
 # ---------------------------------------------------------------------------------------- release
 
 
