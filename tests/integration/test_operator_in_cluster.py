@@ -30,6 +30,7 @@ from tests.support.operator_release import (
     container_status,
     is_ready,
     PodDiscovery,
+    concurrent_leaders,
     query_range,
     writes_by_step,
     relay_to_pods,
@@ -194,12 +195,14 @@ def force_delete(setup: Setup) -> Callable[[str, dict], None]:
 
 
 def assert_one_leader_and_writer(setup: Setup, since: float, writers_at_least: int) -> None:
-    """Prometheus' scrapes of the operator pods since `since`: at no step two replicas leading, nor
-    two pods' write counters moving; at least `writers_at_least` pods wrote (the check saw them)."""
+    """Prometheus' scrapes of the operator pods since `since`: at no step two replicas leading (for
+    longer than a stale series lasts, see concurrent_leaders), nor two pods' write counters moving;
+    at least `writers_at_least` pods wrote (the check saw them)."""
     time.sleep(3)  # the last scrapes
     until = time.time()
-    leading = query_range(setup.prometheus, f'sum(flowkeeper_leader{{job="{JOB}"}})', since, until)
-    assert leading and max(float(v) for _, v in leading[0]["values"]) == 1.0
+    claims = query_range(setup.prometheus, f'flowkeeper_leader{{job="{JOB}"}} == 1', since, until)
+    assert claims, "no replica reported leading"
+    assert not concurrent_leaders(claims), concurrent_leaders(claims)
     # A pod that has not written yet has no write series: 0 for it while it is scraped (`up`), so its
     # first writes count as a move.
     writes = query_range(setup.prometheus, f'sum by (pod) (flowkeeper_kubernetes_writes_total{{job="{JOB}"}})'

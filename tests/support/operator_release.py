@@ -220,6 +220,24 @@ def writes_by_step(series: list[dict], step: float = 1.0) -> dict[float, set[str
     return writers
 
 
+
+def concurrent_leaders(series: list[dict], step: float = 1.0, grace_steps: int = 2) -> list[tuple[float, set[str]]]:
+    """From a range query of `flowkeeper_leader == 1` per pod: the steps at which two pods or more
+    claimed to lead and went on claiming for `grace_steps` more steps. A replica that hands the
+    Lease back and exits at once is never scraped with its final 0: its last 1 lasts until
+    Prometheus marks the series stale (within a scrape), overlapping its successor's first 1s;
+    that ending series is not a second leader, one that goes on claiming is."""
+    claims = {one["metric"]["pod"]: {float(t) for t, _ in one["values"]} for one in series}
+    steps = sorted(set().union(*claims.values())) if claims else []
+    found = []
+    for at in steps:
+        lasting = {pod for pod, times in claims.items()
+                   if all(round(at + k * step, 3) in {round(t, 3) for t in times} for k in range(grace_steps + 1))}
+        if len(lasting) > 1:
+            found.append((at, lasting))
+    return found
+
+
 # ---------------------------------------------------------------------------------------- release
 
 

@@ -1,9 +1,9 @@
-"""The two-writers check of the in-cluster HA test: which pods' write counters moved at each step of
-a Prometheus range query, across restarts (a gap, or a counter that fell)."""
+"""The checks of the in-cluster HA test on Prometheus range queries: which pods' write counters moved
+at each step, across restarts (a gap, or a counter that fell); which steps had two lasting leaders."""
 
 from __future__ import annotations
 
-from tests.support.operator_release import writes_by_step
+from tests.support.operator_release import concurrent_leaders, writes_by_step
 
 
 def series(pod: str, *points: tuple[float, float]) -> dict:
@@ -26,3 +26,15 @@ def test_a_restarted_container_counts_from_zero() -> None:
     assert writes_by_step([series("a", (1, 5), (2, 2), (3, 2))]) == {2.0: {"a"}}
     # a new process that has not written yet is no write
     assert writes_by_step([series("a", (1, 5), (9, 0))]) == {}
+
+
+def test_a_handover_whose_old_series_ends_is_not_two_leaders() -> None:
+    old = series("a", (1, 1), (2, 1), (3, 1))  # its last 1 lasted until marked stale
+    new = series("b", (3, 1), (4, 1), (5, 1), (6, 1))
+    assert concurrent_leaders([old, new]) == []
+
+
+def test_two_replicas_claiming_on_and_on_are_two_leaders() -> None:
+    a = series("a", *[(t, 1) for t in range(1, 8)])
+    b = series("b", *[(t, 1) for t in range(4, 8)])
+    assert concurrent_leaders([a, b]) == [(4.0, {"a", "b"}), (5.0, {"a", "b"})]
