@@ -71,6 +71,10 @@ def main() -> None:
 )
 @click.option("--rate-window", default="1m", show_default=True, envvar="FLOWKEEPER_RATE_WINDOW", help="Window of rate() in the preset queries.")
 @click.option("--request-timeout", type=click.FloatRange(1, 300), default=30.0, show_default=True, envvar="FLOWKEEPER_REQUEST_TIMEOUT", help="Seconds for every Kubernetes API call.")
+@click.option(
+    "--loop-stall-seconds", type=click.FloatRange(5, 3600), default=180.0, show_default=True, envvar="FLOWKEEPER_LOOP_STALL_SECONDS",
+    help="Seconds without a completed pass of the loop after which --liveness fails (the loop is stuck, not slow).",
+)
 @click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
 @click.option("--write-qps", type=click.FloatRange(1, 10000), default=50.0, show_default=True, envvar="FLOWKEEPER_WRITE_QPS", help="Client-side limit of Kubernetes API writes per second.")
 @click.option("--write-burst", type=click.IntRange(1, 10000), default=100, show_default=True, envvar="FLOWKEEPER_WRITE_BURST", help="Writes allowed at once above --write-qps.")
@@ -115,6 +119,7 @@ def run(
     allow_metrics_overrides: bool,
     rate_window: str,
     request_timeout: float,
+    loop_stall_seconds: float,
     conflict_hold_off: float,
     write_concurrency: int,
     write_qps: float,
@@ -147,6 +152,7 @@ def run(
         allow_metrics_overrides=allow_metrics_overrides,
         rate_window=rate_window,
         request_timeout=request_timeout,
+        loop_stall_seconds=loop_stall_seconds,
         conflict_hold_off=conflict_hold_off,
         write_concurrency=write_concurrency,
         write_qps=write_qps,
@@ -166,6 +172,9 @@ def run(
     kopf.run(
         # kopf peering freezes replicas of equal priority; the Lease (controller/leadership.py) elects.
         standalone=True,
+        # kopf's own id, unused without peering; given so that kopf does not look the user up: the
+        # image's user 65532 has no passwd entry, and getpass.getuser() fails for it.
+        identity=config.lease.identity if config.lease else socket.gethostname(),
         clusterwide=not namespaces,
         namespaces=list(namespaces),
         liveness_endpoint=liveness_endpoint,

@@ -25,6 +25,8 @@ class OperatorConfig:
     rate_window: str = "1m"  # window of rate() in the presets' PromQL
     metrics_port: int | None = 8080  # the operator's own /metrics; None disables it
     request_timeout: float = 30.0  # seconds for every Kubernetes API call
+    # A pass of the loop that takes longer than this is stuck, not slow: the liveness probe fails.
+    loop_stall_seconds: float = 180.0
     conflict_hold_off: float = FIRST_HOLD_OFF  # seconds without replica writes after another writer changed them
     write_concurrency: int = 16  # flows written at once
     write_qps: float = 50.0  # client-side limit of API writes per second (client-go's QPS)

@@ -190,6 +190,7 @@ def test_arguments_elect_a_leader_over_a_lease() -> None:
         "--log-format=json",
         "--metrics-port=8080",
         "--liveness=http://0.0.0.0:8081/healthz",
+        "--loop-stall-seconds=180",
         f"--lease-name={RELEASE}",
         "--lease-namespace=$(POD_NAMESPACE)",
         "--identity=$(POD_NAME)",
@@ -202,6 +203,11 @@ def test_arguments_elect_a_leader_over_a_lease() -> None:
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
     assert "FLOWKEEPER_PROMETHEUS_URL" not in env
+
+
+def test_the_loop_stall_limit_reaches_the_operator_and_is_bounded() -> None:
+    assert "--loop-stall-seconds=20" in container(render("loopStallSeconds=20"))["args"]
+    assert "loopStallSeconds" in refusal("loopStallSeconds=2")
 
 
 def test_lease_is_named_after_the_release() -> None:

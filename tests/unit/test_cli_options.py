@@ -36,3 +36,22 @@ def test_allowed_servers_and_overrides_from_options_and_environment(monkeypatch:
 def test_a_server_that_is_not_a_base_url_is_refused_at_start(monkeypatch: pytest.MonkeyPatch) -> None:
     code, output, config = run(monkeypatch, "--allowed-prometheus-server=prometheus:9090")
     assert code == 2 and "--allowed-prometheus-server" in output and config is None
+
+
+def test_the_loop_stall_limit_from_option_or_environment_and_its_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run(monkeypatch)[2].loop_stall_seconds == 180.0
+    assert run(monkeypatch, "--loop-stall-seconds=20")[2].loop_stall_seconds == 20.0
+    assert run(monkeypatch, env={"FLOWKEEPER_LOOP_STALL_SECONDS": "30"})[2].loop_stall_seconds == 30.0
+    code, output, config = run(monkeypatch, "--loop-stall-seconds=1")
+    assert code == 2 and "--loop-stall-seconds" in output and config is None
+
+
+def test_kopf_is_given_an_identity_so_it_never_looks_up_a_user_the_image_lacks(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: in the image (user 65532, no passwd entry) kopf's own getpass.getuser() raised
+    # KeyError at start, and the pod crash-looped.
+    seen: dict[str, object] = {}
+    monkeypatch.setattr(kopf, "run", lambda **kwargs: seen.update(kwargs))
+    CliRunner().invoke(main, ["run", "--identity=replica-a"], env={})
+    assert seen["identity"] == "replica-a"
+    CliRunner().invoke(main, ["run", "--standalone"], env={})
+    assert seen["identity"]

@@ -13,7 +13,7 @@ from flowkeeper.controller.store import ClusterStore
 from flowkeeper.handlers.operator import LOOP_STALL_SECONDS, loop_alive
 
 
-def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 0.0, leader=None):
+def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 0.0, leader=None, stall_limit: float | None = None):
     """Runs the probe against a real loop task running `loop_body`, after it had its chance to run."""
 
     async def scenario():
@@ -25,6 +25,8 @@ def probe_with(loop_body, *, stopped: bool = False, last_iteration_ago: float = 
         memo.tasks = [memo.loop_task]
         memo.leader = leader
         memo.lease_duration, memo.request_timeout = 15.0, 30.0
+        if stall_limit is not None:
+            memo.loop_stall_seconds = stall_limit
         await asyncio.sleep(0.01)
         if stopped:
             memo.stopped.set()
@@ -51,6 +53,14 @@ def test_a_loop_that_comes_round_is_alive() -> None:
 def test_a_stuck_loop_fails_the_probe() -> None:
     with pytest.raises(kopf.PermanentError, match="not come round"):
         probe_with(running_forever, last_iteration_ago=LOOP_STALL_SECONDS + 1)
+
+
+def test_the_stall_limit_is_the_operators_setting() -> None:
+    # --loop-stall-seconds=20: a loop silent for 25 s is stuck, one silent for 15 s is not.
+    with pytest.raises(kopf.PermanentError, match="not come round for 25s"):
+        probe_with(running_forever, last_iteration_ago=25.0, stall_limit=20.0)
+    assert probe_with(running_forever, last_iteration_ago=15.0, stall_limit=20.0) == pytest.approx(15.0, abs=0.5)
+    assert LOOP_STALL_SECONDS == 180.0  # the default
 
 
 def test_a_dead_loop_fails_the_probe_with_its_error() -> None:

@@ -97,6 +97,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     memo.leader = leader
     memo.lease_duration = config.lease.duration if config.lease else 0.0
     memo.request_timeout = config.request_timeout
+    memo.loop_stall_seconds = config.loop_stall_seconds
     memo.controller = controller
     memo.signals = signals
     memo.tasks.append(asyncio.create_task(controller.run_forever(memo.stopped), name="flowkeeper-loop"))
@@ -117,7 +118,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 # A pass that takes longer than this is stuck, not slow (10 000 flows take seconds; every Prometheus
 # query has its own timeout): the liveness probe fails and the kubelet restarts the replica.
-LOOP_STALL_SECONDS = 180.0
+# --loop-stall-seconds sets it (memo.loop_stall_seconds); this is the default.
+LOOP_STALL_SECONDS = OperatorConfig.loop_stall_seconds
 
 
 @kopf.on.probe(id="loop")
@@ -129,7 +131,7 @@ async def loop_alive(memo: kopf.Memo, **_: Any) -> float:
         if task.done() and not memo.stopped.is_set():
             raise kopf.PermanentError(f"{task.get_name()} ended: {task.exception() if not task.cancelled() else 'cancelled'}")
     age = memo.controller.seconds_since_iteration()
-    if age > LOOP_STALL_SECONDS:
+    if age > getattr(memo, "loop_stall_seconds", LOOP_STALL_SECONDS):
         raise kopf.PermanentError(f"the controller loop has not come round for {age:.0f}s")
     if memo.leader is not None:
         # Every lease call times out after request_timeout; an elector silent for much longer is stuck.
