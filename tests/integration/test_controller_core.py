@@ -136,12 +136,17 @@ def test_a_standby_sleeps(consumer, namespace, prometheus, run_operator, cluster
     leader = replica("a")
     eventually(lambda: flow.condition("MetricsAvailable").get("status") == "True", timeout=20, what="the leader acts")
     standby = replica("b")
-    time.sleep(3)
     pid = standby.process.popen.pid
-    before = cpu_seconds(pid)
-    time.sleep(10)
-    used = cpu_seconds(pid) - before
-    assert used < 1.0, f"the standby used {used:.2f}s of CPU in 10s"
+    # Its start-up (imports, kopf's first listings) may run late on a loaded machine: a standby that
+    # sleeps has a quiet 10 s window soon after; one that spins never has.
+    windows = []
+    for _ in range(4):
+        before = cpu_seconds(pid)
+        time.sleep(10)
+        windows.append(round(cpu_seconds(pid) - before, 2))
+        if windows[-1] < 1.0:
+            break
+    assert windows[-1] < 1.0, f"the standby used {windows} s of CPU in successive 10 s windows"
     assert leader.process.running
 
 
