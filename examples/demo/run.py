@@ -273,6 +273,12 @@ class Demo:
         """Rolls out consumer release `version`: its check in the pod template, so a real rollout."""
         self.cluster.kubectl("set", "env", f"deployment/{self.deployment_name}", "-c", "consumer",
                              f"CONSUMER_CHECK={self.release_check(version)}", "-n", self.namespace)
+        self.wait_for_rollout()
+
+    def wait_for_rollout(self) -> None:
+        """Until the pods of the earlier templates are gone: the orders published next meet only
+        the new release (what the story's figures count on)."""
+        self.watch_until(lambda: self.pods.rolled_out(self.deployment_name), 120, "the rollout")
 
     def set_configuration_error(self, broken: bool) -> None:
         """Writes a wrong (or the right) password into the consumers' credentials Secret, then rolls
@@ -281,6 +287,8 @@ class Demo:
         password = WRONG_PASSWORD if broken else BROKER_PASSWORD
         self.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.pods.secret(CONSUMER_SECRET, BROKER_USER, password)))
         self.cluster.kubectl("rollout", "restart", f"deployment/{self.deployment_name}", "-n", self.namespace)
+        if broken:
+            self.wait_for_rollout()  # the fix is rolled out while paused (0 replicas): the resume brings its pods
 
     def show_pods(self) -> str:
         """`kubectl get pods -o wide` of the consumers, in the live view and in the outputs (pods.txt)."""
@@ -355,8 +363,10 @@ class Demo:
         """What the consumers did, by the broker's own cumulative counts (the consumer pods are gone,
         and their counters with them): every message that entered the queue (published there, by
         the producer or a redrive) and was finished was acked; one finished as a dead letter was
-        published to the dead-letter queue first. So consumed = acks - dead letters published.
-        Read once the statistics (collected every second) no longer change."""
+        published to the dead-letter queue first. So consumed = acks - dead letters the consumers
+        published; the dead-letter queue's publishes also count the redrive's cutoff marker (one
+        per redrive, acked when it ends: docs/dead-letters.md). Read once the statistics (collected
+        every second) no longer change."""
         def read() -> tuple[dict, dict]:
             return ((self.broker.queue_stats(self.queue).get("message_stats") or {}),
                     (self.broker.queue_stats(self.dead_letter_queue).get("message_stats") or {}))
@@ -369,11 +379,14 @@ class Demo:
                 break
             last = now
         queue, dead = last
+        markers = 1 if self.redrive_applied else 0
         return {
-            "consumed": queue.get("ack", 0) - dead.get("publish", 0),
+            "consumed": queue.get("ack", 0) - (dead.get("publish", 0) - markers),
             "queue_publishes": queue.get("publish", 0),  # the producer's and the redrive's
             "queue_acks": queue.get("ack", 0),
-            "dead_letter_publishes": dead.get("publish", 0),
+            "dead_letter_publishes": dead.get("publish", 0),  # the consumers' and the redrive's cutoff marker
+            "dead_letter_acks": dead.get("ack", 0),  # moved by the redrive, and its marker
+            "redrive_markers": markers,
         }
 
     def _data_bug_and_redrive(self, published: int) -> tuple[int, dict]:

@@ -117,9 +117,26 @@ class ConsumerPods:
         pod.update(self.node.pod_overrides(), terminationGracePeriodSeconds=10)
         return deployment
 
+    # -- rollouts
+    def _get(self, *args: str) -> dict:
+        return json.loads(self.node.cluster.kubectl("get", *args, "-n", self.namespace, "-o", "json").stdout)
+
+    def rolled_out(self, deployment: str) -> bool:
+        """Every consumer pod there is, terminating ones included, is of the Deployment's current
+        pod template: from now on no pod of an earlier template takes a message."""
+        found = self._get("deployment", deployment)
+        revision = found["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision")
+        if found["status"].get("observedGeneration") != found["metadata"]["generation"] or revision is None:
+            return False
+        current = {rs["metadata"]["labels"].get("pod-template-hash") for rs in self._get("replicasets", "-l", self.selector)["items"]
+                   if rs["metadata"].get("annotations", {}).get("deployment.kubernetes.io/revision") == revision}
+        pods = self._get("pods", "-l", self.selector)["items"]
+        return len(pods) == found["spec"]["replicas"] and all(
+            p["metadata"]["labels"].get("pod-template-hash") in current and p["status"].get("phase") == "Running" for p in pods)
+
     # -- Prometheus targets
     def pod_addresses(self) -> list[str]:
-        pods = json.loads(self.node.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", self.selector, "-o", "json").stdout)
+        pods = self._get("pods", "-l", self.selector)
         self.seen.update({p["metadata"]["name"]: p["spec"]["nodeName"] for p in pods["items"] if p["spec"].get("nodeName")})
         return sorted({f"{p['status']['podIP']}:{METRICS_PORT}" for p in pods["items"] if p["status"].get("podIP")})
 
