@@ -315,7 +315,7 @@ class Demo:
         self.story("scaled down", f"queue empty for the scale-down window: back to {minimum} consumer(s)")
 
         if s.with_pause:
-            self.story("bad config", "deploying a broken consumer configuration, then 2000 more orders")
+            self.story("bad config", "deploying a broken consumer configuration (a wrong password in its Secret), then 2000 more orders")
             self.set_configuration_error(True)
             more = self._producer(2000)
             more.run()  # in this thread: the story goes on once they are in the queue
@@ -324,7 +324,7 @@ class Demo:
             reason = self.pause_reason = self.flow_status().get("pause", {}).get("reason")
             self.story("paused", f"paused ({reason}): consumers stopped, the backlog waits in the queue")
             self.watch_until(lambda: self.timeline.now() - self.timeline.marks[-1].t > 10, 30, "a look at the pause")
-            self.story("fix", "deploying the fix")
+            self.story("fix", "deploying the fix (the right password, and a rollout)")
             self.set_configuration_error(False)
             self.watch_until(lambda: self.flow_status().get("phase") != "Paused", 60, "the flow resumed")
             self.story("resumed", "resumed with the replicas it had before the pause; autoscaling goes on")
