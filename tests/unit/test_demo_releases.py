@@ -18,6 +18,6 @@ def test_each_release_loads_as_the_consumer_loads_it(version: str, release: orde
 
 
 def test_only_release_1_1_has_the_data_bug() -> None:
-    assert b"T08:30" in WITH_TIME
+    assert b"T09:30" in WITH_TIME
     verdicts = {version: load_check(Demo.release_check(version))(WITH_TIME) for version in RELEASE_CHECKS}
     assert verdicts == {"1.0": None, "1.1": orders.INVALID_DATE, "1.2": None}
