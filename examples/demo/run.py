@@ -168,6 +168,7 @@ class Demo:
         self._custom, self._apps = client.CustomObjectsApi(api), client.AppsV1Api(api)
         self.view = LiveView()
         self._stack.callback(self.view.close)
+        self.timeline = Timeline()  # the story's clock starts now, not with the builds and start-ups
 
     def _connect_flow_to_the_broker(self) -> None:
         """The broker's address is known only now (a free port): the flow gets its

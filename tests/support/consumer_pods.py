@@ -112,6 +112,9 @@ class ConsumerPods:
             "image": self.image.name, "imagePullPolicy": "Never",
             "env": [{"name": name, **value} for name, value in env.items()],
             "ports": [{"name": "metrics", "containerPort": METRICS_PORT}],
+            # Ready once the program runs (it serves /metrics before it connects): a rollout then
+            # waits for a started consumer, and the ready replicas are pods that work.
+            "readinessProbe": {"httpGet": {"path": "/metrics", "port": METRICS_PORT}, "periodSeconds": 2, "timeoutSeconds": 2},
             "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False},
         })
         pod.update(self.node.pod_overrides(), terminationGracePeriodSeconds=10)
