@@ -45,6 +45,7 @@ from examples.demo.chart import write_chart
 from examples.demo.producer import Producer
 from examples.demo.timeline import Timeline, summarize
 from examples.demo.view import LiveView, format_summary
+from flowkeeper.adapters.prometheus.convention import PROCESSED
 from tests.support.cluster import REPO, LocalCluster
 from tests.support.consumer_pods import ConsumerPods
 from tests.support.operator import OperatorProcess
@@ -338,17 +339,17 @@ class Demo:
 
         # What the dead-letter queue holds at the end: a redriven order that went through is consumed.
         dead_lettered = self._dead_letters_at_the_end()
-        broker = self._broker_counts()
+        done = self._what_the_consumers_did()
         self.sample(dead_letters=dead_lettered)  # the chart ends on the exact count
         summary = summarize(
             self.timeline,
             published=published,
-            consumed=broker["consumed"],
+            consumed=done["consumed"],
             dead_lettered=dead_lettered,
             queued=depth(self.broker.parameters, self.queue),
         )
         summary.update(redrive)
-        summary.update(broker)
+        summary.update(done)
         summary["consumer_pods"] = len(self.pods.seen)
         summary["consumer_nodes"] = sorted(set(self.pods.seen.values()))
         return summary
@@ -360,17 +361,22 @@ class Demo:
         self.operator.stop()
         return depth(self.broker.parameters, self.dead_letter_queue)
 
-    def _broker_counts(self) -> dict:
-        """What the consumers did, by the broker's own cumulative counts (the consumer pods are gone,
-        and their counters with them): every message that entered the queue (published there, by
-        the producer or a redrive) and was finished was acked; one finished as a dead letter was
-        published to the dead-letter queue first. So consumed = acks - dead letters the consumers
-        published; the dead-letter queue's publishes also count the redrive's cutoff marker (one
-        per redrive, acked when it ends: docs/dead-letters.md). Read once the statistics (collected
-        every second) no longer change."""
-        def read() -> tuple[dict, dict]:
-            return ((self.broker.queue_stats(self.queue).get("message_stats") or {}),
-                    (self.broker.queue_stats(self.dead_letter_queue).get("message_stats") or {}))
+    def _what_the_consumers_did(self) -> dict:
+        """What the consumer pods did, by their own counts and the broker's. The pods' counters, as
+        Prometheus scraped them at their pod IPs, the last value of each pod (most pods are gone by
+        now; each stopped idle, after its last count was scraped): orders handled, and orders
+        dead-lettered. And the broker's acknowledgements on the queue: one per message finished, by
+        the long-lived consumer channels. (The broker's publish counts are not used: the statistics
+        of a channel closed within a collection interval, such as the producer's, can be lost.)
+        Read once the figures no longer change."""
+        def read() -> dict:
+            def reported(status: str) -> int:
+                found = self.prometheus.query(
+                    f'sum(max_over_time({PROCESSED}{{namespace="{self.namespace}",status="{status}"}}[1h]))')
+                return round(float(found[0]["value"][1])) if found else 0
+
+            return {"consumed": reported("success"), "consumer_dead_letters": reported("error"),
+                    "queue_acks": (self.broker.queue_stats(self.queue).get("message_stats") or {}).get("ack", 0)}
 
         last, deadline = read(), time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -379,16 +385,7 @@ class Demo:
             if now == last:
                 break
             last = now
-        queue, dead = last
-        markers = 1 if self.redrive_applied else 0
-        return {
-            "consumed": queue.get("ack", 0) - (dead.get("publish", 0) - markers),
-            "queue_publishes": queue.get("publish", 0),  # the producer's and the redrive's
-            "queue_acks": queue.get("ack", 0),
-            "dead_letter_publishes": dead.get("publish", 0),  # the consumers' and the redrive's cutoff marker
-            "dead_letter_acks": dead.get("ack", 0),  # moved by the redrive, and its marker
-            "redrive_markers": markers,
-        }
+        return last
 
     def _data_bug_and_redrive(self, published: int) -> tuple[int, dict]:
         """The third part: a data bug, the review, the fix, and the redrive. Returns the orders
