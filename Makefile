@@ -6,7 +6,7 @@ PYTEST_ARGS ?=
 .PHONY: help setup test unit crds cluster cluster-down bin-dir demo bench bench-peers clean
 
 help:
-	@echo "make demo         local control plane + Prometheus + RabbitMQ + operator, scaling a flow you can watch"
+	@echo "make demo         local control plane + Prometheus + RabbitMQ + operator, scaling consumer pods you can watch (root)"
 	@echo "make test         every test (unit, property, and against the real control plane and Prometheus)"
 	@echo "make unit         the fast tests only (no I/O)"
 	@echo "make crds         regenerate crds/ from the API models"

@@ -14,8 +14,12 @@ It starts a local control plane, RabbitMQ, Prometheus and the operator, applies 
    stay in the dead-letter queue, marked, not redriven again.
 At the end: a summary, and a PNG chart of backlog, dead letters and replicas over time (demo-output/).
 
-Consumers are simulated by threads (kwok's pods run no containers) that follow the Deployment's ready
-replicas. Ctrl-C at any point stops everything the demo started.
+The consumers are real pods: the example consumer (examples/consumer, its image built here) on the
+local cluster's real node, a kubelet and containerd in a network namespace of their own (the demo
+needs root for it). They take the orders from RabbitMQ, and Prometheus scrapes each pod's /metrics.
+The releases are the consumer's CONSUMER_CHECK (examples/demo/orders.py); the broken configuration
+is a wrong password in the consumers' credentials Secret, and the fix is the right one and a
+rollout. Ctrl-C at any point stops everything the demo started.
 
     python -m examples.demo.run [--burst 6000] [--rate 20] [--no-pause] [--no-redrive] [--out demo-output]
 """
@@ -23,14 +27,12 @@ replicas. Ctrl-C at any point stops everything the demo started.
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +45,9 @@ from examples.demo.chart import write_chart
 from examples.demo.producer import Producer
 from examples.demo.timeline import Timeline, summarize
 from examples.demo.view import LiveView, format_summary
+from flowkeeper.adapters.prometheus.convention import PROCESSED
 from tests.support.cluster import REPO, LocalCluster
-from tests.support.consumers import CONFIGURATION_ERROR_ANNOTATION, ConsumerPool, DeploymentReader
+from tests.support.consumer_pods import ConsumerPods
 from tests.support.operator import OperatorProcess
 from tests.support.prometheus import LocalPrometheus
 from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth
@@ -52,6 +55,10 @@ from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth
 FLOW_FILE = REPO / "examples" / "demo" / "flow.yaml"
 NAMESPACE = "shop"
 BROKER_SECRET = "broker-credentials"  # the flow's spec.source.connection reads the broker's user and password here
+CONSUMER_SECRET = "order-consumer-broker"  # the consumers' own: the one the broken configuration breaks
+BROKER_USER = BROKER_PASSWORD = "guest"  # RabbitMQ's guest: loopback only (the pods come through a relay on the host)
+WRONG_PASSWORD = "guest-2024"
+RELEASE_CHECKS = {"1.0": "release_1_0", "1.1": "release_1_1", "1.2": "release_1_2"}  # examples/demo/orders.py
 REDRIVE_NAME = "after-the-date-fix"
 REDRIVE_TERMINAL = ("Succeeded", "Stopped", "Failed")
 
@@ -96,12 +103,14 @@ class Demo:
         self.dead_letter_queue = flow["spec"]["source"]["deadLetterQueue"]
         self.max_replicas = flow["spec"]["scaling"]["maxReplicas"]
         self.min_replicas = flow["spec"]["scaling"]["minReplicas"]
-        self.image = deployment["spec"]["template"]["spec"]["containers"][0]["image"].rsplit(":", 1)[0]
+        self.deployment, self.flow = deployment, flow
         self.timeline = Timeline()
         self.orders_published = 0  # orders are numbered across the story: every body is different
         self.bug_orders: range = range(0)  # the numbers of the orders published while the data bug ran
         self.redrive_applied = False
         self._redrive_seen: tuple = ()  # (phase, reason, moved) last told in the live view
+        self.pods_shown: str | None = None  # `kubectl get pods -o wide` at the peak
+        self.pause_reason: str | None = None
 
     # --- setting up
 
@@ -118,8 +127,10 @@ class Demo:
 
     def _start(self) -> None:
         say = print
-        say("starting the local control plane (the first run builds it: about 11 minutes)...", flush=True)
-        self.cluster = self._given_cluster or self._stack.enter_context(LocalCluster())
+        say("starting the local control plane and its real node (the first run builds them: about 15 minutes)...", flush=True)
+        self.cluster = self._given_cluster or self._stack.enter_context(LocalCluster(real_node=True))
+        if self.cluster.real_node is None:
+            raise ValueError("the demo's consumers run on the cluster's real node: LocalCluster(real_node=True)")
         if self._given_cluster is None:
             self.cluster.kubectl("apply", "-f", str(REPO / "crds"))
             self.cluster.kubectl("wait", "--for=condition=Established", "crd/integrationflows.flowkeeper.io",
@@ -128,23 +139,24 @@ class Demo:
         self.broker = self._stack.enter_context(LocalRabbitMQ())
         declare_queue(self.broker.parameters, self.queue, dead_letter_queue=self.dead_letter_queue)
 
-        self.cluster.kubectl("create", "namespace", self.namespace, check=False)
-        self.cluster.kubectl("apply", "-n", self.namespace, "-f", str(FLOW_FILE))
-        self._connect_flow_to_the_broker()
-        self.pool = self._stack.enter_context(ConsumerPool(
-            self.broker.parameters, self.queue, self.flow_name,
-            rate_per_replica=self.settings.rate_per_replica,
-            # The consumers dead-letter by themselves, with the convention's headers (class and
-            # reason), the orders their release rejects: see examples/demo/orders.py.
-            dead_letter_queue=self.dead_letter_queue,
-            data_bug=orders.release_1_0,
-            replicas=DeploymentReader(self.cluster.kubeconfig_path, self.namespace, self.deployment_name),
-            namespace=self.namespace,  # as Kubernetes discovery would label the consumer pods' series
+        say("starting Prometheus, building the consumer image (the first run: a few minutes)...", flush=True)
+        self.prometheus = self._stack.enter_context(LocalPrometheus([self.broker.prometheus_scrape_target]))
+        self.pods = self._stack.enter_context(ConsumerPods(
+            self.cluster.real_node, self.broker, self.prometheus, namespace=self.namespace, integration=self.flow_name,
+            selector=",".join(f"{k}={v}" for k, v in self.deployment["spec"]["selector"]["matchLabels"].items()),
+            static_targets=[self.broker.prometheus_scrape_target],
         ))
-        say("starting Prometheus and the operator...", flush=True)
-        self.prometheus = self._stack.enter_context(
-            LocalPrometheus([self.broker.prometheus_scrape_target, self.pool.metrics_target])
-        )
+        self.cluster.kubectl("create", "namespace", self.namespace, check=False)
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.pods.secret(CONSUMER_SECRET, BROKER_USER, BROKER_PASSWORD)))
+        # The consumers dead-letter by themselves, with the convention's headers (class and reason),
+        # the orders their release rejects (examples/demo/orders.py).
+        self.pods.configure(self.deployment, queue=self.queue, dead_letter_queue=self.dead_letter_queue,
+                            credentials_secret=CONSUMER_SECRET, check=self.release_check("1.0"),
+                            seconds_per_message=1 / self.settings.rate_per_replica)
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(self.deployment))
+        self.cluster.kubectl("apply", "-n", self.namespace, "-f", "-", input=json.dumps(self.flow))
+        self._connect_flow_to_the_broker()
+        say("starting the operator...", flush=True)
         self.operator = OperatorProcess(
             self.cluster.env, self.cluster.workdir,
             "-n", self.namespace, f"--prometheus-url={self.prometheus.url}", "--rate-window=10s",
@@ -157,12 +169,12 @@ class Demo:
         self._custom, self._apps = client.CustomObjectsApi(api), client.AppsV1Api(api)
         self.view = LiveView()
         self._stack.callback(self.view.close)
+        self.timeline = Timeline()  # the story's clock starts now, not with the builds and start-ups
 
     def _connect_flow_to_the_broker(self) -> None:
         """The broker's address is known only now (a free port): the flow gets its
         spec.source.connection, and the Secret with the broker's user, here rather than in flow.yaml."""
-        self.cluster.kubectl("create", "secret", "generic", BROKER_SECRET, "-n", self.namespace,
-                             "--from-literal=username=guest", "--from-literal=password=guest")  # RabbitMQ's guest: loopback only
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.pods.secret(BROKER_SECRET, BROKER_USER, BROKER_PASSWORD)))
         connection = {
             "address": f"amqp://127.0.0.1:{self.broker.amqp_port}",
             "usernameSecret": {"name": BROKER_SECRET, "key": "username"},
@@ -190,14 +202,13 @@ class Demo:
         reads them without acking (they go back when it is done), and a passive declare (`depth`)
         would not count them meanwhile. From the management API, whose statistics lag by up to a
         second; None when it does not answer."""
-        queue = urllib.parse.quote(self.dead_letter_queue, safe="")
-        request = urllib.request.Request(f"{self.broker.management_url}/api/queues/%2F/{queue}",
-                                         headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
         try:
-            with urllib.request.urlopen(request, timeout=5) as response:
-                return json.load(response).get("messages")
+            return self.broker.queue_stats(self.dead_letter_queue).get("messages")
         except (OSError, ValueError):
             return None
+
+    def ready_replicas(self) -> int:
+        return self._apps.read_namespaced_deployment(self.deployment_name, self.namespace).status.ready_replicas or 0
 
     def sample(self, dead_letters: int | None = None) -> None:
         """`dead_letters`: an exact count to record instead of the management API's."""
@@ -214,6 +225,8 @@ class Demo:
             redrive=None if redrive is None else (redrive.get("phase") or "Pending"),
         )
         self.view.update(sample)
+        if self.pods_shown is None and sample.ready == self.max_replicas:
+            self.show_pods()  # the consumers at their peak, on the real node
         if redrive:
             self._tell_redrive(redrive)
 
@@ -253,18 +266,38 @@ class Demo:
         self.timeline.mark(mark)
         self.view.event(f"[{self.timeline.now():6.1f}s] {text}")
 
-    def deploy_release(self, version: str, release: orders.Release) -> None:
-        """Rolls out consumer release `version` (a new image: a new pod template, like a real rollout);
-        the simulated consumers run its checks from now on."""
-        self.cluster.kubectl("set", "image", f"deployment/{self.deployment_name}", f"consumer={self.image}:{version}",
-                             "-n", self.namespace)
-        self.pool.data_bug = release
+    @staticmethod
+    def release_check(version: str) -> str:
+        """The consumer's CONSUMER_CHECK for release `version`: the checks of examples/demo/orders.py."""
+        return f"{orders.__name__}:{RELEASE_CHECKS[version]}"
+
+    def deploy_release(self, version: str) -> None:
+        """Rolls out consumer release `version`: its check in the pod template, so a real rollout."""
+        self.cluster.kubectl("set", "env", f"deployment/{self.deployment_name}", "-c", "consumer",
+                             f"CONSUMER_CHECK={self.release_check(version)}", "-n", self.namespace)
+        self.wait_for_rollout()
+
+    def wait_for_rollout(self) -> None:
+        """Until the pods of the earlier templates are gone: the orders published next meet only
+        the new release (what the story's figures count on)."""
+        self.watch_until(lambda: self.pods.rolled_out(self.deployment_name), 120, "the rollout")
 
     def set_configuration_error(self, broken: bool) -> None:
-        """Deploys a broken (or the fixed) consumer configuration: a new pod template, like a real rollout."""
-        patch = {"spec": {"template": {"metadata": {"annotations": {CONFIGURATION_ERROR_ANNOTATION: str(broken).lower()}}}}}
-        self.cluster.kubectl("patch", "deployment", self.deployment_name, "-n", self.namespace, "--type=merge",
-                             "-p", json.dumps(patch))
+        """Writes a wrong (or the right) password into the consumers' credentials Secret, then rolls
+        the consumers out (`kubectl rollout restart`: a new pod template), as a person would: the
+        consumers read the password from an environment variable, so only new pods see it."""
+        password = WRONG_PASSWORD if broken else BROKER_PASSWORD
+        self.cluster.kubectl("apply", "-f", "-", input=json.dumps(self.pods.secret(CONSUMER_SECRET, BROKER_USER, password)))
+        self.cluster.kubectl("rollout", "restart", f"deployment/{self.deployment_name}", "-n", self.namespace)
+        if broken:
+            self.wait_for_rollout()  # the fix is rolled out while paused (0 replicas): the resume brings its pods
+
+    def show_pods(self) -> str:
+        """`kubectl get pods -o wide` of the consumers, in the live view and in the outputs (pods.txt)."""
+        shown = self.cluster.kubectl("get", "pods", "-n", self.namespace, "-l", self.pods.selector, "-o", "wide").stdout
+        self.pods_shown = shown
+        self.view.event(f"[{self.timeline.now():6.1f}s] kubectl get pods -n {self.namespace} -o wide\n{shown.rstrip()}")
+        return shown
 
     # --- the story
 
@@ -284,16 +317,16 @@ class Demo:
         self.story("scaled down", f"queue empty for the scale-down window: back to {minimum} consumer(s)")
 
         if s.with_pause:
-            self.story("bad config", "deploying a broken consumer configuration, then 2000 more orders")
+            self.story("bad config", "deploying a broken consumer configuration (a wrong password in its Secret), then 2000 more orders")
             self.set_configuration_error(True)
             more = self._producer(2000)
             more.run()  # in this thread: the story goes on once they are in the queue
             published += self._published(more)
             self.watch_until(lambda: self.flow_status().get("phase") == "Paused", 60, "the flow paused")
-            reason = self.flow_status().get("pause", {}).get("reason")
+            reason = self.pause_reason = self.flow_status().get("pause", {}).get("reason")
             self.story("paused", f"paused ({reason}): consumers stopped, the backlog waits in the queue")
             self.watch_until(lambda: self.timeline.now() - self.timeline.marks[-1].t > 10, 30, "a look at the pause")
-            self.story("fix", "deploying the fix")
+            self.story("fix", "deploying the fix (the right password, and a rollout)")
             self.set_configuration_error(False)
             self.watch_until(lambda: self.flow_status().get("phase") != "Paused", 60, "the flow resumed")
             self.story("resumed", "resumed with the replicas it had before the pause; autoscaling goes on")
@@ -306,16 +339,19 @@ class Demo:
 
         # What the dead-letter queue holds at the end: a redriven order that went through is consumed.
         dead_lettered = self._dead_letters_at_the_end()
+        done = self._what_the_consumers_did()
         self.sample(dead_letters=dead_lettered)  # the chart ends on the exact count
         summary = summarize(
             self.timeline,
             published=published,
-            consumed=self.pool.counts.consumed,
+            consumed=done["consumed"],
             dead_lettered=dead_lettered,
             queued=depth(self.broker.parameters, self.queue),
         )
         summary.update(redrive)
-        summary["handled_more_than_once"] = sum(1 for times in self.pool.handled.values() if times > 1)
+        summary.update(done)
+        summary["consumer_pods"] = len(self.pods.seen)
+        summary["consumer_nodes"] = sorted(set(self.pods.seen.values()))
         return summary
 
     def _dead_letters_at_the_end(self) -> int:
@@ -325,6 +361,32 @@ class Demo:
         self.operator.stop()
         return depth(self.broker.parameters, self.dead_letter_queue)
 
+    def _what_the_consumers_did(self) -> dict:
+        """What the consumer pods did, by their own counts and the broker's. The pods' counters, as
+        Prometheus scraped them at their pod IPs, the last value of each pod (most pods are gone by
+        now; each stopped idle, after its last count was scraped): orders handled, and orders
+        dead-lettered. And the broker's acknowledgements on the queue: one per message finished, by
+        the long-lived consumer channels. (The broker's publish counts are not used: the statistics
+        of a channel closed within a collection interval, such as the producer's, can be lost.)
+        Read once the figures no longer change."""
+        def read() -> dict:
+            def reported(status: str) -> int:
+                found = self.prometheus.query(
+                    f'sum(max_over_time({PROCESSED}{{namespace="{self.namespace}",status="{status}"}}[1h]))')
+                return round(float(found[0]["value"][1])) if found else 0
+
+            return {"consumed": reported("success"), "consumer_dead_letters": reported("error"),
+                    "queue_acks": (self.broker.queue_stats(self.queue).get("message_stats") or {}).get("ack", 0)}
+
+        last, deadline = read(), time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(2.5)
+            now = read()
+            if now == last:
+                break
+            last = now
+        return last
+
     def _data_bug_and_redrive(self, published: int) -> tuple[int, dict]:
         """The third part: a data bug, the review, the fix, and the redrive. Returns the orders
         published so far and the summary's dead-letter figures."""
@@ -332,7 +394,7 @@ class Demo:
         minimum = self.min_replicas
         self.watch_until(lambda: self.flow_status().get("desiredReplicas") == minimum, 60, "the scale-down")
         self.story("data bug", f"deploying consumer 1.1 (a data bug: it rejects delivery dates with a time), then {s.bug_orders} more orders")
-        self.deploy_release("1.1", orders.release_1_1)
+        self.deploy_release("1.1")
         self.bug_orders = range(self.orders_published, self.orders_published + s.bug_orders)
         buggy = self._producer(s.bug_orders)
         buggy.run()
@@ -347,7 +409,7 @@ class Demo:
                         f"by class: {_counts(by_class)}; by reason: {_counts(by_reason)}")
 
         self.story("fix", "deploying consumer 1.2, the fix; applying a DeadLetterRedrive for the bug's dead letters")
-        self.deploy_release("1.2", orders.release_1_2)
+        self.deploy_release("1.2")
         self.apply_redrive()
         self.redrive_applied = True  # from now on every sample reads it, and tells its story (_tell_redrive)
         self.watch_until(lambda: self._redrive_seen and self._redrive_seen[0] in REDRIVE_TERMINAL, s.redrive_timeout,
@@ -396,7 +458,7 @@ class Demo:
         return orders.order(number, without_customer_every=every, impossible_date_every=impossible)
 
     def _drained(self) -> bool:
-        return depth(self.broker.parameters, self.queue) == 0 and self.pool.replicas > 0 and (
+        return depth(self.broker.parameters, self.queue) == 0 and self.ready_replicas() > 0 and (
             self.flow_status().get("phase") not in ("Paused", None)
         )
 
@@ -406,6 +468,8 @@ class Demo:
         chart = write_chart(self.timeline, out / "demo.png", max_replicas=self.max_replicas)
         self.timeline.write_json(out / "timeline.json")
         (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if self.pods_shown:
+            (out / "pods.txt").write_text(self.pods_shown)
         return chart
 
 
@@ -417,6 +481,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-redrive", action="store_true", help="skip the data-bug and redrive part")
     parser.add_argument("--out", type=Path, default=Settings.out, help="where the chart and summary go")
     args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("make demo runs its consumers as real pods on a real node (a kubelet and containerd in a network "
+              "namespace of their own, with cgroups): it needs root. Run it as root (sudo make demo).", file=sys.stderr)
+        return 2
     # SIGTERM cleans up like Ctrl-C does.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     settings = Settings(burst=args.burst, rate_per_replica=args.rate, with_pause=not args.no_pause,

@@ -72,6 +72,15 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
 
 
 @pytest.fixture
+def real_node_namespace(real_node_cluster: LocalCluster) -> Iterator[str]:
+    """A namespace of its own in `real_node_cluster`, deleted after the test."""
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    real_node_cluster.kubectl("create", "namespace", name)
+    yield name
+    real_node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
 def kubectl_json(cluster: LocalCluster) -> Callable[..., Any]:
     def get(*args: str) -> Any:
         return json.loads(cluster.kubectl(*args, "-o", "json").stdout)

@@ -1,4 +1,5 @@
-"""Simulated consumers of one integration flow, for the end-to-end test and the demo.
+"""Simulated consumers of one integration flow, for tests on the kwok-only cluster (the end-to-end
+test and the demo run the real consumer as pods on the real node: tests/support/consumer_pods.py).
 
 kwok's pods run no containers, so the consumers a Deployment stands for are threads here: the pool
 keeps as many running as the Deployment has ready replicas (read from the API), and each one takes

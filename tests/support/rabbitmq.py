@@ -28,7 +28,9 @@ How it runs, and why:
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -36,6 +38,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import Callable
@@ -208,6 +211,15 @@ class LocalRabbitMQ:
     @property
     def management_url(self) -> str:
         return f"http://{LOOPBACK}:{self.management_port}"
+
+    def queue_stats(self, queue: str) -> dict:
+        """The management API's view of `queue` (vhost /): `messages` (ready and unacked) and
+        `message_stats`, the broker's cumulative counts (publish, ack, ...), which outlive the
+        channels that made them. Both lag by up to collect_statistics_interval (1 s here)."""
+        request = urllib.request.Request(f"{self.management_url}/api/queues/%2F/{urllib.parse.quote(queue, safe='')}",
+                                         headers={"Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.load(response)
 
     @property
     def prometheus_scrape_target(self) -> str:
