@@ -31,20 +31,6 @@ pytestmark = pytest.mark.rabbitmq
 INTEGRATION = "orders"
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[LocalRabbitMQ]:
-    with LocalRabbitMQ() as running:
-        yield running
-
-
-@pytest.fixture
-def queue(broker: LocalRabbitMQ) -> str:
-    """A fresh queue with its dead-letter queue `<name>.dlq`."""
-    name = f"q-{uuid.uuid4().hex[:8]}"
-    declare_queue(broker.parameters, name, dead_letter_queue=f"{name}.dlq")
-    return name
-
-
 class Consumer:
     """`python -m examples.consumer` in a process of its own, configured as a pod would be."""
 

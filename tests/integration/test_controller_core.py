@@ -3,7 +3,6 @@ crashes between writes, claims, other writers of the replicas, standbys, outages
 
 from __future__ import annotations
 
-import json
 import os
 import time
 

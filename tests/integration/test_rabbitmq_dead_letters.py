@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 
 import pika
 import pytest
@@ -32,12 +31,6 @@ from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth
 pytestmark = pytest.mark.rabbitmq
 
 SOON = 30.0
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[LocalRabbitMQ]:
-    with LocalRabbitMQ() as running:
-        yield running
 
 
 @pytest.fixture

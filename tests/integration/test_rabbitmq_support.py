@@ -8,8 +8,6 @@ import socket
 import subprocess
 import time
 import urllib.request
-import uuid
-from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -17,23 +15,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.cluster_fixtures import eventually
 from tests.support.consumers import CONFIGURATION_ERROR_ANNOTATION, ConsumerPool, DeploymentReader
 from tests.support.prometheus import LocalPrometheus
-from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth, publish
+from tests.support.rabbitmq import LocalRabbitMQ, depth, publish
 
 pytestmark = pytest.mark.rabbitmq
-
-
-@pytest.fixture(scope="module")
-def broker() -> Iterator[LocalRabbitMQ]:
-    with LocalRabbitMQ() as running:
-        yield running
-
-
-@pytest.fixture
-def queue(broker: LocalRabbitMQ) -> str:
-    """A fresh queue with its dead-letter queue `<name>.dlq`."""
-    name = f"q-{uuid.uuid4().hex[:8]}"
-    declare_queue(broker.parameters, name, dead_letter_queue=f"{name}.dlq")
-    return name
 
 
 def _processes() -> dict[int, tuple[int, str]]:

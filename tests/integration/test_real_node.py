@@ -16,7 +16,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
 import pytest
@@ -57,14 +56,6 @@ def pod_manifest(name: str, namespace: str, image: str, command: list[str] | Non
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
 
 
-@pytest.fixture
-def node_namespace(real_node_cluster: LocalCluster):
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    real_node_cluster.kubectl("create", "namespace", name)
-    yield name
-    real_node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def get(cluster: LocalCluster, *args: str) -> dict:
     return json.loads(cluster.kubectl("get", *args, "-o", "json").stdout)
 
@@ -82,53 +73,53 @@ def test_node_registers_ready_with_its_taint_label_and_veth_address(real_node_cl
     assert node["status"]["nodeInfo"]["kubeletVersion"] == "v1.36.3"
 
 
-def test_ordinary_pods_stay_on_kwok(real_node_cluster: LocalCluster, node_namespace: str) -> None:
-    real_node_cluster.kubectl("create", "deployment", "ordinary", "-n", node_namespace, "--image=example/none:1", "--replicas=4")
-    eventually(lambda: get(real_node_cluster, "deployment", "ordinary", "-n", node_namespace)["status"].get("readyReplicas") == 4,
+def test_ordinary_pods_stay_on_kwok(real_node_cluster: LocalCluster, real_node_namespace: str) -> None:
+    real_node_cluster.kubectl("create", "deployment", "ordinary", "-n", real_node_namespace, "--image=example/none:1", "--replicas=4")
+    eventually(lambda: get(real_node_cluster, "deployment", "ordinary", "-n", real_node_namespace)["status"].get("readyReplicas") == 4,
                timeout=60, what="4 ready kwok replicas")
-    pods = get(real_node_cluster, "pods", "-n", node_namespace)["items"]
+    pods = get(real_node_cluster, "pods", "-n", real_node_namespace)["items"]
     assert {p["spec"]["nodeName"] for p in pods} == {"kwok-node-0"}
     # The taint is what keeps them off: a pod that selects the real node without tolerating it
     # is not scheduled, and the scheduler says why.
-    intruder = pod_manifest("intruder", node_namespace, "example/none:1", on_real_node=False)
+    intruder = pod_manifest("intruder", real_node_namespace, "example/none:1", on_real_node=False)
     intruder["spec"]["nodeSelector"] = {"kubernetes.io/hostname": NODE_NAME}
     real_node_cluster.kubectl("apply", "-f", "-", input=json.dumps(intruder))
 
     def unschedulable() -> bool:
-        pod = get(real_node_cluster, "pod", "intruder", "-n", node_namespace)
+        pod = get(real_node_cluster, "pod", "intruder", "-n", real_node_namespace)
         conditions = {c["type"]: c for c in pod["status"].get("conditions", [])}
         return conditions.get("PodScheduled", {}).get("reason") == "Unschedulable" and "untolerated taint" in conditions["PodScheduled"]["message"]
 
     eventually(unschedulable, timeout=30, what="intruder Unschedulable because of the taint")
-    assert not get(real_node_cluster, "pod", "intruder", "-n", node_namespace)["spec"].get("nodeName")
+    assert not get(real_node_cluster, "pod", "intruder", "-n", real_node_namespace)["spec"].get("nodeName")
 
 
 def test_a_pod_runs_for_real_with_logs_exec_and_a_working_token(real_node_cluster: LocalCluster, real_node: RealNode,
-                                                                 node_namespace: str) -> None:
+                                                                 real_node_namespace: str) -> None:
     image = base_image()
     real_node.import_image(image.archive)
-    manifest = pod_manifest("whoami", node_namespace, image.name, ["python3", "-c", WHOAMI])
+    manifest = pod_manifest("whoami", real_node_namespace, image.name, ["python3", "-c", WHOAMI])
     real_node_cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
-    eventually(lambda: get(real_node_cluster, "pod", "whoami", "-n", node_namespace)["status"].get("phase") == "Running",
+    eventually(lambda: get(real_node_cluster, "pod", "whoami", "-n", real_node_namespace)["status"].get("phase") == "Running",
                timeout=90, what="pod Running")
-    pod = get(real_node_cluster, "pod", "whoami", "-n", node_namespace)
+    pod = get(real_node_cluster, "pod", "whoami", "-n", real_node_namespace)
     assert pod["spec"]["nodeName"] == NODE_NAME
     assert pod["status"]["hostIP"] == real_node.node_ip
     assert ipaddress.ip_address(pod["status"]["podIP"]) in ipaddress.ip_network(real_node.pod_cidr)
 
     def logged() -> dict | None:
-        lines = real_node_cluster.kubectl("logs", "whoami", "-n", node_namespace).stdout.splitlines()
+        lines = real_node_cluster.kubectl("logs", "whoami", "-n", real_node_namespace).stdout.splitlines()
         return json.loads(lines[0]) if lines else None
 
     answer = eventually(logged, timeout=60, what="the pod's answer in kubectl logs")
-    assert answer["whoami"] == f"system:serviceaccount:{node_namespace}:default"
+    assert answer["whoami"] == f"system:serviceaccount:{real_node_namespace}:default"
     assert answer["server"].startswith("https://10.0.0.1:443/")  # the `kubernetes` Service, through kube-proxy
 
     mounted = real_node_cluster.kubectl(
-        "exec", "whoami", "-n", node_namespace, "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace").stdout
-    assert mounted == node_namespace
+        "exec", "whoami", "-n", real_node_namespace, "--", "cat", "/var/run/secrets/kubernetes.io/serviceaccount/namespace").stdout
+    assert mounted == real_node_namespace
     # The container really runs on this machine, in the node's cgroup root.
-    cgroup = real_node_cluster.kubectl("exec", "whoami", "-n", node_namespace, "--", "cat", "/proc/self/cgroup").stdout
+    cgroup = real_node_cluster.kubectl("exec", "whoami", "-n", real_node_namespace, "--", "cat", "/proc/self/cgroup").stdout
     assert f"/{real_node.run.cgroup}/kubepods/" in cgroup
 
 
@@ -146,7 +137,7 @@ def test_the_kubelet_refuses_anonymous_requests(real_node_cluster: LocalCluster,
         assert json.load(response)["kind"] == "PodList"
 
 
-def test_kube_proxy_chains_live_in_the_node_namespace_only(real_node: RealNode) -> None:
+def test_kube_proxy_chains_live_in_the_real_node_namespace_only(real_node: RealNode) -> None:
     inside = subprocess.run(real_node.wrap(["iptables-save", "-t", "nat"]), capture_output=True, text=True, check=True).stdout
     assert ":KUBE-SERVICES" in inside and "10.0.0.1/32" in inside
     host = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout

@@ -108,22 +108,14 @@ def deployment(image: str) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def node_namespace(real_node_cluster: LocalCluster) -> Iterator[str]:
-    name = f"cpu-{time.monotonic_ns() % 10**8}"
-    real_node_cluster.kubectl("create", "namespace", name)
-    yield name
-    real_node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
-
-
 def cpu_alerts(prometheus: LocalPrometheus, namespace: str, alertname: str) -> list[dict[str, Any]]:
     return [a for a in prometheus.alerts() if a["labels"]["alertname"] == alertname and a["labels"].get("namespace") == namespace]
 
 
 def test_a_busy_consumer_moves_the_cpu_signal_its_health_and_the_alert(
-    real_node_cluster: LocalCluster, real_node: RealNode, node_prometheus: LocalPrometheus, node_namespace: str
+    real_node_cluster: LocalCluster, real_node: RealNode, node_prometheus: LocalPrometheus, real_node_namespace: str
 ) -> None:
-    cluster, prometheus, ns = real_node_cluster, node_prometheus, node_namespace
+    cluster, prometheus, ns = real_node_cluster, node_prometheus, real_node_namespace
     image = base_image()
     real_node.import_image(image.archive)
     cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(deployment(image.name)))

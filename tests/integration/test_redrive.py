@@ -22,12 +22,6 @@ from tests.support.rabbitmq import LocalRabbitMQ, declare_queue, depth, publish
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus, pytest.mark.rabbitmq]
 
 
-@pytest.fixture(scope="module")
-def broker() -> Iterator[LocalRabbitMQ]:
-    with LocalRabbitMQ() as running:
-        yield running
-
-
 def bad(body: bytes) -> str | None:
     """The consumers' data bug, once fixed: orders marked "still-bad" fail for good."""
     return "customerId missing" if b"still-bad" in body else None

@@ -10,7 +10,6 @@ import time
 import pytest
 
 from flowkeeper.domain.selector import parse
-from tests.support.cluster_fixtures import eventually
 from tests.support.flows import POLL, SCRAPE, Flow, flow_manifest, set_depth
 
 pytestmark = [pytest.mark.cluster, pytest.mark.prometheus]

@@ -63,8 +63,7 @@ def rollout_crd(cluster: LocalCluster) -> str:
     return ROLLOUT_CRD_NAME
 
 
-@pytest.fixture
-def namespace(cluster: LocalCluster) -> Iterator[str]:
+def _temporary_namespace(cluster: LocalCluster) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     yield name
@@ -72,12 +71,15 @@ def namespace(cluster: LocalCluster) -> Iterator[str]:
 
 
 @pytest.fixture
+def namespace(cluster: LocalCluster) -> Iterator[str]:
+    """A namespace of its own in `cluster`, deleted after the test."""
+    yield from _temporary_namespace(cluster)
+
+
+@pytest.fixture
 def real_node_namespace(real_node_cluster: LocalCluster) -> Iterator[str]:
     """A namespace of its own in `real_node_cluster`, deleted after the test."""
-    name = f"t-{uuid.uuid4().hex[:8]}"
-    real_node_cluster.kubectl("create", "namespace", name)
-    yield name
-    real_node_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    yield from _temporary_namespace(real_node_cluster)
 
 
 @pytest.fixture
