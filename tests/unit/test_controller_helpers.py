@@ -5,7 +5,6 @@ from flowkeeper.adapters.kubernetes import Listing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 import random
-import time
 
 from flowkeeper.controller.executor import retry_delay, status_patch
 from flowkeeper.controller.loop import FlowController

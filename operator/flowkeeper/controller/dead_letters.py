@@ -37,7 +37,7 @@ from flowkeeper.domain.conditions import parse_rfc3339, rfc3339
 from flowkeeper.domain.dead_letters import TOP_REASONS, BrokerAddress, Cutoff, CutoffLost, Review
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, TransientError
 from flowkeeper.domain.flow import FlowRecord
-from flowkeeper.domain.redrive import Action, RedriveRecord, Route, Situation, Step, route_of
+from flowkeeper.domain.redrive import Action, RedriveRecord, Situation, Step, route_of
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.dead_letters")

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from flowkeeper.domain.errors import FlowkeeperError
-from flowkeeper.domain.leadership import LeaseRecord, LeaseTiming, Move, Observation, claimed, next_move, released
+from flowkeeper.domain.leadership import LeaseTiming, Move, Observation, claimed, next_move, released
 from flowkeeper.observability import metrics
 
 log = logging.getLogger("flowkeeper.leadership")

@@ -366,7 +366,7 @@ def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
 
 
 def _paused(inputs: Inputs, out: _Builder, facts: pause.Facts, cause: Cause, mono: float) -> Plan:
-    flow, target = inputs.flow, inputs.target
+    target = inputs.target
     out.status["pause"] = pause.pause_record(facts, cause, rfc3339(out.now))
     manual = cause.reason == pause.MANUAL
     what = "paused by hand" if manual else "paused: consumers stopped, the backlog waits in the queue"
