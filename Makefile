@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 PYTEST_ARGS ?=
+# Workers of `make test` (pytest-xdist): the suite mostly waits on clusters and brokers, so more
+# workers than cores pay; each worker starts its own control plane (tests/support/worker_groups.py).
+TEST_WORKERS ?= 3
 
 .PHONY: help setup test unit crds cluster cluster-down bin-dir demo bench bench-peers clean
 
@@ -21,7 +24,7 @@ setup:
 	@bash scripts/setup.sh
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)

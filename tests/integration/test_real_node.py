@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import ssl
 import subprocess
@@ -16,6 +17,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -205,9 +207,18 @@ def kubectl_binary() -> str:
     return str(binaries() / "kubectl")
 
 
-def test_down_leaves_nothing_behind(tmp_path: Path, real_node: RealNode) -> None:
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A folder for the clusters' state with a short path: the kubelet's Unix sockets live under it
+    and a socket path has at most 107 bytes (pytest-xdist's tmp_path is too deep)."""
+    folder = Path(tempfile.mkdtemp(prefix="fkrn-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_down_leaves_nothing_behind(tmp_path: Path, short_dir: Path, real_node: RealNode) -> None:
     # `real_node` only makes sure the binaries and the pause image exist before the clock starts.
-    state = tmp_path / "state"
+    state = short_dir / "state"
     up, env = start_cluster_up(state, tmp_path)
     try:
         run_pause_pod(env, kubectl_binary())
@@ -223,8 +234,8 @@ def test_down_leaves_nothing_behind(tmp_path: Path, real_node: RealNode) -> None
     assert not state.exists()
 
 
-def test_a_start_clears_what_a_killed_run_left(tmp_path: Path, real_node: RealNode) -> None:
-    killed_state, next_state = tmp_path / "killed", tmp_path / "next"
+def test_a_start_clears_what_a_killed_run_left(tmp_path: Path, short_dir: Path, real_node: RealNode) -> None:
+    killed_state, next_state = short_dir / "killed", short_dir / "next"
     up, env = start_cluster_up(killed_state, tmp_path)
     run_pause_pod(env, kubectl_binary())
     sandboxes = sandbox_ids(killed_state)

@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,59 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+# Servers the tests start get ports below the kernel's ephemeral range: bind(0) and every outgoing
+# connection draw from that range, so a port found free there can be a client's a moment later, and
+# with pytest-xdist several sessions pick ports at once. Each worker counts through a slice of its
+# own; a bind checks each port, since other programs may hold ports there too.
+_SLICE = 1000
+_next_port: int | None = None
+_port_lock = threading.Lock()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def port_slice(worker: str, ephemeral_low: int) -> range:
+    """The ports one process hands out: pytest-xdist worker gwN takes slice N + 1, any other process
+    slice 0, all below `ephemeral_low`. Empty when the ephemeral range leaves no room below it."""
+    slices = (ephemeral_low - 10000) // _SLICE
+    if slices < 2:
+        return range(0)
+    index = int(worker[2:]) % (slices - 1) + 1 if worker.startswith("gw") and worker[2:].isdigit() else 0
+    start = ephemeral_low - (index + 1) * _SLICE
+    return range(start, start + _SLICE)
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
+    global _next_port
+    ports = port_slice(os.environ.get("PYTEST_XDIST_WORKER", ""), _ephemeral_low())
+    with _port_lock:
+        if not ports:
+            return _any_free_port()
+        if _next_port is None:  # processes sharing slice 0 (the demo beside a bench) start apart
+            _next_port = ports.start + (os.getpid() * 7919) % len(ports)
+        for _ in range(len(ports)):
+            port = ports.start + (_next_port - ports.start) % len(ports)
+            _next_port = port + 1
+            if _bindable(port):
+                return port
+    return _any_free_port()  # every port of the slice is taken
+
+
+def _any_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
