@@ -13,7 +13,8 @@ import pytest
 from flowkeeper.adapters.prometheus import FlowTarget, PrometheusSignals, signals_pass
 from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, read_answer, single_value
 from flowkeeper.adapters.prometheus.promql import promql_duration
-from flowkeeper.adapters.prometheus.queries import Presets, Query, Read, plan_pass
+from flowkeeper.adapters.prometheus import queries
+from flowkeeper.adapters.prometheus.queries import Presets, Query, Read, ReadsCache, flow_reads, plan_pass
 from flowkeeper.adapters.prometheus.servers import ServerSettings
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
 from flowkeeper.domain.errors import ConfigurationError, ErrorClass
@@ -116,6 +117,32 @@ def test_each_flow_reads_its_own_series() -> None:
     assert keys[kafka.key]["dead_letter_depth"] == ("events.dlt",)
     assert keys[convention.key]["throughput"] == ("shop", "billing")
     assert keys[by_name.key]["queue_depth"] == ("shop", "by-name")
+
+
+def test_a_flows_reads_are_built_once_per_spec_and_follow_an_edit(monkeypatch) -> None:
+    built = []
+    monkeypatch.setattr(queries, "flow_reads", lambda f, p: built.append(f.name) or flow_reads(f, p))
+    cache = ReadsCache(Presets("1m"))
+    orders = flow("orders", {"broker": "rabbitmq", "vhost": "/", "queue": "orders"})
+    first = cache.reads(orders)
+    assert cache.reads(FlowTarget(orders.key, orders.namespace, orders.name, orders.spec)) is first
+    assert built == ["orders"] and first == flow_reads(orders, Presets("1m"))
+    # An edit is a new spec object: read anew, the old entry gone with the old spec.
+    edited = flow("orders", {"broker": "rabbitmq", "vhost": "/", "queue": "orders-v2"})
+    del orders, first
+    again = cache.reads(edited)
+    assert built == ["orders", "orders"] and ("/", "orders-v2") in {r.key for r in again}
+    assert len(cache) == 1
+    del edited, again
+    assert len(cache) == 0
+
+
+def test_one_spec_object_under_another_name_is_read_for_that_name() -> None:
+    cache = ReadsCache(Presets("1m"))
+    spec = IntegrationFlowSpec.model_validate({"scaleTargetRef": {"name": "consumer"}, "source": {"broker": "prometheus"}})
+    a, b = FlowTarget("shop/a", "shop", "a", spec), FlowTarget("shop/b", "shop", "b", spec)
+    assert cache.reads(a) == flow_reads(a, Presets("1m")) and cache.reads(b) == flow_reads(b, Presets("1m"))
+    assert cache.reads(a) != cache.reads(b)
 
 
 def test_rabbitmq_flow_without_dead_letter_queue_reads_no_dead_letter_depth() -> None:

@@ -3,6 +3,7 @@ talks to nobody."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -297,6 +298,30 @@ def flow_reads(flow: FlowTarget, presets: Presets) -> list[Read]:
         query, key = sources[base]
         reads.append(Read(signal, build(query), key, base=base))
     return reads
+
+
+class ReadsCache:
+    """flow_reads() once per spec: a flow's reads depend only on its namespace, name and spec, and the
+    store keeps a flow's spec object until its generation changes. An entry goes with its spec object
+    (a weak reference), so deleted and edited flows leave nothing behind."""
+
+    def __init__(self, presets: Presets) -> None:
+        self.presets = presets
+        self._entries: dict[int, tuple[weakref.ref, str, str, list[Read]]] = {}
+
+    def reads(self, flow: FlowTarget) -> list[Read]:
+        entry = self._entries.get(id(flow.spec))
+        if entry is not None and entry[0]() is flow.spec and entry[1:3] == (flow.namespace, flow.name):
+            return entry[3]
+        built = flow_reads(flow, self.presets)
+        key = id(flow.spec)
+        # The callback runs as the spec is freed, before its id can be another object's.
+        gone = weakref.ref(flow.spec, lambda _, key=key, entries=self._entries: entries.pop(key, None))
+        self._entries[key] = (gone, flow.namespace, flow.name, built)
+        return built
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 @dataclass

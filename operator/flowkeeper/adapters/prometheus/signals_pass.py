@@ -12,7 +12,16 @@ from typing import Any
 
 from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, single_value
 from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient
-from flowkeeper.adapters.prometheus.queries import FlowTarget, Presets, Query, Read, error_rate_promql, flow_reads, overrides_of, queries_of
+from flowkeeper.adapters.prometheus.queries import (
+    FlowTarget,
+    Presets,
+    Query,
+    Read,
+    ReadsCache,
+    error_rate_promql,
+    overrides_of,
+    queries_of,
+)
 from flowkeeper.adapters.prometheus.servers import (
     AllowedServers,
     FlowServers,
@@ -79,6 +88,7 @@ class PrometheusSignals:
         self.timeout = timeout
         self.pass_timeout = pass_timeout or PASS_TIMEOUT_FACTOR * timeout
         self.presets = Presets(rate_window)
+        self._reads = ReadsCache(self.presets)
         self.allowed = AllowedServers(url, allowed_servers)
         self.allow_overrides = allow_overrides
         self.clock = clock
@@ -199,7 +209,7 @@ class PrometheusSignals:
         reads: dict[str, list[Read]] = {}
         for flow in flows:
             try:
-                reads[flow.key] = flow_reads(flow, self.presets)
+                reads[flow.key] = self._reads.reads(flow)
             except Exception as exc:  # noqa: BLE001 - a spec the CRD should have refused must not stop the pass
                 result.failures[flow.key] = SignalsFailure(ErrorClass.configuration, "InvalidSpec", f"cannot build its queries: {exc}")
         answers, asked = self._ask(settings, queries_of(reads.values()), now, deadline)
