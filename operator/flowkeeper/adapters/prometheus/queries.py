@@ -310,11 +310,13 @@ class ReadsCache:
         self._entries: dict[int, tuple[weakref.ref, str, str, list[Read]]] = {}
 
     def reads(self, flow: FlowTarget) -> list[Read]:
-        entry = self._entries.get(id(flow.spec))
-        if entry is not None and entry[0]() is flow.spec and entry[1:3] == (flow.namespace, flow.name):
-            return entry[3]
-        built = flow_reads(flow, self.presets)
         key = id(flow.spec)
+        entry = self._entries.get(key)
+        if entry is not None:
+            spec, namespace, name, built = entry
+            if spec() is flow.spec and (namespace, name) == (flow.namespace, flow.name):
+                return built
+        built = flow_reads(flow, self.presets)
         # The callback runs as the spec is freed, before its id can be another object's.
         gone = weakref.ref(flow.spec, lambda _, key=key, entries=self._entries: entries.pop(key, None))
         self._entries[key] = (gone, flow.namespace, flow.name, built)
