@@ -24,12 +24,13 @@ from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
 from flowkeeper.controller.ports import ClusterGateway, Leader, SignalSource
 from flowkeeper.controller.readings import Reading
+from flowkeeper.controller.repeats import Repeat
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import ownership
 from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.redrive import replicas_cap
-from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure
+from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure, repeated
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 from flowkeeper.observability import metrics, tracing
 
@@ -78,6 +79,7 @@ class FlowController:
         self.memory: dict[str, FlowMemory] = {}  # by flow UID
         self.read_failures: dict[str, int] = {}  # flow UID -> transient signal reads failed in a row
         self.readings: dict[str, Reading] = {}  # flow UID -> its last signals read afresh
+        self.repeats: dict[str, Repeat] = {}  # flow UID -> its last plan, when the same inputs repeat it
         self.prometheus_down = False
         self.random = random.Random()
         self.passes = 0
@@ -132,10 +134,11 @@ class FlowController:
     def _forget_plans(self) -> None:
         """What a standby knew from an earlier term may be stale by the time it leads again; the
         state that matters (pause, replicas to restore) lives in the flows' status anyway."""
-        if self.memory or self.read_failures or self.readings:
+        if self.memory or self.read_failures or self.readings or self.repeats:
             self.memory.clear()
             self.read_failures.clear()
             self.readings.clear()
+            self.repeats.clear()
             self.executor.forget(set())
         metrics.FLOWS.clear()  # a standby reports no flows: only the leader's counts are current
         self.flow_gauges.forget()
@@ -192,7 +195,8 @@ class FlowController:
                 continue  # deleted during the read, or its last plan is still being written
             target = self.store.target_of(flow)
             flow_plan = self._plan(flow, target, read, reused.get(flow.uid), outage, now, mono)
-            self._write(flow, target, flow_plan, pass_id)
+            if flow_plan is not None:
+                self._write(flow, target, flow_plan, pass_id)
         self._back_off_failed_reads(read, mono)
         self._after_pass()
         self.passes += 1
@@ -210,6 +214,7 @@ class FlowController:
         (planned again only when it is done), never the next pass of the others."""
         if not self.executor.has_work(flow, target, flow_plan):
             return
+        self.repeats.pop(flow.uid, None)  # a plan that writes is no plan to repeat, also if its write fails
         task = asyncio.create_task(self.executor.apply(flow, target, flow_plan, pass_id), name=f"write-{flow.uid}")
         self.writing[flow.uid] = task
         task.add_done_callback(lambda _, uid=flow.uid: self.writing.pop(uid, None))
@@ -232,7 +237,8 @@ class FlowController:
     def _plan(
         self, flow: FlowRecord, target: TargetRecord | None, read: PassResult | None, reused: FlowSignals | None,
         outage: bool, now: float, mono: float,
-    ) -> Plan:
+    ) -> Plan | None:
+        """The flow's plan; None when its last plan repeats (controller/repeats.py): nothing to write."""
         if reused is not None:
             signals, failure = reused, None
         else:
@@ -258,12 +264,20 @@ class FlowController:
             dead_letters=self.store.reviews.get(flow.uid),
             replicas_cap=replicas_cap(self.store.redrives_of(flow)) if self.store.redrives else None,
         )
+        last = self.repeats.get(flow.uid)
+        if last is not None and last.serves(inputs):
+            self.memory[flow.uid] = repeated(inputs.memory, last.steady, mono)
+            return None
         try:
             flow_plan = plan(inputs, now=now)
         except Exception as exc:  # noqa: BLE001 - one flow's bad number is that flow's condition, not the pass's
             log.exception("planning failed", extra={"flow": flow.name, "namespace": flow.namespace, "stage": "plan", "outcome": "error"})
             flow_plan = plan_failure(inputs, exc, now=now)
         self.memory[flow.uid] = flow_plan.memory
+        if flow_plan.repeatable is not None:
+            self.repeats[flow.uid] = Repeat(inputs, flow_plan.repeatable)
+        else:
+            self.repeats.pop(flow.uid, None)
         depth = inputs.signals.queue_depth if inputs.signals is not None and inputs.failure is None else None
         self.flow_gauges.show(flow.uid, flow.namespace, flow.name, flow_plan.status.get("desiredReplicas"), depth)
         return flow_plan
@@ -352,6 +366,8 @@ class FlowController:
             del self.memory[key]
         for key in self.readings.keys() - live:
             del self.readings[key]
+        for key in self.repeats.keys() - live:
+            del self.repeats[key]
         self.executor.forget(live)
         self.flow_gauges.forget(live)
         counts = Counter((f.status.get("phase", "Pending"), f.status.get("severity", "None")) for f in self.store.flows.values())

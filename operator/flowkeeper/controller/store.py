@@ -239,7 +239,10 @@ class ClusterStore:
         """The flow that owns this flow's scale target (the oldest claim), possibly itself."""
         if flow.target_key is None:
             return None
-        return ownership.owner(self.flows[uid] for uid in self._by_target.get(flow.target_key, ()))
+        claimants = self._by_target.get(flow.target_key, ())
+        if len(claimants) == 1:  # the usual case, asked for every flow of every pass
+            return self.flows[next(iter(claimants))]
+        return ownership.owner(self.flows[uid] for uid in claimants)
 
     def flows_of_target(self, key: str) -> list[FlowRecord]:
         return [self.flows[uid] for uid in self._by_target.get(key, ())]

@@ -64,7 +64,7 @@ class FlowRecord:
             return {"kind": ref.kind, "name": ref.name, "since": str(recorded["since"])}
         return None
 
-    @property
+    @functools.cached_property
     def claim_since(self) -> str:
         """When this flow's claim on its current target began (RFC 3339): its claim as recorded; the
         flow's creation when none was ever recorded (it names the target it was created with); "~"

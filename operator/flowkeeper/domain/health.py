@@ -170,6 +170,14 @@ RULES: tuple[_Rule, ...] = (
 )
 
 
+def judged_alike_later(signals: FlowSignals, *, not_ready_since: float | None) -> bool:
+    """Whether the same signals get the same findings at any later time. Two rules read the clock:
+    NoReadyConsumers counts since when none is ready, HeartbeatLost ages the last success while work
+    waits; each is time-free when its clock is not running."""
+    waiting = signals.queue_depth is not None and signals.queue_depth > 0
+    return not_ready_since is None and not (waiting and signals.last_success_timestamp is not None)
+
+
 def assess(
     spec: HealthSpec,
     signals: FlowSignals | None,

@@ -29,12 +29,12 @@ from flowkeeper.domain import ownership, pause
 from flowkeeper.domain.conditions import rfc3339
 from flowkeeper.domain.flow import TargetRecord, FlowRecord
 from flowkeeper.domain.redrive import route_of
-from flowkeeper.domain.health import HealthAssessment, assess
+from flowkeeper.domain.health import HealthAssessment, assess, judged_alike_later
 from flowkeeper.domain.pause import RESUME_ANNOTATION, Cause
-from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, decide
+from flowkeeper.domain.scaling import ScalingDecision, ScalingMemory, Steady, decide
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 
-__all__ = ["RESUME_ANNOTATION", "Event", "FlowMemory", "Inputs", "Plan", "plan", "plan_failure"]
+__all__ = ["RESUME_ANNOTATION", "Event", "FlowMemory", "Inputs", "Plan", "plan", "plan_failure", "repeated"]
 
 
 # A busy flow's status restates its live numbers (signals, condition messages) at most this often;
@@ -104,9 +104,16 @@ class Plan:
     # server before the consumers go to 0, or a crash in between would lose the count for good.
     status_first: bool = False
     kind: str = ""  # "pause" or "resume" for the plans that start or end a pause (logs, fault tests)
+    # Set when nothing in this plan reads the clock: the same inputs give the same plan at any later
+    # time, but for the memory, which `repeated` moves on (the loop then skips planning the flow).
+    repeatable: Steady | None = None
 
     def status_changed(self, current: dict[str, Any]) -> bool:
         return _comparable(self.status) != _comparable(current)
+
+
+def _refresh_due(refreshed_at: float | None, mono: float) -> bool:
+    return refreshed_at is None or mono - refreshed_at >= STATUS_REFRESH_SECONDS
 
 
 def _comparable(status: dict[str, Any]) -> dict[str, Any]:
@@ -126,11 +133,12 @@ class _Builder:
         self.flow = flow
         self.now = now
         self.mono = mono
-        self.refresh = mono is None or refreshed_at is None or mono - refreshed_at >= STATUS_REFRESH_SECONDS
+        self.refresh = mono is None or _refresh_due(refreshed_at, mono)
         self.status = dict(flow.status)
         self.status.pop("metricsFailures", None)  # left by older versions; no longer in the API
         self.conditions: dict[str, dict[str, Any]] = {c.get("type", ""): c for c in self.status.get("conditions") or []}
         self.events: list[Event] = []
+        self.withheld = False  # something kept for the next refresh: a later pass writes it
 
     def condition(self, type_: str, status: bool | None, reason: str, message: str, *, event: bool = False) -> None:
         previous = self.conditions.get(type_)
@@ -145,9 +153,11 @@ class _Builder:
             changed = previous.get("status") != wire or previous.get("reason") != reason
         if event and changed:
             self.event("Normal" if positive else "Warning", reason, message)
+        made = cond.make_condition(previous, type_, status, reason, message, generation=self.flow.generation, now=self.now)
         if previous is not None and not changed and not self.refresh and previous.get("observedGeneration") == self.flow.generation:
+            self.withheld = self.withheld or made != previous
             return  # the same news; its message is brought up to date with the next refresh
-        self.conditions[type_] = cond.make_condition(previous, type_, status, reason, message, generation=self.flow.generation, now=self.now)
+        self.conditions[type_] = made
 
     def _record_claim(self) -> None:
         """status.scaleTarget: the target this flow claims and since when, so the oldest claim is
@@ -172,7 +182,7 @@ class _Builder:
             message = f"{message} (runbook: {runbook})"
         self.events.append(Event(type_, reason, message))
 
-    def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False) -> Plan:
+    def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False, repeatable: Steady | None = None) -> Plan:
         self.status["conditions"] = cond.ordered(self.conditions.values())
         if self.refresh and self.mono is not None:
             memory = _evolve(memory, refreshed_at=self.mono)
@@ -180,7 +190,10 @@ class _Builder:
         self._record_claim()
         paused_before, paused_now = bool(self.flow.status.get("pause")), bool(self.status.get("pause"))
         kind = "pause" if paused_now and (scale_to == 0 or not paused_before) else "resume" if paused_before and not paused_now else ""
-        return Plan(status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first, kind=kind)
+        return Plan(
+            status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first, kind=kind,
+            repeatable=repeatable,
+        )
 
 
 def plan_failure(inputs: Inputs, error: Exception, *, now: float) -> Plan:
@@ -280,7 +293,22 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     severity = "P1" if cause else health.severity
     out.status["severity"] = str(getattr(severity, "value", severity))
     out.status["phase"] = _phase(out.status["severity"], target, scale_to)
-    return out.done(scale_to, memory)
+    # The clock entered this plan only through the scaling windows and idleAfter (decision.steady
+    # says they cannot move the count), the resume grace, the foreign-writer hold-off, two health
+    # rules, and what the refresh withheld. Without any of them it repeats, also in an hour.
+    time_free = (
+        scale_to is None and not out.events and not out.withheld and cause is None and not in_grace
+        and not holding and memory.conflict.hold_until is None
+        and inputs.signals is not None and judged_alike_later(inputs.signals, not_ready_since=not_ready_since)
+    )
+    return out.done(scale_to, memory, repeatable=decision.steady if time_free else None)
+
+
+def repeated(memory: FlowMemory, steady: Steady, mono: float) -> FlowMemory:
+    """The memory a repeatable plan leaves when it is made again at `mono` (Plan.repeatable): also the
+    refresh comes round as it would, so the next real plan restates numbers when it would have."""
+    refreshed_at = mono if _refresh_due(memory.refreshed_at, mono) else memory.refreshed_at
+    return _evolve(memory, scaling=steady.memory(memory.scaling, mono), refreshed_at=refreshed_at)
 
 
 def _capped(desired: int, current: int, cap: int | None) -> int:
@@ -482,8 +510,12 @@ def _record_signal_values(out: _Builder, signals: FlowSignals) -> None:
     previous = {k: v for k, v in (out.status.get("signals") or {}).items() if k != "observedAt"}
     # Rewritten only when a value changed, so an idle flow costs no writes; and a busy flow's small
     # moves wait for the next refresh.
-    if values != previous and (out.refresh or moved_meaningfully(previous, values)):
+    if values == previous:
+        return
+    if out.refresh or moved_meaningfully(previous, values):
         out.status["signals"] = {**values, "observedAt": rfc3339(signals.observed_at)}
+    else:
+        out.withheld = True
 
 
 def moved_meaningfully(before: dict[str, Any], after: dict[str, Any]) -> bool:

@@ -38,6 +38,20 @@ class ScalingMemory:
 
 
 @dataclass(frozen=True)
+class Steady:
+    """A decision that the same signals give again at any later time: the count stays, and every
+    recommendation remembered is that count, so no window can move it. Only the memory moves on."""
+
+    replicas: int
+    working: bool  # work was seen (backlog or throughput above 0): the idle clock restarts each pass
+
+    def memory(self, before: ScalingMemory, now: float) -> ScalingMemory:
+        """The memory the same decision leaves at `now`. One recommendation stands for all: each
+        window asks only whether the count was recommended within it, and the newest answers that."""
+        return ScalingMemory(((now, self.replicas),), 0, now if self.working else before.last_active_at)
+
+
+@dataclass(frozen=True)
 class ScalingDecision:
     desired_replicas: int
     current_replicas: int
@@ -46,6 +60,7 @@ class ScalingDecision:
     metrics_available: bool
     fallback_active: bool  # afterFailures reached: at fallback.replicas when set, else holding
     memory: ScalingMemory
+    steady: Steady | None = None  # set when the same fresh signals would decide the same later on
 
     @property
     def changed(self) -> bool:
@@ -196,6 +211,10 @@ def _scale(
     if final != desired:
         notes.append(f"bounds {bounds.low}..{bounds.high}")
 
+    remembered = _remember(spec, memory.recommendations, now, recommended) if fresh else memory.recommendations
+    # Time enters only through the windows (all agree on the count here) and idleAfter (which never
+    # moves a count that stays above 0, and is not asked at 0).
+    steady = fresh and final == current and all(replicas == current for _, replicas in remembered)
     return ScalingDecision(
         desired_replicas=final,
         current_replicas=current,
@@ -203,11 +222,8 @@ def _scale(
         limited_by=limited_by,
         metrics_available=True,
         fallback_active=False,
-        memory=ScalingMemory(
-            recommendations=_remember(spec, memory.recommendations, now, recommended) if fresh else memory.recommendations,
-            metrics_failures=0,
-            last_active_at=last_active_at,
-        ),
+        memory=ScalingMemory(recommendations=remembered, metrics_failures=0, last_active_at=last_active_at),
+        steady=Steady(current, working) if steady else None,
     )
 
 

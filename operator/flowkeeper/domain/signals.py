@@ -5,6 +5,7 @@ None means "unknown", never zero."""
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, field, fields
 
 from flowkeeper.domain.errors import ErrorClass
@@ -83,6 +84,11 @@ class FlowSignals:
                     unread[name] = why
         object.__setattr__(self, "unread", unread)
 
+    def reads_like(self, other: FlowSignals) -> bool:
+        """The same values, unread signals and failures, whenever each was read (NaN never compares:
+        it is normalised to None above)."""
+        return _compared(self) == _compared(other)
+
     def observed_on(self, clock_reading: float) -> FlowSignals:
         """The same readings stamped on another clock: no second normalisation (they were checked)."""
         moved = object.__new__(FlowSignals)
@@ -93,6 +99,7 @@ class FlowSignals:
 # The fields that hold a reading (a number or None), named once: __post_init__ runs for every flow
 # of every pass.
 _READINGS = tuple(f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread", "backlog_unanswered"))
+_compared = operator.attrgetter(*(f.name for f in fields(FlowSignals) if f.name != "observed_at"))
 
 
 
