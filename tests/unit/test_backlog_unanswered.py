@@ -84,3 +84,49 @@ def test_a_backlog_query_unanswered_for_every_flow_is_one_outage() -> None:
 
     asyncio.run(scenario())
     assert controller.prometheus_down
+
+
+@pytest.mark.parametrize("kind", [QueryProblem.TIMEOUT, QueryProblem.NOT_ASKED, QueryProblem.UNAVAILABLE])
+def test_another_signal_prometheus_did_not_answer_is_marked_so_with_what_derives_from_it(kind: str) -> None:
+    read = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: QueryProblem(kind, "late"), DERIVED: None}, now=0)
+    assert isinstance(read, FlowSignals) and read.queue_depth == 7.0
+    assert read.unanswered == {"throughput", "throughput_baseline"} == set(read.unread)
+
+
+def test_a_refused_query_or_an_impossible_value_is_not_unanswered() -> None:
+    refused = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: vector(series("1")), DERIVED: QueryProblem(QueryProblem.FAILED, "bad")}, now=0)
+    assert set(refused.unread) == {"throughput_baseline"} and refused.unanswered == frozenset()
+    impossible = signals(queue_depth=7.0, cpu_utilization=-1.0)
+    assert "cpu_utilization" in impossible.unread and impossible.unanswered == frozenset()
+
+
+def _metrics_condition(sig: FlowSignals, previous: dict | None = None):
+    body = flow_with(status={"conditions": [previous]} if previous else None)
+    made = plan(
+        Inputs(flow=flow_from_body(body), target=target_from_body(deployment(replicas=1, ready=1), DEPLOYMENT), signals=sig,
+               metrics_enabled=True),
+        now=NOW,
+    )
+    return condition(made.status, "MetricsAvailable"), [e.reason for e in made.events]
+
+
+def test_a_signal_prometheus_did_not_answer_does_not_flip_the_flows_condition() -> None:
+    """Regression: at 10,000 flows the queue-growth query timed out every other pass, and each flip of
+    SignalsRead <-> SomeSignalsUnread rewrote all 10,000 statuses (the writes starved new flows)."""
+    late = signals(queue_depth=50.0, unread={"queue_growing_seconds": "queue growth: Prometheus did not answer in time"},
+                   unanswered=frozenset({"queue_growing_seconds"}))
+    read = {"type": "MetricsAvailable", "status": "True", "reason": "SignalsRead", "message": "the flow's signals were read",
+            "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    metrics, events = _metrics_condition(late, read)
+    assert (metrics["reason"], metrics["message"]) == ("SignalsRead", "the flow's signals were read") and events == []
+    # A signal the flow itself cannot give (an impossible value) is still named.
+    own = signals(queue_depth=50.0, cpu_utilization=-1.0, unread={"queue_growing_seconds": "late"}, unanswered=frozenset({"queue_growing_seconds"}))
+    metrics, _ = _metrics_condition(own, read)
+    assert metrics["reason"] == "SomeSignalsUnread" and "cpuUtilization" in metrics["message"] and "queueGrowingSeconds" not in metrics["message"]
+
+
+def test_a_new_flows_first_reading_posts_no_event() -> None:
+    pending = {"type": "MetricsAvailable", "status": "Unknown", "reason": "SignalsPending", "message": "the flow's backlog has not been read yet",
+               "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+    metrics, events = _metrics_condition(signals(queue_depth=50.0), pending)
+    assert metrics["reason"] == "SignalsRead" and "SignalsRead" not in events

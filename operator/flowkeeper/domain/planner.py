@@ -461,6 +461,9 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
         return
     signals = inputs.signals
     unread = dict(signals.unread) if signals is not None else {}
+    # A signal Prometheus did not answer this pass is not the flow's news: with a slow query over
+    # thousands of flows it comes and goes, and each flip would rewrite every flow's status.
+    own_unread = {k: why for k, why in unread.items() if k not in signals.unanswered} if signals is not None else {}
     if not decision.metrics_available:
         if signals is not None and signals.backlog_unanswered is not None:
             # Prometheus did not answer the backlog query: its trouble, said like a failed read.
@@ -478,12 +481,13 @@ def _record_metrics(out: _Builder, inputs: Inputs, decision: ScalingDecision, fa
             out.condition(cond.METRICS_AVAILABLE, False, "NoBacklogSignal", f"no queueDepth series; {holding}", event=True)
         else:
             out.keep(cond.METRICS_AVAILABLE, "SignalsPending", "the flow's backlog has not been read yet")
-    elif unread:
-        out.condition(cond.METRICS_AVAILABLE, True, "SomeSignalsUnread", f"the backlog was read; not read: {_unread_text(unread)}")
+    elif own_unread:
+        out.condition(cond.METRICS_AVAILABLE, True, "SomeSignalsUnread", f"the backlog was read; not read: {_unread_text(own_unread)}")
     else:
         previous = out.conditions.get(cond.METRICS_AVAILABLE) or {}
-        # Recovering from an outage is told once for the operator, not once per flow.
-        quiet = previous.get("reason") in _OUTAGE_REASONS
+        # Recovering from an outage is told once for the operator, not once per flow; a new flow's
+        # first reading is no news either (thousands applied at once would post thousands of Events).
+        quiet = previous.get("reason") in _OUTAGE_REASONS or previous.get("reason") == "SignalsPending"
         out.condition(cond.METRICS_AVAILABLE, True, "SignalsRead", "the flow's signals were read", event=not quiet)
     if signals is not None:
         _record_signal_values(out, signals)

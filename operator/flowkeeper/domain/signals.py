@@ -67,6 +67,9 @@ class FlowSignals:
     # PrometheusPassTimeout, ...): Prometheus' trouble, not the flow's, and one incident when it hits
     # every flow (controller/loop.py), not a Warning per flow.
     backlog_unanswered: str | None = None
+    # The signals of `unread` whose query Prometheus did not answer (it was down, timed out, or the
+    # pass ran out of time): its trouble, counted and logged for the operator, not news of the flow.
+    unanswered: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         # NaN and infinities from Prometheus mean "no value"; a value that cannot be true (a negative
@@ -98,7 +101,9 @@ class FlowSignals:
 
 # The fields that hold a reading (a number or None), named once: __post_init__ runs for every flow
 # of every pass.
-_READINGS = tuple(f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread", "backlog_unanswered"))
+_READINGS = tuple(
+    f.name for f in fields(FlowSignals) if f.name not in ("observed_at", "invalid_queries", "unread", "backlog_unanswered", "unanswered")
+)
 _compared = operator.attrgetter(*(f.name for f in fields(FlowSignals) if f.name != "observed_at"))
 
 

@@ -140,6 +140,9 @@ _UNAVAILABLE_REASONS = {
     QueryProblem.INVALID: "PrometheusQueryFailed",  # a preset refused: our bug, not the flow's
 }
 
+# Prometheus could not answer (as opposed to refusing the query, or not being Prometheus at all).
+_NO_ANSWER = frozenset({QueryProblem.UNAVAILABLE, QueryProblem.TIMEOUT, QueryProblem.NOT_ASKED})
+
 _DERIVED_WORDS = {"queue_growing_seconds": "queue growth", "throughput_baseline": "baseline", "latency_baseline": "baseline"}
 
 
@@ -166,6 +169,7 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
     unread: dict[str, str] = {}
     problems: list[QueryProblem] = []
     backlog_unanswered: str | None = None
+    unanswered: set[str] = set()
     for read in reads:
         answer = answers.get(read.query)
         try:
@@ -174,6 +178,8 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
             if answer is None:  # not asked: its base has no answer, and says why
                 base = _words(read.base, read.query.one_number) if read.base else "its query"
                 unread[read.signal] = f"{describe(read)} not computed: {base} has no value"
+                if read.base in unanswered:
+                    unanswered.add(read.signal)
                 continue
             if read.query.one_number:
                 value = single_value(answer)
@@ -186,13 +192,17 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
                 invalid[read.signal] = problem.message
                 continue
             unread[read.signal] = f"{describe(read)}: {problem.message}"
+            if problem.kind in _NO_ANSWER:
+                unanswered.add(read.signal)
             if read.base is None:
                 problems.append(problem)
                 if read.signal == "queue_depth":
                     backlog_unanswered = _UNAVAILABLE_REASONS[problem.kind]
     if problems and not values and not invalid:
         return _failure(problems[0], from_flow_server)
-    return FlowSignals(observed_at=now, invalid_queries=invalid, unread=unread, backlog_unanswered=backlog_unanswered, **values)
+    return FlowSignals(
+        observed_at=now, invalid_queries=invalid, unread=unread, backlog_unanswered=backlog_unanswered, unanswered=frozenset(unanswered), **values
+    )
 
 
 def _failure(problem: QueryProblem, from_flow_server: bool) -> SignalsFailure:
