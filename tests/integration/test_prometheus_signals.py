@@ -51,7 +51,7 @@ def collect_until(signals: PrometheusSignals, flows: list[FlowTarget], check: Ca
 
 @pytest.fixture
 def signals(prometheus: LocalPrometheus) -> PrometheusSignals:
-    reader = PrometheusSignals(prometheus.url, rate_window=RATE_WINDOW, timeout=5, allow_overrides=True)
+    reader = PrometheusSignals(prometheus.url, rate_window=RATE_WINDOW, timeout=5, allow_overrides=True, keep_answers=False)
     yield reader
     reader.close()
 
@@ -234,7 +234,7 @@ def test_flows_with_their_own_server_are_batched_per_server(prometheus: LocalPro
     def check(result: PassResult) -> None:
         assert result.signals["a/own-0"].queue_depth == result.signals["b/own-1"].queue_depth == 5
 
-    signals = PrometheusSignals(prometheus.url, rate_window=RATE_WINDOW, secret_reader=read_secret, allowed_servers=[server["address"]])
+    signals = PrometheusSignals(prometheus.url, rate_window=RATE_WINDOW, secret_reader=read_secret, allowed_servers=[server["address"]], keep_answers=False)
     try:
         default_only = signals.collect(broker_flows("rabbitmq", 2, unique)).queries
         result = collect_until(signals, [*broker_flows("rabbitmq", 2, unique), *own, lost], check)

@@ -14,7 +14,7 @@ from flowkeeper.adapters.prometheus import FlowTarget, PrometheusSignals, signal
 from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, read_answer, single_value
 from flowkeeper.adapters.prometheus.promql import promql_duration
 from flowkeeper.adapters.prometheus import queries
-from flowkeeper.adapters.prometheus.queries import Presets, Query, Read, ReadsCache, flow_reads, plan_pass
+from flowkeeper.adapters.prometheus.queries import SLOW_SIGNAL_SECONDS, Presets, Query, Read, ReadsCache, flow_reads, plan_pass
 from flowkeeper.adapters.prometheus.servers import ServerSettings
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
 from flowkeeper.domain.errors import ConfigurationError, ErrorClass
@@ -558,3 +558,73 @@ def test_a_prometheus_resource_limit_is_no_fault_of_the_query() -> None:
     with pytest.raises(QueryProblem) as wrong:
         read_answer(422, b'{"status":"error","errorType":"execution","error":"vector cannot contain metrics with the same labelset"}')
     assert wrong.value.kind == QueryProblem.INVALID
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _slow(promql: str) -> bool:
+    return "deriv(" in promql or "avg_over_time(" in promql  # the growth and baseline subqueries
+
+
+def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass() -> None:
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock)
+    flows = flows_of("rabbitmq", 3)
+    first = signals.collect(flows)
+    asked = clients[0].asked
+    slow = [q for q in asked if _slow(q)]
+    assert slow and first.queries == len(asked)
+    clock.now += SLOW_SIGNAL_SECONDS - 1
+    second = signals.collect(flows)
+    assert second.queries == first.queries - len(slow)
+    assert [q for q in asked[first.queries:] if _slow(q)] == []
+    clock.now += 1
+    third = signals.collect(flows)
+    assert third.queries == first.queries  # the kept answers are too old now: asked again
+    assert not signals._kept or all(clock.now - at < SLOW_SIGNAL_SECONDS for at, _ in signals._kept.values())
+
+
+def test_a_slow_signal_that_failed_is_asked_again_on_the_next_pass() -> None:
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock)
+    flows = flows_of("rabbitmq", 2)
+    signals.collect(flows)  # creates the client
+    client, answer = clients[0], clients[0].query
+
+    def slow_ones_time_out(promql: str, *, at: float, deadline: float):
+        if _slow(promql):
+            client.asked.append(promql)
+            raise TimeoutError("late")
+        return answer(promql, at=at, deadline=deadline)
+
+    client.query = slow_ones_time_out
+    clock.now += SLOW_SIGNAL_SECONDS
+    late = signals.collect(flows)
+    assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
+    client.query = answer
+    clock.now += 1
+    before = len(client.asked)
+    signals.collect(flows)
+    assert any(_slow(q) for q in client.asked[before:])
+
+
+def test_a_slow_signal_is_kept_for_a_tenth_of_its_window_at_most_the_slow_interval() -> None:
+    presets = Presets("1m")
+    depth = Query("depth", "d", ("queue",))
+    assert presets.growth(depth, 600.0).keep_for == SLOW_SIGNAL_SECONDS
+    assert presets.growth(depth, 6.0).keep_for == pytest.approx(0.6)
+    assert presets.baseline(depth, 3600.0).keep_for == SLOW_SIGNAL_SECONDS
+    assert depth.keep_for == 0.0  # the backlog and every other signal: asked every pass
+
+
+def test_no_answer_is_kept_when_the_pass_keeps_none() -> None:
+    signals, clients = signals_with(keep_answers=False)
+    flows = flows_of("rabbitmq", 2)
+    assert signals.collect(flows).queries == signals.collect(flows).queries
+    assert signals._kept == {}

@@ -29,6 +29,10 @@ from flowkeeper.api.durations import to_seconds
 from flowkeeper.api.v1alpha1 import Broker, IntegrationFlowSpec
 
 BY = ", ".join(CONVENTION_KEY)
+# Signals over windows of minutes to hours (queue growth, baselines) move little between passes, and
+# their subqueries are the heaviest a pass asks (at 10,000 flows the growth query alone took about 4 s
+# of the 5 s poll interval): an answer serves the passes of a tenth of its window, at most this long.
+SLOW_SIGNAL_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class Query:
     # A derived query over a flow's own query, for when that one answered a scalar: subqueries and
     # comparisons need an instant vector, so the scalar is wrapped first.
     promql_over_scalar: str | None = None
+    keep_for: float = 0.0  # seconds an answer may serve later passes (slow-moving signals only)
 
     @property
     def one_number(self) -> bool:
@@ -179,12 +184,15 @@ class Presets:
         return Query(f"override:{signal}", promql.strip(), family="override")
 
     @staticmethod
-    def _derived(kind: str, family: str, base: Query, build: Callable[[str], str]) -> Query:
+    def _derived(kind: str, family: str, base: Query, window_s: float, build: Callable[[str], str]) -> Query:
+        keep_for = min(SLOW_SIGNAL_SECONDS, window_s / 10)
         if not base.one_number:
-            return Query(kind, build(base.promql), base.by, requires=base, family=family)
+            return Query(kind, build(base.promql), base.by, requires=base, family=family, keep_for=keep_for)
         # A flow's own text is embedded without its comments, and in a second spelling for a scalar.
         own = embeddable(base.promql)
-        return Query(kind, build(own), requires=base, family=family, promql_over_scalar=build(as_vector(own)))
+        return Query(
+            kind, build(own), requires=base, family=family, promql_over_scalar=build(as_vector(own)), keep_for=keep_for
+        )
 
     @lru_cache(maxsize=1024)  # noqa: B019 - bounded: override texts come and go
     def baseline(self, base: Query, window_s: float) -> Query:
@@ -193,7 +201,7 @@ class Presets:
         baseline comparable with the signal. NaN steps (no traffic: 0/0 latency) are left out."""
         window, step = promql_duration(window_s), promql_duration(_step(window_s, BASELINE_STEPS))
         return self._derived(
-            f"{base.kind}:baseline[{window}]", "baseline", base, lambda q: f"avg_over_time((({q}) > -Inf)[{window}:{step}])"
+            f"{base.kind}:baseline[{window}]", "baseline", base, window_s, lambda q: f"avg_over_time((({q}) > -Inf)[{window}:{step}])"
         )
 
     @lru_cache(maxsize=1024)  # noqa: B019
@@ -205,7 +213,7 @@ class Presets:
         def build(q: str) -> str:
             return growth_promql(lambda r: f"deriv(({q})[{r}:{inner}])", window_s, self.rate_s)
 
-        return self._derived(f"{depth.kind}:growth[{promql_duration(window_s)}]", "growth", depth, build)
+        return self._derived(f"{depth.kind}:growth[{promql_duration(window_s)}]", "growth", depth, window_s, build)
 
 
 # The labels naming one workload's pod series: its namespace, kind (Deployment, StatefulSet,

@@ -79,6 +79,8 @@ class PrometheusSignals:
         allowed_servers: Sequence[str] = (),
         allow_overrides: bool = False,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        keep_answers: bool = True,
         secret_reader: SecretReader | None = None,
         client_factory: Callable[[ServerSettings], QueryClient] = HttpQueryClient,
     ) -> None:
@@ -92,6 +94,10 @@ class PrometheusSignals:
         self.allowed = AllowedServers(url, allowed_servers)
         self.allow_overrides = allow_overrides
         self.clock = clock
+        self.monotonic = monotonic  # how old a kept answer is
+        self.keep_answers = keep_answers  # False: every query asked every pass (Query.keep_for ignored)
+        # (server, query) -> (when asked, answer): the answers of slow-moving signals, kept for reuse.
+        self._kept: dict[tuple[ServerSettings, Query], tuple[float, Any]] = {}
         self._flow_servers = FlowServers(secret_reader)
         self._client_factory = client_factory
         self._clients: dict[ServerSettings, QueryClient] = {}
@@ -146,6 +152,7 @@ class PrometheusSignals:
                         if flow.key not in result.signals:
                             result.failures.setdefault(flow.key, SignalsFailure(ErrorClass.transient, "PrometheusClientError", "the signals pass failed"))
             self._forget_idle_clients()
+            self._forget_old_answers()
             self._flow_servers.forget_expired()
             self._redact_result(result)
         result.seconds = time.monotonic() - started
@@ -244,6 +251,10 @@ class PrometheusSignals:
             if unreachable is not None:
                 answers[query] = unreachable
                 continue
+            kept = self._kept.get((settings, query))
+            if kept is not None and self.monotonic() - kept[0] < query.keep_for:
+                answers[query] = kept[1]  # a slow signal asked moments ago: not asked again
+                continue
             if time.monotonic() >= deadline:
                 answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
@@ -258,6 +269,8 @@ class PrometheusSignals:
                 data = client.query(promql, at=now, deadline=min(started + self.timeout, deadline))
                 # A batched answer is indexed once here, then looked up by every flow that reads it.
                 answers[query] = data if query.one_number else index_result(data, query.by)
+                if query.keep_for > 0 and self.keep_answers:
+                    self._kept[(settings, query)] = (self.monotonic(), answers[query])
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
@@ -271,6 +284,12 @@ class PrometheusSignals:
         if not_asked:
             self._log(logging.WARNING, "%d queries not asked: the signals pass reached its deadline (%gs)", not_asked, self.pass_timeout, server=settings.url)
         return answers, asked
+
+    def _forget_old_answers(self) -> None:
+        """Kept answers too old to serve (their flows may be gone, or their server) leave memory."""
+        now = self.monotonic()
+        for key in [k for k, (at, _) in self._kept.items() if now - at >= k[1].keep_for]:
+            del self._kept[key]
 
     def _client(self, settings: ServerSettings) -> QueryClient:
         if settings not in self._clients:
