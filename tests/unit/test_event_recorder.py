@@ -4,6 +4,7 @@ flapping object rate-limited."""
 from __future__ import annotations
 
 import asyncio
+import threading
 
 from flowkeeper.controller import events as ev
 from tests.unit.test_executor import MemoryApi
@@ -69,3 +70,28 @@ def test_a_repeat_of_an_event_that_is_gone_posts_a_new_one() -> None:
     api.patch_event = gone
     assert record(recorder, "paused")
     assert len(api.events) == 2
+
+
+def test_events_that_hang_do_not_hold_up_work_on_the_shared_default_pool() -> None:
+    """The signals pass, the Lease and the LISTs run on asyncio's default pool (at most 32 threads);
+    Events that hang (an API server struggling under a storm of them) stay on the recorder's own."""
+    release = threading.Event()
+
+    class Hanging(MemoryApi):
+        def create_event(self, event):
+            release.wait(10)
+            return super().create_event(event)
+
+    recorder = ev.EventRecorder(Hanging(), "i", clock=Clock())
+
+    async def scenario() -> None:
+        refs = [{**REF, "uid": f"u{i}", "name": f"f{i}"} for i in range(40)]
+        posts = [asyncio.create_task(recorder.record(ref, "Warning", "NoReadyConsumers", "0 of 1 ready")) for ref in refs]
+        await asyncio.sleep(0.1)
+        try:
+            assert await asyncio.wait_for(asyncio.to_thread(lambda: "answered"), timeout=2) == "answered"
+        finally:
+            release.set()
+        assert all(await asyncio.gather(*posts))
+
+    asyncio.run(scenario())

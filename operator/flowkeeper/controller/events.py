@@ -13,11 +13,14 @@ next repeat is a new Event. An Event that cannot be posted is logged, never fata
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
+import functools
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from flowkeeper.controller.ports import ClusterGateway
@@ -31,6 +34,7 @@ SPAM_BURST = 25
 SPAM_REFILL_SECONDS = 300.0
 CACHE_SIZE = 4096
 COMBINED = "(combined from similar events): "
+EVENT_THREADS = 4
 
 
 @dataclass
@@ -57,6 +61,9 @@ class _Lru(OrderedDict):
 
 class EventRecorder:
     def __init__(self, gateway: ClusterGateway, instance: str, clock: Callable[[], float] = time.monotonic) -> None:
+        # Threads of its own: a storm of Events (thousands of flows turning at once) must not queue the
+        # signals pass, the Lease or the LISTs behind it on asyncio's shared default pool.
+        self._threads = ThreadPoolExecutor(max_workers=EVENT_THREADS, thread_name_prefix="flowkeeper-events")
         self.gateway = gateway
         self.instance = instance
         self.clock = clock
@@ -78,7 +85,7 @@ class EventRecorder:
             posted.count += 1
             patch = {"count": posted.count, "lastTimestamp": _rfc3339_now(), "message": message}
             try:
-                await asyncio.to_thread(self.gateway.patch_event, posted.namespace, posted.name, patch)
+                await self._run(self.gateway.patch_event, posted.namespace, posted.name, patch)
                 return True
             except FlowkeeperError as exc:
                 if exc.reason != "NotFound":
@@ -114,9 +121,13 @@ class EventRecorder:
         bucket.tokens -= 1
         return True
 
+    async def _run(self, fn: Callable[..., object], *args: object) -> object:
+        context = contextvars.copy_context()  # as asyncio.to_thread: the trace context comes along
+        return await asyncio.get_running_loop().run_in_executor(self._threads, functools.partial(context.run, fn, *args))
+
     async def _send(self, call: Callable[[], object], reason: str, reference: dict[str, str]) -> bool:
         try:
-            await asyncio.to_thread(call)
+            await self._run(call)
             return True
         except FlowkeeperError as exc:
             return self._failed(exc, reason, reference)
