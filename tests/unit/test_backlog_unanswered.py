@@ -130,3 +130,22 @@ def test_a_new_flows_first_reading_posts_no_event() -> None:
                "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
     metrics, events = _metrics_condition(signals(queue_depth=50.0), pending)
     assert metrics["reason"] == "SignalsRead" and "SignalsRead" not in events
+
+
+def test_healthy_again_after_unknown_signals_posts_no_event_but_bad_news_does() -> None:
+    """Regression: after a 60 s Prometheus outage each of 100 flows posted a Normal "Healthy" Event."""
+    unknown = {"type": "Healthy", "status": "Unknown", "reason": "SignalsUnknown", "message": "the flow's signals could not be read",
+               "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}
+
+    def healthy_after(sig: FlowSignals):
+        made = plan(
+            Inputs(flow=flow_from_body(flow_with(status={"conditions": [unknown]})),
+                   target=target_from_body(deployment(replicas=1, ready=1), DEPLOYMENT), signals=sig, metrics_enabled=True),
+            now=NOW,
+        )
+        return condition(made.status, "Healthy"), [(e.type, e.reason) for e in made.events]
+
+    healthy, events = healthy_after(signals(queue_depth=50.0))
+    assert healthy["status"] == "True" and ("Normal", "Healthy") not in events
+    unhealthy, events = healthy_after(signals(queue_depth=50.0, error_ratio=0.5))
+    assert unhealthy["status"] == "False" and ("Warning", "ErrorRatioHigh") in events

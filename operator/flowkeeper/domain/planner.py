@@ -569,7 +569,11 @@ def _record_health(out: _Builder, inputs: Inputs, health: HealthAssessment, aler
     else:
         runbook = inputs.flow.spec.runbook_url if inputs.flow.spec else None
         message = health.message if health.healthy or not runbook else f"{health.message}; runbook: {runbook}"
-        out.condition(cond.HEALTHY, health.healthy, health.reason, message, event=True)
+        # Healthy again once the signals are read again (an outage ended) is no news of the flow: the
+        # outage's end is told once, for the operator. Bad news after it still is.
+        previous = out.conditions.get(cond.HEALTHY) or {}
+        back = health.healthy and previous.get("reason") == "SignalsUnknown"
+        out.condition(cond.HEALTHY, health.healthy, health.reason, message, event=not back)
 
 
 def _phase(severity: str, target: TargetRecord, scale_to: int | None) -> str:
