@@ -17,6 +17,7 @@ from flowkeeper.domain.scaling import ScalingMemory
 from flowkeeper.domain.signals import FlowSignals
 from tests.unit.test_loop_debounce import Flows
 from tests.unit.test_planner_pause import NOW, condition, flow_with, signals
+from flowkeeper.adapters.prometheus.queries import Query, Read
 from tests.unit.test_prometheus_queries import DEPTH, DERIVED, OWN, READS, series, vector
 from flowkeeper.domain.flow import flow_from_body, target_from_body
 from flowkeeper.api.v1alpha1 import DEPLOYMENT
@@ -86,11 +87,29 @@ def test_a_backlog_query_unanswered_for_every_flow_is_one_outage() -> None:
     assert controller.prometheus_down
 
 
+RATE = Query("throughput", "r", ("queue",))
+BASELINE = Query("throughput:baseline[1h]", "b", ("queue",), requires=RATE, family="baseline", keep_for=30.0)
+BATCHED = [Read("queue_depth", DEPTH, ("a",)), Read("throughput", RATE, ("a",)), Read("throughput_baseline", BASELINE, ("a",), base="throughput")]
+
+
 @pytest.mark.parametrize("kind", [QueryProblem.TIMEOUT, QueryProblem.NOT_ASKED, QueryProblem.UNAVAILABLE])
 def test_another_signal_prometheus_did_not_answer_is_marked_so_with_what_derives_from_it(kind: str) -> None:
-    read = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: QueryProblem(kind, "late"), DERIVED: None}, now=0)
+    read = assemble(BATCHED, {DEPTH: {("a",): 7.0}, RATE: QueryProblem(kind, "late"), BASELINE: None}, now=0)
     assert isinstance(read, FlowSignals) and read.queue_depth == 7.0
     assert read.unanswered == {"throughput", "throughput_baseline"} == set(read.unread)
+    # A flow's own query, or the flow's own server, unanswered: that is the flow's news.
+    own = assemble(READS, {DEPTH: {("a",): 7.0}, OWN: QueryProblem(kind, "late"), DERIVED: None}, now=0)
+    assert own.unanswered == frozenset() and "throughput" in own.unread
+    on_its_server = assemble(BATCHED, {DEPTH: {("a",): 7.0}, RATE: QueryProblem(kind, "late"), BASELINE: None}, now=0, from_flow_server=True)
+    assert on_its_server.unanswered == frozenset()
+
+
+def test_a_derived_value_never_outlives_its_base() -> None:
+    # A baseline answer kept from an earlier pass, while the rate itself has no value now.
+    read = assemble(BATCHED, {DEPTH: {("a",): 7.0}, RATE: {}, BASELINE: {("a",): 4.0}}, now=0)
+    assert read.throughput is None and read.throughput_baseline is None
+    both = assemble(BATCHED, {DEPTH: {("a",): 7.0}, RATE: {("a",): 3.0}, BASELINE: {("a",): 4.0}}, now=0)
+    assert (both.throughput, both.throughput_baseline) == (3.0, 4.0)
 
 
 def test_a_refused_query_or_an_impossible_value_is_not_unanswered() -> None:

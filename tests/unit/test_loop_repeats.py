@@ -24,9 +24,11 @@ class Signals:
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self.depth = 50.0
+        self.age = 0.0  # how old each reading is when the pass gets it
 
     def collect(self, targets):
-        return PassResult({t.key: FlowSignals(observed_at=self.clock.now, queue_depth=self.depth) for t in targets}, {}, 1, 0.0)
+        at = self.clock.now - self.age
+        return PassResult({t.key: FlowSignals(observed_at=at, queue_depth=self.depth) for t in targets}, {}, 1, 0.0)
 
 
 class Gateway(MemoryApi):
@@ -124,3 +126,15 @@ def test_a_deleted_flow_leaves_no_repeatable_plan(world) -> None:
     store.flow_gone("uid-ns-f")
     run(1)
     assert controller.repeats == {}
+
+
+def test_a_reading_grown_stale_is_planned_not_repeated(world) -> None:
+    """A slow pass can hand the planner signals older than three poll intervals: planning holds and
+    counts the failure (towards the fallback); repeating the last plan would not."""
+    controller, store, gateway, signals, planned, run = world
+    run(3)
+    settled = len(planned)
+    signals.age = 16.0  # poll 5 s: stale after 15 s
+    run(1)
+    assert len(planned) == settled + 1
+    assert controller.memory["uid-ns-f"].scaling.metrics_failures == 1

@@ -34,7 +34,7 @@ SPAM_BURST = 25
 SPAM_REFILL_SECONDS = 300.0
 CACHE_SIZE = 4096
 COMBINED = "(combined from similar events): "
-EVENT_THREADS = 4
+EVENT_THREADS = 16  # the executor's default write concurrency
 
 
 @dataclass
@@ -60,10 +60,13 @@ class _Lru(OrderedDict):
 
 
 class EventRecorder:
-    def __init__(self, gateway: ClusterGateway, instance: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, gateway: ClusterGateway, instance: str, clock: Callable[[], float] = time.monotonic, threads: int = EVENT_THREADS
+    ) -> None:
         # Threads of its own: a storm of Events (thousands of flows turning at once) must not queue the
-        # signals pass, the Lease or the LISTs behind it on asyncio's shared default pool.
-        self._threads = ThreadPoolExecutor(max_workers=EVENT_THREADS, thread_name_prefix="flowkeeper-events")
+        # signals pass, the Lease or the LISTs behind it on asyncio's shared default pool. As many as
+        # the executor's write slots: Events are posted within a slot, and a slot must not wait for a thread.
+        self._threads = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="flowkeeper-events")
         self.gateway = gateway
         self.instance = instance
         self.clock = clock

@@ -72,7 +72,7 @@ class FlowController:
         self.wall_clock = wall_clock
         self.monotonic = monotonic
         self.leader = leader or AlwaysLeader()  # standbys keep the store warm but plan and write nothing
-        self.recorder = EventRecorder(gateway, instance=(operator_ref or {}).get("name", "flowkeeper"), clock=monotonic)
+        self.recorder = EventRecorder(gateway, instance=(operator_ref or {}).get("name", "flowkeeper"), clock=monotonic, threads=write_concurrency)
         self.executor = Executor(gateway, store, self.recorder, self.leader, concurrency=write_concurrency, qps=write_qps, burst=write_burst, clock=monotonic)
         self.operator_ref = operator_ref  # the operator's own Pod: operator-wide trouble is told there, once
         self.conflict_hold_off = conflict_hold_off
@@ -265,7 +265,7 @@ class FlowController:
             replicas_cap=replicas_cap(self.store.redrives_of(flow)) if self.store.redrives else None,
         )
         last = self.repeats.get(flow.uid)
-        if last is not None and last.serves(inputs):
+        if last is not None and last.serves(inputs, now):
             self.memory[flow.uid] = repeated(inputs.memory, last.steady, mono)
             return None
         try:

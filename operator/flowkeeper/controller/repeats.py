@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flowkeeper.domain.planner import Inputs
-from flowkeeper.domain.scaling import Steady
+from flowkeeper.domain.scaling import Steady, too_old
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,8 +21,9 @@ class Repeat:
     inputs: Inputs  # what the repeatable plan was made from
     steady: Steady
 
-    def serves(self, inputs: Inputs) -> bool:
-        """Whether planning `inputs` would give the plan made from `self.inputs` again."""
+    def serves(self, inputs: Inputs, now: float) -> bool:
+        """Whether planning `inputs` at wall time `now` would give the plan made from `self.inputs`
+        again. The signals' age is an input too: a reading grown stale (a slow pass) is planned."""
         last = self.inputs
         return (
             inputs.flow is last.flow
@@ -36,4 +37,6 @@ class Repeat:
             and inputs.signals is not None
             and last.signals is not None
             and inputs.signals.reads_like(last.signals)
+            and inputs.flow.spec is not None
+            and not too_old(inputs.flow.spec.scaling, now - inputs.signals.observed_at)
         )

@@ -120,9 +120,14 @@ def _unusable(spec: ScalingSpec, signals: FlowSignals | None, now: float) -> str
     if signals.queue_depth is None:  # also NaN: FlowSignals normalises it to None
         return "backlog signal missing"
     age = now - signals.observed_at
-    if age > STALE_AFTER_POLLS * to_seconds(spec.poll_interval):
+    if too_old(spec, age):
         return f"metrics stale ({age:.0f}s old)"
     return None
+
+
+def too_old(spec: ScalingSpec, age: float) -> bool:
+    """Whether a reading of `age` seconds describes the past rather than the queue."""
+    return age > STALE_AFTER_POLLS * to_seconds(spec.poll_interval)
 
 
 def _hold(

@@ -192,7 +192,8 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
                 invalid[read.signal] = problem.message
                 continue
             unread[read.signal] = f"{describe(read)}: {problem.message}"
-            if problem.kind in _NO_ANSWER:
+            # On the operator's own server, its trouble; a flow's own server or query is the flow's news.
+            if problem.kind in _NO_ANSWER and not from_flow_server and not read.query.one_number:
                 unanswered.add(read.signal)
             if read.base is None:
                 problems.append(problem)
@@ -200,6 +201,9 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
                     backlog_unanswered = _UNAVAILABLE_REASONS[problem.kind]
     if problems and not values and not invalid:
         return _failure(problems[0], from_flow_server)
+    for read in reads:
+        if read.base is not None and values.get(read.base) is None:
+            values.pop(read.signal, None)  # a kept answer (signals_pass) must not outlive its base's value
     return FlowSignals(
         observed_at=now, invalid_queries=invalid, unread=unread, backlog_unanswered=backlog_unanswered, unanswered=frozenset(unanswered), **values
     )
