@@ -13,12 +13,15 @@ writes bench/results.json with, per N:
                                   idle pass
 - api_writes_idle_pass            writes the API server counted (its own apiserver_request_total) per idle pass
 - reaction_seconds                a backlog step on one flow, at a random point of the poll cycle, until
-                                  its Deployment's spec.replicas changes (seen by a watch): p50, p99, max
+                                  its Deployment's spec.replicas changes (seen by a watch): p50, p99, max;
+                                  reactions_not_scaled_within_120s: the flows that were not (the run goes on)
 - burst                           a backlog step on --burst flows at once: how many were scaled, and when
                                   the last one was
 - outage                          Prometheus stopped for --outage seconds and started again: Deployments
                                   scaled down meanwhile (must be 0) and Events the API server took
 - operator_rss_mb / _peak_rss_mb  resident memory of the operator at the end / its peak (VmHWM)
+
+The operator's log of each size is copied to <tmp>/flowkeeper-bench-logs/operator-N.log.
 
     python -m bench.run [--sizes 100 1000] [--reactions 50] [--burst 1000] [--poll 5] [--operator-arg=--write-qps=200]
 """
@@ -251,6 +254,7 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         # the operator tells it once, not once per flow.
         before = replicas_now(cluster, namespace)
         events_before = cluster.write_requests("events")
+        own_events_before = operator.metric("flowkeeper_kubernetes_writes_total", kind="event")
         outage_started = time.monotonic()
         prometheus.stop()
         time.sleep(args.outage)
@@ -261,6 +265,7 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         lowered = sorted(name for name, replicas in after.items() if replicas < before.get(name, 0))
         lowered_meanwhile = sorted(watch.scaled_down_after(outage_started))
         events = cluster.write_requests("events") - events_before
+        own_events = operator.metric("flowkeeper_kubernetes_writes_total", kind="event") - own_events_before
 
         result = {
             "flows": n,
@@ -280,7 +285,10 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
             "reaction_seconds": seconds_summary(reactions) if reactions else None,
             "reactions_not_scaled_within_120s": not_scaled,
             "burst": {"flows": len(bursting), "scaled": len(burst_done), "seconds": round(max(burst_done, default=float("nan")), 2)},
-            "outage": {"seconds": args.outage, "scaled_down": len(set(lowered) | set(lowered_meanwhile)), "events": events},
+            # events: every client's Event writes the API server took (kube-controller-manager's too,
+            # e.g. for the burst's pods); operator_events: the operator's own (its /metrics).
+            "outage": {"seconds": args.outage, "scaled_down": len(set(lowered) | set(lowered_meanwhile)), "events": events,
+                       "operator_events": own_events},
             "operator_rss_mb": round(rss_mb(pid), 1),
             "operator_peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1),
         }

@@ -32,8 +32,8 @@ class OperatorProcess:
     def kill(self) -> None:
         self.process.kill()
 
-    def metric(self, name: str) -> float:
-        """The sum of a series of this operator's own /metrics (0 when absent)."""
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a series of this operator's own /metrics with these labels (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
         text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
@@ -41,7 +41,7 @@ class OperatorProcess:
             sample.value
             for family in text_string_to_metric_families(text)
             for sample in family.samples
-            if sample.name == name
+            if sample.name == name and labels.items() <= sample.labels.items()
         )
 
     def __enter__(self) -> OperatorProcess:
