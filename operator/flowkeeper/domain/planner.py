@@ -297,8 +297,7 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
     # says they cannot move the count), the resume grace, the foreign-writer hold-off, two health
     # rules, and what the refresh withheld. Without any of them it repeats, also in an hour.
     time_free = (
-        scale_to is None and not out.events and not out.withheld and cause is None and not in_grace
-        and not holding and memory.conflict.hold_until is None
+        scale_to is None and not out.events and not out.withheld and cause is None and not in_grace and not holding
         and inputs.signals is not None and judged_alike_later(inputs.signals, not_ready_since=not_ready_since)
     )
     return out.done(scale_to, memory, repeatable=decision.steady if time_free else None)

@@ -252,7 +252,7 @@ class PrometheusSignals:
                 answers[query] = unreachable
                 continue
             kept = self._kept.get((settings, query))
-            if kept is not None and self.monotonic() - kept[0] < query.keep_for:
+            if kept is not None and self._still_serves(kept[0], query):
                 answers[query] = kept[1]  # a slow signal asked moments ago: not asked again
                 continue
             if time.monotonic() >= deadline:
@@ -287,9 +287,11 @@ class PrometheusSignals:
 
     def _forget_old_answers(self) -> None:
         """Kept answers too old to serve (their flows may be gone, or their server) leave memory."""
-        now = self.monotonic()
-        for key in [k for k, (at, _) in self._kept.items() if now - at >= k[1].keep_for]:
+        for key in [k for k, (at, _) in self._kept.items() if not self._still_serves(at, k[1])]:
             del self._kept[key]
+
+    def _still_serves(self, asked_at: float, query: Query) -> bool:
+        return self.monotonic() - asked_at < query.keep_for
 
     def _client(self, settings: ServerSettings) -> QueryClient:
         if settings not in self._clients:
