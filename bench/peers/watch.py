@@ -20,20 +20,29 @@ class DeploymentWatch:
         self.events: dict[str, list[tuple[float, int]]] = {}
         self._lock = threading.Lock()
         self._popen: subprocess.Popen[str] | None = None
+        self._stopped = threading.Event()
+        self.restarts = 0  # watches the API server ended and that were started again
         self._thread: threading.Thread | None = None
 
     def start(self) -> DeploymentWatch:
-        self._popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env, bufsize=1)
         self._thread = threading.Thread(target=self._read, name="deployment-watch", daemon=True)
         self._thread.start()
         return self
 
     def _read(self) -> None:
-        for line in self._popen.stdout:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                with self._lock:
-                    self.events.setdefault(parts[0], []).append((time.monotonic(), int(parts[1])))
+        # The API server closes a watch that falls behind (a burst of 1,000 scales did), and kubectl
+        # then exits: watch again. The new watch lists first, so a change made in the gap is seen
+        # late, never missed (its time is then an upper bound).
+        while not self._stopped.is_set():
+            self._popen = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=self.env, bufsize=1)
+            for line in self._popen.stdout:
+                parts = line.split()
+                if len(parts) == 2 and parts[1].isdigit():
+                    with self._lock:
+                        self.events.setdefault(parts[0], []).append((time.monotonic(), int(parts[1])))
+            self._popen.wait()
+            if not self._stopped.is_set():
+                self.restarts += 1
 
     def first_scale_up(self, name: str, after: float) -> float | None:
         """The first time after `after` that `name` was seen with more than one replica."""
@@ -70,6 +79,7 @@ class DeploymentWatch:
         return result
 
     def stop(self) -> None:
+        self._stopped.set()
         if self._popen is not None and self._popen.poll() is None:
             self._popen.terminate()
             self._popen.wait(10)

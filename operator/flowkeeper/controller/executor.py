@@ -13,6 +13,9 @@ starts from the truth even when the watch lags.
   its target changes; a 404 means the flow or its target is gone, and it is forgotten.
 - Writes run on threads of their own within a client-side rate limit (QPS and burst, like
   client-go), and nothing is written while this replica is not the leader.
+- Each call takes a write slot of its own, urgent first (write_slots.py): a scale, the status a
+  scale waits for (a pause's record) and a new flow's first status go before the status after a
+  scale and Events, so a burst of flows is scaled before their records are written.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +34,7 @@ from flowkeeper.controller import crashpoints
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.ports import ClusterGateway, Leader
 from flowkeeper.controller.store import ClusterStore
+from flowkeeper.controller.write_slots import PrioritySlots
 from flowkeeper.domain.errors import ConfigurationError, ConflictError, FlowkeeperError, RejectedError
 from flowkeeper.domain.flow import FlowRecord, TargetRecord
 from flowkeeper.domain.planner import Plan
@@ -62,6 +67,10 @@ def status_patch(desired: dict[str, Any], current: dict[str, Any]) -> dict[str, 
     return patch
 
 
+class _NotLeading(Exception):
+    """This replica lost the lead before a write of the plan: the rest is left to the next leader."""
+
+
 @dataclass(frozen=True)
 class Outcome:
     applied: bool
@@ -87,19 +96,28 @@ class Executor:
         self.recorder = recorder
         self.leader = leader
         self.clock = clock
-        self._slots = asyncio.Semaphore(concurrency)
-        # Writes get threads of their own: the shared default pool also serves the elector's Lease calls
-        # and the signals pass, which must not wait behind a slow write.
+        self._slots = PrioritySlots(concurrency)
+        # Writes get threads of their own (one per slot): the shared default pool also serves the
+        # elector's Lease calls and the signals pass, which must not wait behind a slow write.
         self._threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="flowkeeper-write")
         self._rate = TokenBucket(qps, burst, clock)
         self.failures: dict[str, int] = {}  # flow UID -> failed writes in a row
         self.conflicts: dict[str, int] = {}  # flow UID -> conflicts in a row
         self.random = random.Random()
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """One API write: within the client-side rate limit, on the writers' threads."""
-        await self._rate.take()
-        return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+    async def _call(self, urgent: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """One API write: in a write slot, within the client-side rate limit, on the writers' threads."""
+        async with self._write_slot(urgent):
+            await self._rate.take()
+            return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+
+    @asynccontextmanager
+    async def _write_slot(self, urgent: bool) -> AsyncIterator[None]:
+        """A write slot, and still the leader once it is ours: the wait for it may be long."""
+        async with self._slots.slot(urgent=urgent):
+            if not self.leader.is_leading():
+                raise _NotLeading
+            yield
 
     def has_work(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
         """Whether applying `plan` would write anything: most plans of a quiet pass change nothing, and
@@ -117,29 +135,26 @@ class Executor:
     async def apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
         """Applies `plan`, made from `flow` and `target` as they were: writes are conditional on
         their resourceVersions."""
-        async with self._slots:
-            return await self._apply(flow, target, plan, pass_id)
-
-    async def _apply(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan, pass_id: str) -> Outcome:
         context = {"flow": flow.name, "namespace": flow.namespace, "pass_id": pass_id}
         steps = ("status", "scale") if plan.status_first else ("scale", "status")
         stage = steps[0]
         try:
             for stage in steps:
-                if not self.leader.is_leading():
-                    self.store.mark_due(flow.uid)  # the next leader plans it
-                    return Outcome(False, stage)
-                wrote = await (self._scale(flow, target, plan, context) if stage == "scale" else self._status(flow, plan))
+                wrote = await (self._scale(flow, target, plan, context) if stage == "scale" else self._status(flow, target, plan))
                 if wrote:
                     crashpoints.after_write(plan.kind, stage)
             stage = "event"
             for event in plan.events:
-                if not self.leader.is_leading():
-                    return Outcome(False, stage)
                 with tracing.action_span(stage, flow.namespace, flow.name):
-                    if await self.recorder.record(flow.reference, event.type, event.reason, event.message):
+                    async with self._write_slot(urgent=False):
+                        posted = await self.recorder.record(flow.reference, event.type, event.reason, event.message)
+                    if posted:
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
                         crashpoints.after_write(plan.kind, stage)
+        except _NotLeading:
+            if stage != "event":
+                self.store.mark_due(flow.uid)  # the next leader plans it
+            return Outcome(False, stage)
         except ConflictError as exc:
             # The flow or its scale target moved on since the plan was made: plan again from what is there,
             # at once the first time, then with backoff (postponed only: the watch event that brings the
@@ -190,7 +205,7 @@ class Executor:
         direction = "up" if plan.scale_to > target.spec_replicas else "down"
         with tracing.action_span("scale", flow.namespace, flow.name):
             replicas, version = await self._call(
-                self.gateway.scale, target.scale_target, plan.scale_to, target.resource_version or None
+                True, self.gateway.scale, target.scale_target, plan.scale_to, target.resource_version or None
             )
         self.store.scale_written(target.key, replicas, version)
         metrics.SCALE_ACTIONS.labels(direction=direction).inc()
@@ -198,15 +213,17 @@ class Executor:
         log.info("scaled", extra={**context, "stage": "scale", "replicas": plan.scale_to, "reason": reason, "outcome": "applied"})
         return True
 
-    async def _status(self, flow: FlowRecord, plan: Plan) -> bool:
+    async def _status(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
         current = self.store.flows.get(flow.uid)
         if current is None:
             return False  # deleted meanwhile
         if not plan.status_changed(current.status):
             return False
         patch = status_patch(plan.status, current.status)
+        # Urgent when a scale waits for it, or when the flow has no status yet (`kubectl get` shows nothing).
+        urgent = (plan.status_first and _scales(flow, target, plan)) or "observedGeneration" not in current.status
         with tracing.action_span("status", flow.namespace, flow.name):
-            stored = await self._call(self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
+            stored = await self._call(urgent, self.gateway.patch_flow_status, flow.namespace, flow.name, patch, flow.resource_version or None)
         self.store.status_written(flow.uid, stored)
         return True
 
