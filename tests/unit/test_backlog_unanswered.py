@@ -168,3 +168,13 @@ def test_healthy_again_after_unknown_signals_posts_no_event_but_bad_news_does() 
     assert healthy["status"] == "True" and ("Normal", "Healthy") not in events
     unhealthy, events = healthy_after(signals(queue_depth=50.0, error_ratio=0.5))
     assert unhealthy["status"] == "False" and ("Warning", "ErrorRatioHigh") in events
+
+
+def test_one_problem_answering_every_flow_keeps_no_trace_of_them() -> None:
+    # Regression: assemble raised the pass's one QueryProblem for each flow, and each raise added a
+    # traceback entry holding that flow's frame: 10,000 frames per pass, more while a time-out is kept.
+    problem = QueryProblem(QueryProblem.TIMEOUT, "late")
+    for _ in range(100):
+        read = assemble(READS, {DEPTH: problem, OWN: vector(series("3")), DERIVED: vector()}, now=0)
+        assert read.backlog_unanswered == "PrometheusTimeout"
+    assert problem.__traceback__ is None

@@ -590,20 +590,48 @@ def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass
     assert not signals._kept or all(clock.now - at < SLOW_SIGNAL_SECONDS for at, _ in signals._kept.values())
 
 
-def test_a_slow_signal_that_failed_is_asked_again_on_the_next_pass() -> None:
+def _failing_slow_ones(client, exc: Exception):
+    answer = client.query
+
+    def slow_ones_fail(promql: str, *, at: float, deadline: float):
+        if _slow(promql):
+            client.asked.append(promql)
+            raise exc
+        return answer(promql, at=at, deadline=deadline)
+
+    return slow_ones_fail, answer
+
+
+def test_a_slow_signal_that_timed_out_waits_out_its_keep_time_before_it_is_asked_again() -> None:
+    # At 10,000 flows the growth subquery timed out on every pass, each time costing the pass its
+    # whole timeout.
     clock = Monotonic()
     signals, clients = signals_with(monotonic=clock)
     flows = flows_of("rabbitmq", 2)
     signals.collect(flows)  # creates the client
-    client, answer = clients[0], clients[0].query
+    client = clients[0]
+    client.query, answer = _failing_slow_ones(client, TimeoutError("late"))
+    clock.now += SLOW_SIGNAL_SECONDS
+    late = signals.collect(flows)
+    assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
+    timed_out = len([q for q in client.asked if _slow(q)])
+    client.query = answer
+    clock.now += SLOW_SIGNAL_SECONDS - 1
+    still = signals.collect(flows)
+    assert len([q for q in client.asked if _slow(q)]) == timed_out  # not asked again yet
+    assert all("queue_growing_seconds" in s.unanswered for s in still.signals.values())  # and still unanswered
+    clock.now += 1
+    signals.collect(flows)
+    assert len([q for q in client.asked if _slow(q)]) > timed_out
 
-    def slow_ones_time_out(promql: str, *, at: float, deadline: float):
-        if _slow(promql):
-            client.asked.append(promql)
-            raise TimeoutError("late")
-        return answer(promql, at=at, deadline=deadline)
 
-    client.query = slow_ones_time_out
+def test_a_slow_signal_that_failed_otherwise_is_asked_again_on_the_next_pass() -> None:
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock)
+    flows = flows_of("rabbitmq", 2)
+    signals.collect(flows)  # creates the client
+    client = clients[0]
+    client.query, answer = _failing_slow_ones(client, QueryProblem(QueryProblem.UNAVAILABLE, "HTTP 503"))
     clock.now += SLOW_SIGNAL_SECONDS
     late = signals.collect(flows)
     assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())

@@ -172,33 +172,37 @@ def assemble(reads: list[Read], answers: Mapping[Query, Any], now: float, *, fro
     unanswered: set[str] = set()
     for read in reads:
         answer = answers.get(read.query)
-        try:
-            if isinstance(answer, QueryProblem):
-                raise answer
-            if answer is None:  # not asked: its base has no answer, and says why
-                base = _words(read.base, read.query.one_number) if read.base else "its query"
-                unread[read.signal] = f"{describe(read)} not computed: {base} has no value"
-                if read.base in unanswered:
-                    unanswered.add(read.signal)
-                continue
-            if read.query.one_number:
+        # A problem is looked at, never raised here: one problem object answers every flow of the pass,
+        # and each raise of it would add to its traceback (keeping this frame alive).
+        problem = answer if isinstance(answer, QueryProblem) else None
+        if problem is None and answer is None:  # not asked: its base has no answer, and says why
+            base = _words(read.base, read.query.one_number) if read.base else "its query"
+            unread[read.signal] = f"{describe(read)} not computed: {base} has no value"
+            if read.base in unanswered:
+                unanswered.add(read.signal)
+            continue
+        if problem is None and not read.query.one_number:
+            values[read.signal] = answer.get(read.key)
+            continue
+        if problem is None:
+            try:
                 value = single_value(answer)
                 own_percent = read.base is None and read.signal in PERCENT_OVERRIDES
                 values[read.signal] = value / 100 if own_percent and value is not None else value
-            else:
-                values[read.signal] = answer.get(read.key)
-        except QueryProblem as problem:
-            if read.base is None and read.query.one_number and problem.kind == QueryProblem.INVALID:
-                invalid[read.signal] = problem.message
                 continue
-            unread[read.signal] = f"{describe(read)}: {problem.message}"
-            # On the operator's own server, its trouble; a flow's own server or query is the flow's news.
-            if problem.kind in _NO_ANSWER and not from_flow_server and not read.query.one_number:
-                unanswered.add(read.signal)
-            if read.base is None:
-                problems.append(problem)
-                if read.signal == "queue_depth":
-                    backlog_unanswered = _UNAVAILABLE_REASONS[problem.kind]
+            except QueryProblem as raised:  # this flow's own, fresh each time
+                problem = raised
+        if read.base is None and read.query.one_number and problem.kind == QueryProblem.INVALID:
+            invalid[read.signal] = problem.message
+            continue
+        unread[read.signal] = f"{describe(read)}: {problem.message}"
+        # On the operator's own server, its trouble; a flow's own server or query is the flow's news.
+        if problem.kind in _NO_ANSWER and not from_flow_server and not read.query.one_number:
+            unanswered.add(read.signal)
+        if read.base is None:
+            problems.append(problem)
+            if read.signal == "queue_depth":
+                backlog_unanswered = _UNAVAILABLE_REASONS[problem.kind]
     if problems and not values and not invalid:
         return _failure(problems[0], from_flow_server)
     for read in reads:

@@ -96,7 +96,8 @@ class PrometheusSignals:
         self.clock = clock
         self.monotonic = monotonic  # how old a kept answer is
         self.keep_answers = keep_answers  # False: every query asked every pass (Query.keep_for ignored)
-        # (server, query) -> (when asked, answer): the answers of slow-moving signals, kept for reuse.
+        # (server, query) -> (when asked, answer): the answers of slow-moving signals, kept for reuse
+        # (a time-out too: the QueryProblem).
         self._kept: dict[tuple[ServerSettings, Query], tuple[float, Any]] = {}
         self._flow_servers = FlowServers(secret_reader)
         self._client_factory = client_factory
@@ -274,6 +275,10 @@ class PrometheusSignals:
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
+                if problem.kind == QueryProblem.TIMEOUT and query.keep_for > 0 and self.keep_answers:
+                    # A slow signal too heavy to answer in time (the growth subquery at 10,000 flows) would
+                    # cost every pass its whole timeout: it waits out its keep time like an answer.
+                    self._kept[(settings, query)] = (self.monotonic(), problem)
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
                 if problem.connection:
                     unreachable = problem
