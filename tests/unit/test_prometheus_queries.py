@@ -4,6 +4,7 @@ test_prometheus_signals.py."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -656,3 +657,39 @@ def test_no_answer_is_kept_when_the_pass_keeps_none() -> None:
     flows = flows_of("rabbitmq", 2)
     assert signals.collect(flows).queries == signals.collect(flows).queries
     assert signals._kept == {}
+
+
+def test_equal_queries_hash_alike_and_a_field_of_difference_tells_them_apart() -> None:
+    base = Query("depth", "d", ("queue",))
+    derived = Query("depth:growth", "g", ("queue",), requires=base, family="growth", keep_for=30.0)
+    assert hash(derived) == hash(Query("depth:growth", "g", ("queue",), requires=Query("depth", "d", ("queue",)), family="growth", keep_for=30.0))
+    answers = {derived: 1}
+    for other in (Query("depth:growth", "g", ("queue",), requires=Query("depth", "d2", ("queue",)), family="growth", keep_for=30.0),
+                  Query("depth:growth", "g", ("queue",), requires=base, family="growth", keep_for=10.0)):
+        assert other != derived and other not in answers
+
+
+def test_a_warning_that_holds_is_logged_once_a_minute_with_how_often_it_held(caplog) -> None:
+    from flowkeeper.adapters.prometheus.signals_pass import REPEAT_LOG_SECONDS
+
+    clock = Monotonic()
+    signals, _ = signals_with(raises=ConnectionRefusedError(111, "Connection refused"), monotonic=clock)
+    flows = flows_of("rabbitmq", 3)
+    caplog.set_level(logging.WARNING, logger="flowkeeper.prometheus")
+
+    def warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records]
+
+    signals.collect(flows)
+    first = warnings()
+    assert any("signals of 3 flows not read: PrometheusUnavailable" == m for m in first)
+    assert any(m.startswith("query rabbitmq_depth failed: Prometheus not reachable") for m in first)
+    for _ in range(20):  # an outage: pass after pass, within the minute
+        clock.now += 2
+        signals.collect(flows[:2])  # a smaller pass (the back-off): the same news
+    assert warnings() == first
+    clock.now += REPEAT_LOG_SECONDS
+    signals.collect(flows)
+    later = warnings()[len(first):]
+    assert "signals of 3 flows not read: PrometheusUnavailable (and 20 times more in the last 60s)" in later
+    assert any(m.startswith("query rabbitmq_depth failed") and "(and 20 times more" in m for m in later)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import cache, lru_cache
 
 from flowkeeper.adapters.prometheus.convention import (
@@ -58,6 +58,14 @@ class Query:
     # comparisons need an instant vector, so the scalar is wrapped first.
     promql_over_scalar: str | None = None
     keep_for: float = 0.0  # seconds an answer may serve later passes (slow-moving signals only)
+
+    def __post_init__(self) -> None:
+        # Hashed once: a pass looks each flow's queries up in its answers (10,000 flows: 100,000
+        # lookups), and the generated hash walks every field and the `requires` chain each time.
+        object.__setattr__(self, "_hash", hash(tuple(getattr(self, f.name) for f in fields(self))))
+
+    def __hash__(self) -> int:
+        return self._hash  # type: ignore[attr-defined]
 
     @property
     def one_number(self) -> bool:
