@@ -289,7 +289,7 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
             # e.g. for the burst's pods); operator_events: the operator's own (its /metrics).
             "outage": {"seconds": args.outage, "scaled_down": len(set(lowered) | set(lowered_meanwhile)), "events": events,
                        "operator_events": own_events},
-            "deployment_watch_restarts": watch.restarts,  # >0: some scale times are upper bounds (bench/peers/watch.py)
+            "deployment_watch_relists": watch.restarts,  # >0: some scale times are upper bounds (bench/peers/watch.py)
             "operator_rss_mb": round(rss_mb(pid), 1),
             "operator_peak_rss_mb": round(rss_mb(pid, "VmHWM"), 1),
         }
