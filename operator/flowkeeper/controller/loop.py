@@ -19,6 +19,7 @@ from collections.abc import Callable
 from flowkeeper.adapters.prometheus import FlowTarget, PassResult
 from flowkeeper.api.durations import to_seconds
 from flowkeeper.api.v1alpha1 import BUILT_IN_TARGET_KINDS, ScaleTargetKind
+from flowkeeper.controller import heap
 from flowkeeper.controller.events import EventRecorder
 from flowkeeper.controller.executor import Executor
 from flowkeeper.controller.leadership import AlwaysLeader
@@ -60,8 +61,10 @@ class FlowController:
         write_qps: float = 50.0,
         write_burst: int = 100,
         target_kinds: tuple[ScaleTargetKind, ...] = BUILT_IN_TARGET_KINDS,
+        settle_heap: bool = False,
     ) -> None:
         self.store = store
+        self.heap = heap.LongLivedHeap() if settle_heap else None  # the operator's process, not tests' loops
         self.target_kinds = target_kinds  # the kinds the handlers watch: the startup LIST lists the same
         self._watched_kinds = frozenset(k.kind for k in target_kinds)
         self.gateway = gateway
@@ -150,6 +153,7 @@ class FlowController:
             try:
                 self.store.seed(*await self._list())
                 self._resynced_at = self.monotonic()
+                self._settle_heap()
                 return
             except FlowkeeperError as exc:
                 log.warning("initial listing failed, retrying", extra={"reason": exc.reason, "stage": "startup"})
@@ -171,6 +175,12 @@ class FlowController:
             self.store.resync(*await self._list())
         except FlowkeeperError as exc:
             log.warning("resync listing failed", extra={"reason": exc.reason, "stage": "resync", "outcome": "retry"})
+            return
+        self._settle_heap()
+
+    def _settle_heap(self) -> None:
+        if self.heap is not None:
+            self.heap.settle()
 
     async def run_pass(self, flows: list[FlowRecord], by_event: frozenset[str] = frozenset()) -> None:
         """`by_event`: the flows a watch event made due; their last reading may serve (readings.py)."""
@@ -199,6 +209,8 @@ class FlowController:
                 self._write(flow, target, flow_plan, pass_id)
         self._back_off_failed_reads(read, mono)
         self._after_pass()
+        if self.heap is not None:
+            self.heap.after_pass()
         self.passes += 1
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
         metrics.PASS_FLOWS.observe(len(flows))

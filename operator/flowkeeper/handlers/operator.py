@@ -85,7 +85,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         store, gateway, signals, namespaces=config.namespaces, leader=leader, operator_ref=_own_pod(),
         conflict_hold_off=config.conflict_hold_off, write_concurrency=config.write_concurrency,
         write_qps=config.write_qps, write_burst=config.write_burst,
-        target_kinds=config.target_kinds,
+        target_kinds=config.target_kinds, settle_heap=True,
     )
     dead_letters = DeadLetterController(
         store, gateway, controller.leader, controller.recorder, signals=signals, namespaces=config.namespaces,
