@@ -185,6 +185,18 @@ def replicas_now(cluster: LocalCluster, namespace: str) -> dict[str, int]:
     return {name: int(replicas) for name, replicas in (line.split() for line in out.splitlines() if line)}
 
 
+def writes_settled(operator: OperatorProcess, quiet: float, timeout: float = 300) -> None:
+    """Waits until the operator has written nothing (its own flowkeeper_kubernetes_writes_total) for
+    `quiet` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = operator.metric("flowkeeper_kubernetes_writes_total"), time.monotonic()
+    while time.monotonic() - since < quiet and time.monotonic() < deadline:
+        time.sleep(1)
+        now = operator.metric("flowkeeper_kubernetes_writes_total")
+        if now != last:
+            last, since = now, time.monotonic()
+
+
 def seconds_summary(samples: list[float]) -> dict:
     ordered = sorted(samples)
     return {
@@ -248,7 +260,8 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         burst = watch.wait_scaled({name: burst_started for name in bursting}, timeout=args.poll + 120)
         burst_done = [s for s in burst.values() if s is not None]
         print(f"[bench] N={n}: burst of {len(bursting)}: {len(burst_done)} scaled, the last after {max(burst_done, default=0):.1f}s", flush=True)
-        time.sleep(2 * args.poll)  # the burst's status writes land before the outage begins
+        # The burst's status writes and Events (written after every scale) land before the outage begins.
+        writes_settled(operator, quiet=2 * args.poll)
 
         # Outage: Prometheus gone for args.outage seconds, then back. Nothing may be scaled down, and
         # the operator tells it once, not once per flow.

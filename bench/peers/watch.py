@@ -8,6 +8,7 @@ import threading
 import time
 
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from tests.support.cluster import LocalCluster
 
@@ -24,10 +25,13 @@ class DeploymentWatch:
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._response = None
+        self._api: client.AppsV1Api | None = None
         self._thread: threading.Thread | None = None
         self.restarts = 0  # watches that had to start from a fresh listing (410 Gone): a gap's changes are seen late
 
     def start(self) -> DeploymentWatch:
+        # The client is made here, so that a bad kubeconfig fails the run at once, not its waits.
+        self._api = client.AppsV1Api(config.new_client_from_config(config_file=self.kubeconfig))
         self._thread = threading.Thread(target=self._read, name="deployment-watch", daemon=True)
         self._thread.start()
         return self
@@ -36,7 +40,7 @@ class DeploymentWatch:
         # Each watch resumes from the last resourceVersion seen, so a watch the API server ends (its
         # timeout, or a burst it thinks we are too slow for) loses no change. (`kubectl get --watch`
         # ended during a burst of 1,000 scales, and its fresh listing timed those flows 20 s late.)
-        api = client.AppsV1Api(config.new_client_from_config(config_file=self.kubeconfig))
+        api = self._api
         version: str | None = None
         while not self._stopped.is_set():
             try:
@@ -46,15 +50,24 @@ class DeploymentWatch:
                     self.namespace, watch=True, resource_version=version, allow_watch_bookmarks=True,
                     timeout_seconds=WATCH_SECONDS, _preload_content=False,
                 )
-                for line in self._response:
-                    event = json.loads(line)
-                    if event["type"] == "ERROR":  # 410 Gone: too old a version to resume from
-                        version = None
-                        self.restarts += 1
-                        break
-                    version = event["object"]["metadata"]["resourceVersion"]
-                    if event["type"] != "BOOKMARK":
-                        self._seen(event["object"])
+                try:
+                    for line in self._response:
+                        event = json.loads(line)
+                        if event["type"] == "ERROR":
+                            if event["object"].get("code") == 410:  # too old a version to resume from: list again
+                                version = None
+                                self.restarts += 1
+                            break
+                        version = event["object"]["metadata"]["resourceVersion"]
+                        if event["type"] != "BOOKMARK":
+                            self._seen(event["object"])
+                finally:
+                    self._response.close()
+            except ApiException as exc:
+                if exc.status == 410:
+                    version, self.restarts = None, self.restarts + 1
+                elif not self._stopped.is_set():
+                    time.sleep(0.2)
             except Exception:  # noqa: BLE001 - a broken stream: watch again from the last version
                 if not self._stopped.is_set():
                     time.sleep(0.2)

@@ -181,3 +181,33 @@ def test_a_plan_with_a_write_or_an_event_has_work() -> None:
     assert executor.has_work(record, target, Plan(status=dict(record.status), scale_to=5))
     assert executor.has_work(record, target, Plan(status=dict(record.status), events=(Event("Normal", "Scaled", "x"),)))
     assert executor.failures[record.uid] == 1  # a flow with work keeps its retry count
+
+
+class LeadsFor:
+    """The leader for its first `checks` looks, then not."""
+
+    def __init__(self, checks: int) -> None:
+        self.checks = checks
+
+    def is_leading(self) -> bool:
+        self.checks -= 1
+        return self.checks >= 0
+
+
+def test_a_replica_that_loses_the_lead_between_a_pause_record_and_its_scale_writes_no_more() -> None:
+    clock, store, api, _ = setup()
+    executor = Executor(api, store, EventRecorder(api, instance="test", clock=clock), LeadsFor(1), clock=clock)
+    assert [f.name for f in store.take_due(clock.now)] == ["f"]  # taken for this pass
+    outcome = apply(executor, store, PAUSE)
+    assert (outcome.applied, outcome.stage) == (False, "scale")
+    assert [w.split(":")[0] for w in api.writes] == ["status"]  # the record landed; no scale, no Event
+    assert api.events == []
+    assert [f.name for f in store.take_due(clock.now)] == ["f"]  # the next leader plans it
+
+
+def test_a_replica_that_loses_the_lead_before_the_events_leaves_them() -> None:
+    clock, store, api, _ = setup()
+    executor = Executor(api, store, EventRecorder(api, instance="test", clock=clock), LeadsFor(2), clock=clock)
+    outcome = apply(executor, store, PAUSE)
+    assert (outcome.applied, outcome.stage) == (False, "event")
+    assert [w.split(":")[0] for w in api.writes] == ["status", "scale"] and api.events == []

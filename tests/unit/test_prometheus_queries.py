@@ -691,5 +691,31 @@ def test_a_warning_that_holds_is_logged_once_a_minute_with_how_often_it_held(cap
     clock.now += REPEAT_LOG_SECONDS
     signals.collect(flows)
     later = warnings()[len(first):]
-    assert "signals of 3 flows not read: PrometheusUnavailable (and 20 times more in the last 60s)" in later
+    assert "signals of 3 flows not read: PrometheusUnavailable (and 20 times more in the 100s since it was last logged)" in later
     assert any(m.startswith("query rabbitmq_depth failed") and "(and 20 times more" in m for m in later)
+
+
+def test_a_time_out_cut_short_by_the_pass_deadline_is_not_kept() -> None:
+    # A slow signal that had only what was left of the pass is asked again on the next pass.
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock, timeout=5.0, pass_timeout=5.0)
+    flows = flows_of("rabbitmq", 2)
+    signals.collect(flows)
+    client = clients[0]
+    client.query, _ = _failing_slow_ones(client, TimeoutError("late"))
+    clock.now += SLOW_SIGNAL_SECONDS
+    signals.collect(flows)  # pass deadline = the query timeout: no query has its whole timeout
+    assert not any(isinstance(answer_, QueryProblem) for _, answer_ in signals._kept.values())
+
+
+def test_a_kept_time_out_carries_no_traceback() -> None:
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock)
+    flows = flows_of("rabbitmq", 2)
+    signals.collect(flows)
+    client = clients[0]
+    client.query, _ = _failing_slow_ones(client, QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
+    clock.now += SLOW_SIGNAL_SECONDS
+    signals.collect(flows)
+    kept = [a for _, a in signals._kept.values() if isinstance(a, QueryProblem)]
+    assert kept and all(problem.__traceback__ is None for problem in kept)

@@ -24,9 +24,8 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,17 +106,15 @@ class Executor:
 
     async def _call(self, urgent: bool, fn: Callable[..., Any], *args: Any) -> Any:
         """One API write: in a write slot, within the client-side rate limit, on the writers' threads."""
-        async with self._write_slot(urgent):
+        async with self._slots.slot(urgent=urgent):
             await self._rate.take()
+            self._still_leading()
             return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
-    @asynccontextmanager
-    async def _write_slot(self, urgent: bool) -> AsyncIterator[None]:
-        """A write slot, and still the leader once it is ours: the wait for it may be long."""
-        async with self._slots.slot(urgent=urgent):
-            if not self.leader.is_leading():
-                raise _NotLeading
-            yield
+    def _still_leading(self) -> None:
+        """Checked right before each write: the waits for a slot and for the rate limit may be long."""
+        if not self.leader.is_leading():
+            raise _NotLeading
 
     def has_work(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
         """Whether applying `plan` would write anything: most plans of a quiet pass change nothing, and
@@ -146,7 +143,8 @@ class Executor:
             stage = "event"
             for event in plan.events:
                 with tracing.action_span(stage, flow.namespace, flow.name):
-                    async with self._write_slot(urgent=False):
+                    async with self._slots.slot(urgent=False):  # Events: the recorder's own spam filter, no QPS token
+                        self._still_leading()
                         posted = await self.recorder.record(flow.reference, event.type, event.reason, event.message)
                     if posted:
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})

@@ -5,7 +5,8 @@ whenever enough new objects have survived, which each pass's fresh readings and 
 other pass: 0.6 s of CPU each time, about as much as the rest of an idle pass. What survived a full
 collection is moved out of the collector's reach (gc.freeze), so the next full collection scans only
 what is new. Refcounting still frees frozen objects that are dropped; only garbage cycles among them
-wait for the next listing, when everything is collected once and frozen again.
+(made after the young generations' collection that precedes each freeze) wait for the next listing,
+when everything is collected once and frozen again.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class LongLivedHeap:
         done = _full_collections()
         if done != self._full_collections:
             self._full_collections = done
+            gc.collect(1)  # the pass's own garbage cycles first (cheap: the young generations only)
             gc.freeze()
 
 

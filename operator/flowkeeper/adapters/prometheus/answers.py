@@ -42,9 +42,10 @@ _CONNECTION_ERRORS = (ConnectionError, socket.gaierror, ssl.SSLError)
 
 
 def classify(exc: BaseException) -> QueryProblem:
-    """A transport failure of one query, as a problem."""
+    """A transport failure of one query, as a problem. Without a traceback: a problem answers every
+    flow of the pass and may be kept for later passes, and a traceback would hold the pass's frames."""
     if isinstance(exc, QueryProblem):
-        return exc
+        return exc.with_traceback(None)
     if isinstance(exc, (TimeoutError, socket.timeout)):
         return QueryProblem(QueryProblem.TIMEOUT, f"Prometheus did not answer in time: {_short(exc)}")
     if isinstance(exc, _CONNECTION_ERRORS):

@@ -271,6 +271,7 @@ class PrometheusSignals:
                 promql = query.promql_over_scalar
             asked += 1
             started = time.monotonic()
+            whole_timeout = started + self.timeout <= deadline  # not cut short by the pass's deadline
             try:
                 data = client.query(promql, at=now, deadline=min(started + self.timeout, deadline))
                 # A batched answer is indexed once here, then looked up by every flow that reads it.
@@ -280,9 +281,9 @@ class PrometheusSignals:
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
-                if problem.kind == QueryProblem.TIMEOUT and query.keep_for > 0 and self.keep_answers:
-                    # A slow signal too heavy to answer in time (the growth subquery at 10,000 flows) would
-                    # cost every pass its whole timeout: it waits out its keep time like an answer.
+                if problem.kind == QueryProblem.TIMEOUT and whole_timeout and query.keep_for > 0 and self.keep_answers:
+                    # A slow signal too heavy to answer in its whole timeout (the growth subquery at 10,000
+                    # flows) would cost every pass that timeout: it waits out its keep time like an answer.
                     self._kept[(settings, query)] = (self.monotonic(), problem)
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
                 if problem.connection:
@@ -338,7 +339,7 @@ class PrometheusSignals:
             return
         self._warned[what] = (now, 0)
         if unlogged:
-            message, args = f"{message} (and %d times more in the last %gs)", (*args, unlogged, REPEAT_LOG_SECONDS)
+            message, args = f"{message} (and %d times more in the %.0fs since it was last logged)", (*args, unlogged, now - logged_at)
         self._log(logging.WARNING, message, *args, server=server)
 
     def _log(self, level: int, message: str, *args: Any, server: str) -> None:
