@@ -588,7 +588,7 @@ def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass
     clock.now += 1
     third = signals.collect(flows)
     assert third.queries == first.queries  # the kept answers are too old now: asked again
-    assert not signals._kept or all(clock.now - at < SLOW_SIGNAL_SECONDS for at, _ in signals._kept.values())
+    assert not signals._kept or all(kept.until - clock.now <= SLOW_SIGNAL_SECONDS for kept in signals._kept.values())
 
 
 def _failing_slow_ones(client, exc: Exception):
@@ -705,7 +705,7 @@ def test_a_time_out_cut_short_by_the_pass_deadline_is_not_kept() -> None:
     client.query, _ = _failing_slow_ones(client, TimeoutError("late"))
     clock.now += SLOW_SIGNAL_SECONDS
     signals.collect(flows)  # pass deadline = the query timeout: no query has its whole timeout
-    assert not any(isinstance(answer_, QueryProblem) for _, answer_ in signals._kept.values())
+    assert not any(isinstance(kept.answer, QueryProblem) for kept in signals._kept.values())
 
 
 def test_a_kept_time_out_carries_no_traceback() -> None:
@@ -717,5 +717,39 @@ def test_a_kept_time_out_carries_no_traceback() -> None:
     client.query, _ = _failing_slow_ones(client, QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
     clock.now += SLOW_SIGNAL_SECONDS
     signals.collect(flows)
-    kept = [a for _, a in signals._kept.values() if isinstance(a, QueryProblem)]
+    kept = [k.answer for k in signals._kept.values() if isinstance(k.answer, QueryProblem)]
     assert kept and all(problem.__traceback__ is None for problem in kept)
+
+
+def test_a_slow_signal_timing_out_again_and_again_is_asked_ever_less_often_until_it_answers() -> None:
+    from flowkeeper.adapters.prometheus.signals_pass import TIMED_OUT_KEEPS
+
+    clock = Monotonic()
+    signals, clients = signals_with(monotonic=clock)
+    flows = flows_of("rabbitmq", 2)
+    signals.collect(flows)
+    client = clients[0]
+    failing, answer = _failing_slow_ones(client, TimeoutError("late"))
+    client.query = failing
+    clock.now += SLOW_SIGNAL_SECONDS
+
+    def slow_asked() -> int:
+        return len([q for q in client.asked if _slow(q)])
+
+    asked_at = []
+    for _ in range(160):  # a pass every 5 s
+        before = slow_asked()
+        signals.collect(flows)
+        if slow_asked() > before:
+            asked_at.append(clock.now)
+        clock.now += 5
+    gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
+    keep = SLOW_SIGNAL_SECONDS
+    assert TIMED_OUT_KEEPS == 8 and gaps[:5] == [keep, 2 * keep, 4 * keep, 8 * keep, 8 * keep], gaps
+    client.query = answer  # it answers again: kept as an answer, asked again after one keep time
+    clock.now += SLOW_SIGNAL_SECONDS * TIMED_OUT_KEEPS
+    signals.collect(flows)
+    before = slow_asked()
+    clock.now += SLOW_SIGNAL_SECONDS
+    signals.collect(flows)
+    assert slow_asked() > before

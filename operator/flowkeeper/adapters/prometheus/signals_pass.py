@@ -46,6 +46,7 @@ PASS_TIMEOUT_FACTOR = 3  # a pass's deadline, in query timeouts, unless set
 # logged once per this many seconds, with how often it held meanwhile: an outage at 1,000 flows
 # logged 3,229 lines a minute.
 REPEAT_LOG_SECONDS = 60.0
+TIMED_OUT_KEEPS = 8  # a slow signal timing out again and again is asked at least every 8 keep times (4 min)
 
 
 @dataclass
@@ -56,6 +57,15 @@ class PassResult:
     # MetricsServerNotAllowed, ...)
     queries: int  # Prometheus HTTP queries made in this pass
     seconds: float
+
+
+@dataclass(frozen=True)
+class Kept:
+    """A slow signal's answer (or time-out), served until `until` (monotonic)."""
+
+    until: float
+    answer: Any
+    timeouts: int = 0  # time-outs in a row, when `answer` is one
 
 
 def _close(client: QueryClient) -> None:
@@ -100,9 +110,8 @@ class PrometheusSignals:
         self.clock = clock
         self.monotonic = monotonic  # how old a kept answer is
         self.keep_answers = keep_answers  # False: every query asked every pass (Query.keep_for ignored)
-        # (server, query) -> (when asked, answer): the answers of slow-moving signals, kept for reuse
-        # (a time-out too: the QueryProblem).
-        self._kept: dict[tuple[ServerSettings, Query], tuple[float, Any]] = {}
+        # (server, query) -> Kept: the answers of slow-moving signals, kept for reuse (a time-out too).
+        self._kept: dict[tuple[ServerSettings, Query], Kept] = {}
         self._flow_servers = FlowServers(secret_reader)
         self._client_factory = client_factory
         self._clients: dict[ServerSettings, QueryClient] = {}
@@ -258,8 +267,8 @@ class PrometheusSignals:
                 answers[query] = unreachable
                 continue
             kept = self._kept.get((settings, query))
-            if kept is not None and self._still_serves(kept[0], query):
-                answers[query] = kept[1]  # a slow signal asked moments ago: not asked again
+            if kept is not None and self.monotonic() < kept.until:
+                answers[query] = kept.answer  # a slow signal asked moments ago: not asked again
                 continue
             if time.monotonic() >= deadline:
                 answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
@@ -277,14 +286,17 @@ class PrometheusSignals:
                 # A batched answer is indexed once here, then looked up by every flow that reads it.
                 answers[query] = data if query.one_number else index_result(data, query.by)
                 if query.keep_for > 0 and self.keep_answers:
-                    self._kept[(settings, query)] = (self.monotonic(), answers[query])
+                    self._kept[(settings, query)] = Kept(self.monotonic() + query.keep_for, answers[query])
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
                 if problem.kind == QueryProblem.TIMEOUT and whole_timeout and query.keep_for > 0 and self.keep_answers:
                     # A slow signal too heavy to answer in its whole timeout (the growth subquery at 10,000
-                    # flows) would cost every pass that timeout: it waits out its keep time like an answer.
-                    self._kept[(settings, query)] = (self.monotonic(), problem)
+                    # flows) would cost every pass that timeout: it waits out its keep time like an answer,
+                    # doubled after each time-out in a row (at most TIMED_OUT_KEEPS keep times).
+                    in_row = kept.timeouts + 1 if kept is not None and kept.timeouts else 1
+                    wait = query.keep_for * min(2 ** (in_row - 1), TIMED_OUT_KEEPS)
+                    self._kept[(settings, query)] = Kept(self.monotonic() + wait, problem, in_row)
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
                 if problem.connection:
                     unreachable = problem
@@ -297,12 +309,11 @@ class PrometheusSignals:
         return answers, asked
 
     def _forget_old_answers(self) -> None:
-        """Kept answers too old to serve (their flows may be gone, or their server) leave memory."""
-        for key in [k for k, (at, _) in self._kept.items() if not self._still_serves(at, k[1])]:
+        """Kept answers too old to serve (their flows may be gone, or their server) leave memory; a
+        time-out stays a while longer, to count the next one as one more in a row."""
+        now = self.monotonic()
+        for key in [k for k, kept in self._kept.items() if now >= kept.until + (TIMED_OUT_KEEPS * k[1].keep_for if kept.timeouts else 0)]:
             del self._kept[key]
-
-    def _still_serves(self, asked_at: float, query: Query) -> bool:
-        return self.monotonic() - asked_at < query.keep_for
 
     def _client(self, settings: ServerSettings) -> QueryClient:
         if settings not in self._clients:
