@@ -21,6 +21,10 @@ def containerd_root(node_root: Path) -> Path:
     return node_root / "containerd" / "root"
 
 
+def kubelet_root(node_root: Path) -> Path:
+    return node_root / "kubelet"
+
+
 def cri_sandboxes(node_root: Path) -> Path:
     """Where containerd's CRI plugin keeps a folder per pod sandbox (named by the sandbox's id)."""
     return containerd_root(node_root) / "io.containerd.grpc.v1.cri" / "sandboxes"
@@ -31,7 +35,7 @@ class NodeLayout:
     """Where one node keeps everything, and the names and addresses it was given."""
 
     root: Path  # the node's folder
-    socket_dir: Path  # containerd's sockets: a short path (a unix socket's is at most 104 bytes)
+    socket_dir: Path  # containerd's sockets: a short path (socket_path_problem)
     name: str  # the Node's name
     network: str  # the CNI network's name (unique per run: the CNI result cache is machine-wide)
     node_ip: str  # the inner end of the veth pair
@@ -50,7 +54,7 @@ class NodeLayout:
 
     @property
     def kubelet_root(self) -> Path:
-        return self.root / "kubelet"
+        return kubelet_root(self.root)
 
     @property
     def pod_logs(self) -> Path:
@@ -59,6 +63,27 @@ class NodeLayout:
     @property
     def cni_conf_dir(self) -> Path:
         return self.root / "cni" / "net.d"
+
+
+# Linux's sun_path holds 108 bytes with the closing NUL: a longer socket path fails to bind with
+# "invalid argument", far from its cause.
+MAX_SOCKET_PATH = 107
+# The deepest sockets the node makes: containerd's (ttrpc beside grpc) and the kubelet's own.
+_SOCKETS = ("containerd.sock.ttrpc",)
+_KUBELET_SOCKETS = ("device-plugins/kubelet.sock", "pod-resources/kubelet.sock")
+
+
+def socket_path_problem(node_root: Path, socket_dir: Path) -> str | None:
+    """Why the node's Unix sockets would not bind with these folders, or None."""
+    paths = [socket_dir / name for name in _SOCKETS] + [kubelet_root(node_root) / name for name in _KUBELET_SOCKETS]
+    too_long = [p for p in paths if len(str(p).encode()) > MAX_SOCKET_PATH]
+    if not too_long:
+        return None
+    longest = max(too_long, key=lambda p: len(str(p).encode()))
+    return (
+        f"the real node's Unix sockets would not bind: {longest} is {len(str(longest).encode())} bytes, "
+        f"a socket path has at most {MAX_SOCKET_PATH}; give the cluster a shorter folder (FLOWKEEPER_CLUSTER_DIR, or TMPDIR)"
+    )
 
 
 def _toml(value: object) -> str:

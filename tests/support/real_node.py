@@ -50,6 +50,7 @@ from tests.support.node_config import (
     kubelet_args,
     kubelet_config,
     kubernetes_endpoints,
+    socket_path_problem,
 )
 from tests.support.processes import Process, stop_all, wait_until
 
@@ -170,6 +171,9 @@ class RealNode:
     def _start(self) -> None:
         from tests.support.cluster import build_cache, issue_client_cert
 
+        problem = socket_path_problem(self.root, self.socket_dir)
+        if problem is not None:  # before anything is made
+            raise RuntimeError(problem)
         began = time.monotonic()
         node_cleanup.clear_stale()
         remove_stale(NETNS_PREFIX)  # a namespace whose run was killed before it was recorded

@@ -21,6 +21,7 @@ from tests.support.node_config import (
     kubelet_args,
     kubelet_config,
     kubernetes_endpoints,
+    socket_path_problem,
 )
 
 LAYOUT = NodeLayout(
@@ -149,3 +150,15 @@ def test_sandbox_id_of_a_cni_cache_file_name() -> None:
     assert sandbox_id_of_result("fknode-42-abc123-eth0", "fknode-42") == "abc123"
     assert sandbox_id_of_result("fknode-420-abc123-eth0", "fknode-42") is None
     assert sandbox_id_of_result("cni-loopback-abc123-lo", "fknode-42") is None
+
+
+def test_a_node_folder_too_deep_for_unix_sockets_is_refused_naming_the_limit() -> None:
+    assert socket_path_problem(Path("/tmp/fk/node"), Path("/tmp/fknode-42")) is None
+    deep = Path("/") / ("d" * 90) / "node"  # the kubelet's sockets lie 35 bytes below the node's folder
+    problem = socket_path_problem(deep, Path("/tmp/fknode-42"))
+    assert problem is not None and "at most 107" in problem and "device-plugins/kubelet.sock" in problem and "FLOWKEEPER_CLUSTER_DIR" in problem
+    assert "containerd.sock.ttrpc" in (socket_path_problem(Path("/tmp/fk/node"), Path("/") / ("s" * 90)) or "")
+    # 107 bytes fits, 108 does not.
+    edge = Path("/" + "e" * (107 - len("/node/kubelet/device-plugins/kubelet.sock") - 1)) / "node"
+    assert len(str(edge / "kubelet/device-plugins/kubelet.sock")) == 107 and socket_path_problem(edge, Path("/tmp/s")) is None
+    assert socket_path_problem(Path(str(edge).replace("/e", "/ee", 1)), Path("/tmp/s")) is not None
