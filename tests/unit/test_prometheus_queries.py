@@ -603,16 +603,23 @@ def _failing_slow_ones(client, exc: Exception):
     return slow_ones_fail, answer
 
 
-def test_a_slow_signal_that_timed_out_waits_out_its_keep_time_before_it_is_asked_again() -> None:
-    # At 10,000 flows the growth subquery timed out on every pass, each time costing the pass its
-    # whole timeout.
+def _slow_ones_failing_with(exc: Exception, **options: Any):
+    """A pass whose client has been made and whose slow queries now fail with `exc`, one kept
+    interval on: (clock, signals, client, flows, the client's own answering)."""
     clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock)
+    signals, clients = signals_with(monotonic=clock, **options)
     flows = flows_of("rabbitmq", 2)
     signals.collect(flows)  # creates the client
     client = clients[0]
-    client.query, answer = _failing_slow_ones(client, TimeoutError("late"))
+    client.query, answer = _failing_slow_ones(client, exc)
     clock.now += SLOW_SIGNAL_SECONDS
+    return clock, signals, client, flows, answer
+
+
+def test_a_slow_signal_that_timed_out_waits_out_its_keep_time_before_it_is_asked_again() -> None:
+    # At 10,000 flows the growth subquery timed out on every pass, each time costing the pass its
+    # whole timeout.
+    clock, signals, client, flows, answer = _slow_ones_failing_with(TimeoutError("late"))
     late = signals.collect(flows)
     assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
     timed_out = len([q for q in client.asked if _slow(q)])
@@ -627,13 +634,7 @@ def test_a_slow_signal_that_timed_out_waits_out_its_keep_time_before_it_is_asked
 
 
 def test_a_slow_signal_that_failed_otherwise_is_asked_again_on_the_next_pass() -> None:
-    clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock)
-    flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)  # creates the client
-    client = clients[0]
-    client.query, answer = _failing_slow_ones(client, QueryProblem(QueryProblem.UNAVAILABLE, "HTTP 503"))
-    clock.now += SLOW_SIGNAL_SECONDS
+    clock, signals, client, flows, answer = _slow_ones_failing_with(QueryProblem(QueryProblem.UNAVAILABLE, "HTTP 503"))
     late = signals.collect(flows)
     assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
     client.query = answer
@@ -697,25 +698,13 @@ def test_a_warning_that_holds_is_logged_once_a_minute_with_how_often_it_held(cap
 
 def test_a_time_out_cut_short_by_the_pass_deadline_is_not_kept() -> None:
     # A slow signal that had only what was left of the pass is asked again on the next pass.
-    clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock, timeout=5.0, pass_timeout=5.0)
-    flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)
-    client = clients[0]
-    client.query, _ = _failing_slow_ones(client, TimeoutError("late"))
-    clock.now += SLOW_SIGNAL_SECONDS
+    _, signals, _, flows, _ = _slow_ones_failing_with(TimeoutError("late"), timeout=5.0, pass_timeout=5.0)
     signals.collect(flows)  # pass deadline = the query timeout: no query has its whole timeout
     assert not any(isinstance(kept.answer, QueryProblem) for kept in signals._kept.values())
 
 
 def test_a_kept_time_out_carries_no_traceback() -> None:
-    clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock)
-    flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)
-    client = clients[0]
-    client.query, _ = _failing_slow_ones(client, QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
-    clock.now += SLOW_SIGNAL_SECONDS
+    _, signals, _, flows, _ = _slow_ones_failing_with(QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
     signals.collect(flows)
     kept = [k.answer for k in signals._kept.values() if isinstance(k.answer, QueryProblem)]
     assert kept and all(problem.__traceback__ is None for problem in kept)
@@ -724,14 +713,7 @@ def test_a_kept_time_out_carries_no_traceback() -> None:
 def test_a_slow_signal_timing_out_again_and_again_is_asked_ever_less_often_until_it_answers() -> None:
     from flowkeeper.adapters.prometheus.signals_pass import TIMED_OUT_KEEPS
 
-    clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock)
-    flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)
-    client = clients[0]
-    failing, answer = _failing_slow_ones(client, TimeoutError("late"))
-    client.query = failing
-    clock.now += SLOW_SIGNAL_SECONDS
+    clock, signals, client, flows, answer = _slow_ones_failing_with(TimeoutError("late"))
 
     def slow_asked() -> int:
         return len([q for q in client.asked if _slow(q)])
