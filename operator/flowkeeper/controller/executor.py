@@ -24,7 +24,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -105,16 +105,19 @@ class Executor:
         self.random = random.Random()
 
     async def _call(self, urgent: bool, fn: Callable[..., Any], *args: Any) -> Any:
-        """One API write: in a write slot, within the client-side rate limit, on the writers' threads."""
-        async with self._slots.slot(urgent=urgent):
-            await self._rate.take()
-            self._still_leading()
-            return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
+        """One API write on the writers' threads, in a slot and within the client-side rate limit."""
+        loop = asyncio.get_running_loop()
+        return await self._in_slot(urgent, lambda: loop.run_in_executor(self._threads, fn, *args), rate_limited=True)
 
-    def _still_leading(self) -> None:
-        """Checked right before each write: the waits for a slot and for the rate limit may be long."""
-        if not self.leader.is_leading():
-            raise _NotLeading
+    async def _in_slot(self, urgent: bool, write: Callable[[], Awaitable[Any]], *, rate_limited: bool) -> Any:
+        """`write()` in a write slot, after a rate-limit token if `rate_limited`, and only if this
+        replica still leads right before it: the waits for a slot and for a token may be long."""
+        async with self._slots.slot(urgent=urgent):
+            if rate_limited:
+                await self._rate.take()
+            if not self.leader.is_leading():
+                raise _NotLeading
+            return await write()
 
     def has_work(self, flow: FlowRecord, target: TargetRecord | None, plan: Plan) -> bool:
         """Whether applying `plan` would write anything: most plans of a quiet pass change nothing, and
@@ -143,9 +146,10 @@ class Executor:
             stage = "event"
             for event in plan.events:
                 with tracing.action_span(stage, flow.namespace, flow.name):
-                    async with self._slots.slot(urgent=False):  # Events: the recorder's own spam filter, no QPS token
-                        self._still_leading()
-                        posted = await self.recorder.record(flow.reference, event.type, event.reason, event.message)
+                    # Events take no rate-limit token: the recorder has its own per-object spam filter.
+                    posted = await self._in_slot(
+                        False, lambda e=event: self.recorder.record(flow.reference, e.type, e.reason, e.message), rate_limited=False
+                    )
                     if posted:
                         log.info(event.message, extra={**context, "stage": stage, "reason": event.reason, "outcome": "applied"})
                         crashpoints.after_write(plan.kind, stage)

@@ -67,6 +67,11 @@ class Kept:
     answer: Any
     timeouts: int = 0  # time-outs in a row, when `answer` is one
 
+    def forget_at(self, keep_for: float) -> float:
+        """When it leaves memory: an answer once it stops serving; a time-out a while later, so that
+        the next one counts as one more in a row."""
+        return self.until + (TIMED_OUT_KEEPS * keep_for if self.timeouts else 0.0)
+
 
 def _close(client: QueryClient) -> None:
     getattr(client, "close", lambda: None)()
@@ -294,7 +299,7 @@ class PrometheusSignals:
                     # A slow signal too heavy to answer in its whole timeout (the growth subquery at 10,000
                     # flows) would cost every pass that timeout: it waits out its keep time like an answer,
                     # doubled after each time-out in a row (at most TIMED_OUT_KEEPS keep times).
-                    in_row = kept.timeouts + 1 if kept is not None and kept.timeouts else 1
+                    in_row = (kept.timeouts if kept is not None else 0) + 1
                     wait = query.keep_for * min(2 ** (in_row - 1), TIMED_OUT_KEEPS)
                     self._kept[(settings, query)] = Kept(self.monotonic() + wait, problem, in_row)
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
@@ -309,10 +314,9 @@ class PrometheusSignals:
         return answers, asked
 
     def _forget_old_answers(self) -> None:
-        """Kept answers too old to serve (their flows may be gone, or their server) leave memory; a
-        time-out stays a while longer, to count the next one as one more in a row."""
+        """Kept answers too old to serve (their flows may be gone, or their server) leave memory."""
         now = self.monotonic()
-        for key in [k for k, kept in self._kept.items() if now >= kept.until + (TIMED_OUT_KEEPS * k[1].keep_for if kept.timeouts else 0)]:
+        for key in [k for k, kept in self._kept.items() if now >= kept.forget_at(k[1].keep_for)]:
             del self._kept[key]
 
     def _client(self, settings: ServerSettings) -> QueryClient:
