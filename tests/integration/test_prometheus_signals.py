@@ -375,9 +375,44 @@ def test_a_trickling_answer_costs_only_its_own_signal(prometheus: LocalPrometheu
     assert got.queue_depth == 6 and got.cpu_utilization is None
     assert got.unread["cpu_utilization"].startswith("cpu utilization: Prometheus did not answer in time")
     assert metric("flowkeeper_prometheus_query_errors_total", kind="cpu_utilization", problem="timeout") == timeouts + 1
-    # Prometheus is told to give up before the client does.
-    sent = {float(a.params["timeout"].removesuffix("ms")) / 1000 if a.params["timeout"].endswith("ms") else float(a.params["timeout"].removesuffix("s")) for a in slow.asked}
-    assert sent and all(0 < timeout < 1.5 for timeout in sent)
+    # Prometheus is told to give up before the client does: 1.5 s for the pass's own queries, the
+    # slow signals' keep time (30 s) for those asked in their own threads.
+    def sent(a) -> float:
+        timeout = a.params["timeout"]
+        return float(timeout.removesuffix("ms")) / 1000 if timeout.endswith("ms") else float(timeout.removesuffix("s"))
+
+    slow_ones = [sent(a) for a in slow.asked if "deriv(" in a.query or "avg_over_time(" in a.query]
+    pass_ones = [sent(a) for a in slow.asked if not ("deriv(" in a.query or "avg_over_time(" in a.query)]
+    assert pass_ones and all(0 < timeout < 1.5 for timeout in pass_ones)
+    assert slow_ones and all(1.5 < timeout < 30 for timeout in slow_ones)
+
+
+def test_a_slow_signal_slower_than_the_query_timeout_is_answered_without_holding_passes(prometheus: LocalPrometheus, fresh_exporter: MetricsExporter, unique: str) -> None:
+    # At 10,000 flows the growth subquery took Prometheus longer than the query timeout: asked inside
+    # the pass it timed out on every pass. Asked in its own thread, it has its keep time to answer.
+    growth = {"queueGrowthWindow": "60s"}  # kept 6 s: its ask has max(1 s timeout, 6 s)
+    e = fresh_exporter
+    e.set_rate("rabbitmq_queue_messages_ready", {"vhost": "/", "queue": f"{unique}-g"}, 3, start=10)
+    prometheus.wait_for(f'rabbitmq_queue_messages_ready{{queue="{unique}-g"}}')
+    flows = [flow("g", {"broker": "rabbitmq", "queue": f"{unique}-g"}, health=growth)]
+    with SlowPrometheus(prometheus.url) as slow:
+        slow.slow_down("deriv(", delay=3.0)  # the growth subquery: 3 s, past the 1 s timeout
+        reader = PrometheusSignals(slow.url, rate_window=RATE_WINDOW, timeout=1.0)
+        try:
+            first = reader.collect(flows)  # no answer yet: waited the query timeout, then went on
+            assert "queue_growing_seconds" in first.signals["shop/g"].unanswered
+            assert first.signals["shop/g"].queue_depth is not None
+            time.sleep(3.0)
+            second = reader.collect(flows)  # the answer that came in meanwhile
+            assert "queue_growing_seconds" not in second.signals["shop/g"].unanswered
+            time.sleep(4.0)  # past its keep time: asked again, the last answer serving meanwhile
+            third = reader.collect(flows)
+            running = list(reader._slow_asks._asked.values())
+            assert running and not running[0].done.is_set()  # not waited for
+            assert "queue_growing_seconds" not in third.signals["shop/g"].unanswered
+            assert third.queries == second.queries + 1
+        finally:
+            reader.close()
 
 
 def test_the_pass_has_a_deadline_and_says_what_it_did_not_ask(prometheus: LocalPrometheus, fresh_exporter: MetricsExporter, unique: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from flowkeeper.adapters.prometheus.promql import promql_duration
 from flowkeeper.adapters.prometheus import queries
 from flowkeeper.adapters.prometheus.queries import SLOW_SIGNAL_SECONDS, Presets, Query, Read, ReadsCache, flow_reads, plan_pass
 from flowkeeper.adapters.prometheus.servers import ServerSettings
+from flowkeeper.adapters.prometheus.slow_asks import SlowAsks
 from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, SecretKeyRef
 from flowkeeper.domain.errors import ConfigurationError, ErrorClass
 
@@ -319,34 +322,69 @@ def test_refused_credentials_pause_a_flow_only_when_they_are_the_flows_own() -> 
 # ------------------------------------------------------------------------ the pass, with a fake client
 
 
-class FakeClient:
-    """Answers every query with an empty vector, or raises what the test says."""
+def _slow(promql: str) -> bool:
+    return "deriv(" in promql or "avg_over_time(" in promql  # the growth and baseline subqueries
 
-    def __init__(self, settings: ServerSettings, raises: Exception | None = None) -> None:
-        self.settings = settings
+
+class FakeServers:
+    """What the fake clients of one test answer: every query an empty vector, or raises what the test
+    says; slow queries (growth, baselines) may fail on their own, or wait until `release` is set.
+    Every query any client asked, the pass's or a slow ask's, is in `asked` by server address."""
+
+    def __init__(self, raises: Exception | None = None) -> None:
         self.raises = raises
-        self.asked: list[str] = []
+        self.slow_raises: Exception | None = None
+        self.release = threading.Event()
+        self.release.set()
+        self.asked: dict[str, list[str]] = {}
+        self.deadlines: list[float] = []
+        self.slow_clients: list[FakeClient] = []  # made by slow asks, in their own threads
 
-    def query(self, promql: str, *, at: float, deadline: float) -> dict[str, Any]:
-        self.asked.append(promql)
+    def answer(self, url: str, promql: str, deadline: float) -> dict[str, Any]:
+        self.asked.setdefault(url, []).append(promql)
+        if _slow(promql):
+            self.deadlines.append(deadline)
+            if not self.release.wait(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the fake server held the answer past its deadline")
+            if self.slow_raises is not None:
+                raise self.slow_raises
         if self.raises is not None:
             raise self.raises
         return vector()
 
+
+class FakeClient:
+    def __init__(self, settings: ServerSettings, servers: FakeServers) -> None:
+        self.settings = settings
+        self.servers = servers
+        self.closed = False
+
+    @property
+    def asked(self) -> list[str]:
+        return self.servers.asked.setdefault(self.settings.url, [])
+
+    def query(self, promql: str, *, at: float, deadline: float) -> dict[str, Any]:
+        return self.servers.answer(self.settings.url, promql, deadline)
+
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 OTHER = "https://other:9090"
 
 
 def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, str], str] | None = None, **options: Any):
+    """A pass on fake servers: (signals, the clients the pass made for itself). `signals.servers` are
+    the fakes; slow asks' clients are in `signals.servers.slow_clients`."""
+    servers = FakeServers(raises)
     clients: list[FakeClient] = []
     secret_reads: list[tuple[str, str]] = []
 
     def factory(settings: ServerSettings) -> FakeClient:
-        clients.append(FakeClient(settings, raises))
-        return clients[-1]
+        client = FakeClient(settings, servers)
+        on_pass_thread = threading.current_thread() is threading.main_thread()
+        (clients if on_pass_thread else servers.slow_clients).append(client)
+        return client
 
     def read_secret(namespace: str, ref: SecretKeyRef) -> str:
         secret_reads.append((namespace, ref.name))
@@ -358,7 +396,14 @@ def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, 
     options = {"allowed_servers": [OTHER], "allow_overrides": True, **options}
     signals = PrometheusSignals("http://prometheus:9090", client_factory=factory, secret_reader=read_secret, clock=lambda: 5.0, **options)
     signals.secret_reads = secret_reads
+    signals.servers = servers
     return signals, clients
+
+
+def settle(signals: PrometheusSignals) -> None:
+    """Waits until every slow ask on its way has its answer (a fake answers at once unless held)."""
+    for asked in list(signals._slow_asks._asked.values()):
+        assert asked.done.wait(10), "a slow ask did not end"
 
 
 def test_an_unreachable_server_is_asked_once_per_pass_and_nothing_raises() -> None:
@@ -569,10 +614,6 @@ class Monotonic:
         return self.now
 
 
-def _slow(promql: str) -> bool:
-    return "deriv(" in promql or "avg_over_time(" in promql  # the growth and baseline subqueries
-
-
 def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass() -> None:
     clock = Monotonic()
     signals, clients = signals_with(monotonic=clock)
@@ -591,57 +632,130 @@ def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass
     assert not signals._kept or all(kept.until - clock.now <= SLOW_SIGNAL_SECONDS for kept in signals._kept.values())
 
 
-def _failing_slow_ones(client, exc: Exception):
-    answer = client.query
-
-    def slow_ones_fail(promql: str, *, at: float, deadline: float):
-        if _slow(promql):
-            client.asked.append(promql)
-            raise exc
-        return answer(promql, at=at, deadline=deadline)
-
-    return slow_ones_fail, answer
-
-
 def _slow_ones_failing_with(exc: Exception, **options: Any):
-    """A pass whose client has been made and whose slow queries now fail with `exc`, one kept
-    interval on: (clock, signals, client, flows, the client's own answering)."""
+    """A pass that has answers for its slow queries, one keep time on, whose slow queries now fail
+    with `exc`: (clock, signals, servers, flows)."""
     clock = Monotonic()
-    signals, clients = signals_with(monotonic=clock, **options)
+    signals, _ = signals_with(monotonic=clock, **options)
     flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)  # creates the client
-    client = clients[0]
-    client.query, answer = _failing_slow_ones(client, exc)
+    signals.collect(flows)
+    signals.servers.slow_raises = exc
     clock.now += SLOW_SIGNAL_SECONDS
-    return clock, signals, client, flows, answer
+    return clock, signals, signals.servers, flows
+
+
+def slow_asked(servers: FakeServers) -> int:
+    return len([q for asked in servers.asked.values() for q in asked if _slow(q)])
+
+
+def growth_unanswered(result) -> bool:
+    return all("queue_growing_seconds" in s.unanswered for s in result.signals.values())
 
 
 def test_a_slow_signal_that_timed_out_waits_out_its_keep_time_before_it_is_asked_again() -> None:
     # At 10,000 flows the growth subquery timed out on every pass, each time costing the pass its
     # whole timeout.
-    clock, signals, client, flows, answer = _slow_ones_failing_with(TimeoutError("late"))
+    clock, signals, servers, flows = _slow_ones_failing_with(TimeoutError("late"))
     late = signals.collect(flows)
-    assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
-    timed_out = len([q for q in client.asked if _slow(q)])
-    client.query = answer
-    clock.now += SLOW_SIGNAL_SECONDS - 1
+    assert not growth_unanswered(late)  # the last answer serves while it is asked again
+    settle(signals)
+    timed_out = slow_asked(servers)
+    servers.slow_raises = None
+    clock.now += 1
+    signals.collect(flows)  # takes the time-out
+    clock.now += SLOW_SIGNAL_SECONDS - 2
     still = signals.collect(flows)
-    assert len([q for q in client.asked if _slow(q)]) == timed_out  # not asked again yet
-    assert all("queue_growing_seconds" in s.unanswered for s in still.signals.values())  # and still unanswered
+    assert slow_asked(servers) == timed_out  # not asked again yet
+    assert growth_unanswered(still)  # and unanswered meanwhile
     clock.now += 1
-    signals.collect(flows)
-    assert len([q for q in client.asked if _slow(q)]) > timed_out
+    again = signals.collect(flows)
+    assert slow_asked(servers) > timed_out and not growth_unanswered(again)
 
 
-def test_a_slow_signal_that_failed_otherwise_is_asked_again_on_the_next_pass() -> None:
-    clock, signals, client, flows, answer = _slow_ones_failing_with(QueryProblem(QueryProblem.UNAVAILABLE, "HTTP 503"))
+def test_a_slow_signal_that_failed_otherwise_is_asked_again_on_the_next_pass(caplog) -> None:
+    clock, signals, servers, flows = _slow_ones_failing_with(QueryProblem(QueryProblem.UNAVAILABLE, "HTTP 503"))
+    caplog.set_level(logging.WARNING, logger="flowkeeper.prometheus")
     late = signals.collect(flows)
-    assert all("queue_growing_seconds" in s.unanswered for s in late.signals.values())
-    client.query = answer
+    settle(signals)
+    servers.slow_raises = None
     clock.now += 1
-    before = len(client.asked)
+    before = slow_asked(servers)
+    next_pass = signals.collect(flows)
+    assert slow_asked(servers) > before
+    assert not growth_unanswered(late) and not growth_unanswered(next_pass)  # the last answer served meanwhile
+    failed = [r for r in caplog.records if "growth" in r.getMessage() and "HTTP 503" in r.getMessage()]
+    assert failed and all(r.threadName == threading.main_thread().name for r in failed)  # logged by the pass
+
+
+# --- slow queries asked in threads of their own: the pass does not wait for them
+
+
+def _held_after_one_answer(**options: Any):
+    """A pass with answers for its slow queries, one keep time on, whose slow queries are now held
+    by the server until `servers.release` is set: (clock, signals, servers, flows)."""
+    clock = Monotonic()
+    signals, _ = signals_with(monotonic=clock, **options)
+    flows = flows_of("rabbitmq", 2)
     signals.collect(flows)
-    assert any(_slow(q) for q in client.asked[before:])
+    signals.servers.release.clear()
+    clock.now += SLOW_SIGNAL_SECONDS
+    return clock, signals, signals.servers, flows
+
+
+def test_a_pass_does_not_wait_for_a_slow_query_while_its_last_answer_serves() -> None:
+    clock, signals, servers, flows = _held_after_one_answer(timeout=30.0)
+    result = signals.collect(flows)  # would wait out the 30 s timeout if it waited for the held growth
+    running = list(signals._slow_asks._asked.values())
+    assert running and not any(asked.done.is_set() for asked in running)
+    assert not growth_unanswered(result) and result.queries == len(kinds(flows))  # the slow ones sent, not awaited
+    servers.release.set()
+    settle(signals)
+    clock.now += 1
+    signals.collect(flows)  # takes the new answers: kept one keep time from when they were asked
+    assert all(kept.until == clock.now - 1 + SLOW_SIGNAL_SECONDS for kept in signals._kept.values())
+    assert all(client.closed for client in servers.slow_clients)
+
+
+def test_a_last_answer_serves_at_most_one_more_keep_time_while_the_next_is_on_its_way() -> None:
+    clock, signals, servers, flows = _held_after_one_answer(timeout=30.0)
+    signals.collect(flows)
+    asked = slow_asked(servers)
+    clock.now += SLOW_SIGNAL_SECONDS - 1
+    assert not growth_unanswered(signals.collect(flows))
+    clock.now += 1
+    late = signals.collect(flows)  # two keep times after the answer: too old to serve
+    assert growth_unanswered(late) and slow_asked(servers) == asked  # and not asked twice
+    servers.release.set()
+    settle(signals)
+    clock.now += 1
+    assert not growth_unanswered(signals.collect(flows))
+
+
+def test_a_first_slow_ask_waits_at_most_the_query_timeout_then_answers_a_later_pass() -> None:
+    clock = Monotonic()
+    signals, _ = signals_with(monotonic=clock, timeout=0.05)
+    signals.servers.release.clear()
+    flows = flows_of("rabbitmq", 2)
+    first = signals.collect(flows)
+    assert growth_unanswered(first) and first.failures == {}  # the other signals were read
+    asked = slow_asked(signals.servers)
+    assert all(deadline - time.monotonic() > 20 for deadline in signals.servers.deadlines)  # its own, longer timeout
+    clock.now += 5
+    assert growth_unanswered(signals.collect(flows)) and slow_asked(signals.servers) == asked
+    signals.servers.release.set()
+    settle(signals)
+    clock.now += 5
+    assert not growth_unanswered(signals.collect(flows)) and slow_asked(signals.servers) == asked
+
+
+def test_slow_queries_beyond_what_a_server_may_have_on_their_way_are_asked_by_the_pass() -> None:
+    signals, clients = signals_with(timeout=0.05)
+    signals._slow_asks = SlowAsks(signals._client_factory, per_server=1)
+    signals.servers.release.clear()  # the first slow ask stays on its way
+    signals.collect(flows_of("rabbitmq", 2))
+    assert slow_asked(signals.servers) == 3 and len(signals.servers.slow_clients) == 1  # two by the pass's client
+    assert len(clients) == 1
+    signals.servers.release.set()
 
 
 def test_a_slow_signal_is_kept_for_a_tenth_of_its_window_at_most_the_slow_interval() -> None:
@@ -698,13 +812,17 @@ def test_a_warning_that_holds_is_logged_once_a_minute_with_how_often_it_held(cap
 
 def test_a_time_out_cut_short_by_the_pass_deadline_is_not_kept() -> None:
     # A slow signal that had only what was left of the pass is asked again on the next pass.
-    _, signals, _, flows, _ = _slow_ones_failing_with(TimeoutError("late"), timeout=5.0, pass_timeout=5.0)
+    _, signals, _, flows = _slow_ones_failing_with(TimeoutError("late"), timeout=5.0, pass_timeout=5.0)
+    signals._slow_asks = SlowAsks(signals._client_factory, per_server=0)  # every query asked by the pass
     signals.collect(flows)  # pass deadline = the query timeout: no query has its whole timeout
     assert not any(isinstance(kept.answer, QueryProblem) for kept in signals._kept.values())
 
 
 def test_a_kept_time_out_carries_no_traceback() -> None:
-    _, signals, _, flows, _ = _slow_ones_failing_with(QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
+    clock, signals, _, flows = _slow_ones_failing_with(QueryProblem(QueryProblem.TIMEOUT, "Prometheus gave up"))
+    signals.collect(flows)
+    settle(signals)
+    clock.now += 1
     signals.collect(flows)
     kept = [k.answer for k in signals._kept.values() if isinstance(k.answer, QueryProblem)]
     assert kept and all(problem.__traceback__ is None for problem in kept)
@@ -713,25 +831,23 @@ def test_a_kept_time_out_carries_no_traceback() -> None:
 def test_a_slow_signal_timing_out_again_and_again_is_asked_ever_less_often_until_it_answers() -> None:
     from flowkeeper.adapters.prometheus.signals_pass import TIMED_OUT_KEEPS
 
-    clock, signals, client, flows, answer = _slow_ones_failing_with(TimeoutError("late"))
-
-    def slow_asked() -> int:
-        return len([q for q in client.asked if _slow(q)])
-
+    clock, signals, servers, flows = _slow_ones_failing_with(TimeoutError("late"))
     asked_at = []
     for _ in range(160):  # a pass every 5 s
-        before = slow_asked()
+        before = slow_asked(servers)
         signals.collect(flows)
-        if slow_asked() > before:
+        settle(signals)
+        if slow_asked(servers) > before:
             asked_at.append(clock.now)
         clock.now += 5
     gaps = [b - a for a, b in zip(asked_at, asked_at[1:])]
     keep = SLOW_SIGNAL_SECONDS
     assert TIMED_OUT_KEEPS == 8 and gaps[:5] == [keep, 2 * keep, 4 * keep, 8 * keep, 8 * keep], gaps
-    client.query = answer  # it answers again: kept as an answer, asked again after one keep time
+    servers.slow_raises = None  # it answers again: kept as an answer, asked again after one keep time
     clock.now += SLOW_SIGNAL_SECONDS * TIMED_OUT_KEEPS
     signals.collect(flows)
-    before = slow_asked()
+    settle(signals)
+    before = slow_asked(servers)
     clock.now += SLOW_SIGNAL_SECONDS
     signals.collect(flows)
-    assert slow_asked() > before
+    assert slow_asked(servers) > before

@@ -22,6 +22,7 @@ from flowkeeper.adapters.prometheus.queries import (
     overrides_of,
     queries_of,
 )
+from flowkeeper.adapters.prometheus.slow_asks import Asked, SlowAsks
 from flowkeeper.adapters.prometheus.servers import (
     AllowedServers,
     FlowServers,
@@ -67,10 +68,14 @@ class Kept:
     answer: Any
     timeouts: int = 0  # time-outs in a row, when `answer` is one
 
+    def serves_meanwhile(self, now: float, keep_for: float) -> bool:
+        """An answer serves one more keep time while its next ask is on its way (a time-out never)."""
+        return not self.timeouts and now < self.until + keep_for
+
     def forget_at(self, keep_for: float) -> float:
-        """When it leaves memory: an answer once it stops serving; a time-out a while later, so that
-        the next one counts as one more in a row."""
-        return self.until + (TIMED_OUT_KEEPS * keep_for if self.timeouts else 0.0)
+        """When it leaves memory: an answer once it can serve no more; a time-out a while later, so
+        that the next one counts as one more in a row."""
+        return self.until + (TIMED_OUT_KEEPS if self.timeouts else 1) * keep_for
 
 
 def _close(client: QueryClient) -> None:
@@ -119,6 +124,7 @@ class PrometheusSignals:
         self._kept: dict[tuple[ServerSettings, Query], Kept] = {}
         self._flow_servers = FlowServers(secret_reader)
         self._client_factory = client_factory
+        self._slow_asks = SlowAsks(client_factory, monotonic=monotonic)
         self._clients: dict[ServerSettings, QueryClient] = {}
         self._client_used: dict[ServerSettings, float] = {}
         self._lock = threading.Lock()
@@ -156,6 +162,8 @@ class PrometheusSignals:
             result = PassResult(signals={}, failures={}, queries=0, seconds=0.0)
             groups: dict[ServerSettings, list[FlowTarget]] = {}
             default = self._refresh_default_server()
+            for asked in self._slow_asks.take_finished():  # slow queries answered since the last pass
+                self._record_slow(asked)
             for flow in flows:
                 try:
                     groups.setdefault(self._server_of(flow, default), []).append(flow)
@@ -257,7 +265,8 @@ class PrometheusSignals:
         earlier of its own timeout and the pass's deadline for its whole answer. A query that times
         out costs only itself; once the server cannot be connected to, the remaining queries are not
         sent (each would fail the same way); queries the pass's deadline leaves no time for are
-        answered `not asked`, so that their flows say so."""
+        answered `not asked`, so that their flows say so. Slow signals' queries are asked in threads
+        of their own (`_ask_slow`)."""
         client = self._client(settings)
         answers: dict[Query, Any] = {}
         asked = 0
@@ -275,14 +284,23 @@ class PrometheusSignals:
             if kept is not None and self.monotonic() < kept.until:
                 answers[query] = kept.answer  # a slow signal asked moments ago: not asked again
                 continue
+            promql = query.promql
+            if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
+                promql = query.promql_over_scalar
             if time.monotonic() >= deadline:
                 answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
                 not_asked += 1
                 continue
-            promql = query.promql
-            if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
-                promql = query.promql_over_scalar
+            if query.keep_for > 0 and self.keep_answers:
+                slow = self._ask_slow(settings, query, promql, kept, now, deadline)
+                if slow is not None:
+                    answers[query], sent = slow
+                    asked += sent
+                    if isinstance(answers[query], QueryProblem) and answers[query].connection:
+                        unreachable = answers[query]
+                    continue
+                # The server has as many slow queries on their way as it may: asked here, as any query.
             asked += 1
             started = time.monotonic()
             whole_timeout = started + self.timeout <= deadline  # not cut short by the pass's deadline
@@ -296,22 +314,69 @@ class PrometheusSignals:
                 problem = classify(exc)
                 answers[query] = problem
                 if problem.kind == QueryProblem.TIMEOUT and whole_timeout and query.keep_for > 0 and self.keep_answers:
-                    # A slow signal too heavy to answer in its whole timeout (the growth subquery at 10,000
-                    # flows) would cost every pass that timeout: it waits out its keep time like an answer,
-                    # doubled after each time-out in a row (at most TIMED_OUT_KEEPS keep times).
-                    in_row = (kept.timeouts if kept is not None else 0) + 1
-                    wait = query.keep_for * min(2 ** (in_row - 1), TIMED_OUT_KEEPS)
-                    self._kept[(settings, query)] = Kept(self.monotonic() + wait, problem, in_row)
-                metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
+                    self._keep_timeout(settings, query, self.monotonic())
+                self._count_failure(settings, query, problem)
                 if problem.connection:
                     unreachable = problem
-                if not query.one_number:
-                    self._warn(("failed", settings.url, query.kind, problem.kind), "query %s failed: %s", query.kind, problem.message, server=settings.url)
             finally:
                 metrics.PROMETHEUS_QUERY_SECONDS.labels(kind=query.metric_kind).observe(time.monotonic() - started)
         if not_asked:
             self._warn(("not asked", settings.url), "%d queries not asked: the signals pass reached its deadline (%gs)", not_asked, self.pass_timeout, server=settings.url)
         return answers, asked
+
+    def _ask_slow(self, settings: ServerSettings, query: Query, promql: str, kept: Kept | None, now: float, deadline: float) -> tuple[Any, int] | None:
+        """A slow signal's answer for this pass, asked in a thread of its own (slow_asks.py) with the
+        longer of the query timeout and its keep time: (answer, queries sent). Meanwhile its last
+        answer serves one more keep time; without one, the pass waits as long as for any query, and
+        the signal is unanswered until the ask ends. None: the server has no room for one more ask."""
+        meanwhile = kept.answer if kept is not None and kept.serves_meanwhile(self.monotonic(), query.keep_for) else None
+        asked = self._slow_asks.running(settings, query)
+        sent = 0
+        if asked is None:
+            asked = self._slow_asks.start(
+                settings, query, promql, at=now, asked_at=self.monotonic(), deadline=time.monotonic() + max(self.timeout, query.keep_for)
+            )
+            if asked is None:
+                return None
+            sent = 1
+            if meanwhile is None:
+                asked.done.wait(max(0.0, min(self.timeout, deadline - time.monotonic())))
+        if asked.done.is_set():
+            self._slow_asks.take(asked)
+            self._record_slow(asked)
+            if not isinstance(asked.answer, QueryProblem) or meanwhile is None:
+                return asked.answer, sent
+        if meanwhile is not None:
+            return meanwhile, sent
+        waited = self.monotonic() - asked.asked_at
+        return QueryProblem(QueryProblem.TIMEOUT, f"Prometheus has not answered yet (asked {waited:.0f}s ago)"), sent
+
+    def _record_slow(self, asked: Asked) -> None:
+        """A slow query's answer is kept for its keep time from when it was asked; a time-out waits out
+        its back-off; any other failure is asked again on the next pass (the last answer, if any,
+        serving meanwhile)."""
+        query = asked.query
+        metrics.PROMETHEUS_QUERY_SECONDS.labels(kind=query.metric_kind).observe(asked.seconds)
+        if not isinstance(asked.answer, QueryProblem):
+            self._kept[(asked.settings, query)] = Kept(asked.asked_at + query.keep_for, asked.answer)
+            return
+        if asked.answer.kind == QueryProblem.TIMEOUT:
+            self._keep_timeout(asked.settings, query, asked.ended_at)
+        self._count_failure(asked.settings, query, asked.answer)
+
+    def _keep_timeout(self, settings: ServerSettings, query: Query, timed_out_at: float) -> None:
+        """A slow signal too heavy to answer in its whole timeout (the growth subquery at 10,000 flows)
+        waits out its keep time like an answer, doubled after each time-out in a row (at most
+        TIMED_OUT_KEEPS keep times): asked every pass, it would load the server for nothing."""
+        kept = self._kept.get((settings, query))
+        in_row = (kept.timeouts if kept is not None else 0) + 1
+        wait = query.keep_for * min(2 ** (in_row - 1), TIMED_OUT_KEEPS)
+        self._kept[(settings, query)] = Kept(timed_out_at + wait, QueryProblem(QueryProblem.TIMEOUT, "Prometheus did not answer in time"), in_row)
+
+    def _count_failure(self, settings: ServerSettings, query: Query, problem: QueryProblem) -> None:
+        metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=problem.kind).inc()
+        if not query.one_number:
+            self._warn(("failed", settings.url, query.kind, problem.kind), "query %s failed: %s", query.kind, problem.message, server=settings.url)
 
     def _forget_old_answers(self) -> None:
         """Kept answers too old to serve (their flows may be gone, or their server) leave memory."""
