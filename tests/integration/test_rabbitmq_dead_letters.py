@@ -92,6 +92,24 @@ def test_a_review_counts_by_class_and_reason_and_consumes_nothing(broker, queues
     assert depth(broker.parameters, dlq) == 9
 
 
+def test_a_review_is_of_the_letters_counted_at_its_start(broker, queues) -> None:
+    # A letter dead-lettered between the count and the read made a status say "examined 10" of a
+    # depth of 9.
+    _, dlq = queues
+    dead_letter(broker, dlq, 3)
+
+    class LetterArrivingMidReview(RabbitMQDeadLetters):
+        @staticmethod
+        def _read(channel, queue, limit, deadline):
+            dead_letter(broker, dlq, 1, reason="late")
+            yield from RabbitMQDeadLetters._read(channel, queue, limit, deadline)
+
+    review = LetterArrivingMidReview(address(broker)).review(dlq, limit=1000, deadline=soon())
+    assert (review.depth, review.examined, review.complete) == (3, 3, True) and "late" not in review.by_reason
+    assert RabbitMQDeadLetters(address(broker)).review(dlq, limit=1000, deadline=soon()).examined == 4
+    assert depth(broker.parameters, dlq) == 4
+
+
 def test_a_review_reads_a_bounded_number_and_gives_back_everything(broker, queues) -> None:
     _, dlq = queues
     dead_letter(broker, dlq, 3000)

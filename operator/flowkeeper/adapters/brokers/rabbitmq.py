@@ -174,7 +174,9 @@ class RabbitMQDeadLetters:
         with self._channel() as channel:
             depth = channel.queue_declare(dead_letters, passive=True).method.message_count
             review = Review(depth=depth)
-            for _, properties, _ in self._read(channel, dead_letters, limit, deadline):
+            # What was there when it was counted: a letter arriving meanwhile waits for the next
+            # review, never counted as examined beyond the depth.
+            for _, properties, _ in self._read(channel, dead_letters, min(limit, depth), deadline):
                 if _is_marker(properties):
                     review.depth -= 1
                     review.markers.add(_marker_of(properties))
