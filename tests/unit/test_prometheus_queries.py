@@ -339,6 +339,8 @@ class FakeServers:
         self.asked: dict[str, list[str]] = {}
         self.deadlines: list[float] = []
         self.slow_clients: list[FakeClient] = []  # made by slow asks, in their own threads
+        self.slow_client_fails: Exception | None = None  # making a slow ask's client raises this
+        self.delay = 0.0  # seconds every other query takes
 
     def answer(self, url: str, promql: str, deadline: float) -> dict[str, Any]:
         self.asked.setdefault(url, []).append(promql)
@@ -348,6 +350,8 @@ class FakeServers:
                 raise TimeoutError("the fake server held the answer past its deadline")
             if self.slow_raises is not None:
                 raise self.slow_raises
+        else:
+            time.sleep(self.delay)
         if self.raises is not None:
             raise self.raises
         return vector()
@@ -383,6 +387,8 @@ def signals_with(raises: Exception | None = None, secrets: dict[tuple[str, str, 
     def factory(settings: ServerSettings) -> FakeClient:
         client = FakeClient(settings, servers)
         on_pass_thread = threading.current_thread() is threading.main_thread()
+        if not on_pass_thread and servers.slow_client_fails is not None:
+            raise servers.slow_client_fails
         (clients if on_pass_thread else servers.slow_clients).append(client)
         return client
 
@@ -746,6 +752,32 @@ def test_a_first_slow_ask_waits_at_most_the_query_timeout_then_answers_a_later_p
     settle(signals)
     clock.now += 5
     assert not growth_unanswered(signals.collect(flows)) and slow_asked(signals.servers) == asked
+
+
+def test_a_slow_ask_whose_client_cannot_be_made_ends_and_is_asked_again() -> None:
+    clock, signals, servers, flows = _held_after_one_answer()
+    servers.release.set()
+    servers.slow_client_fails = FileNotFoundError(2, "No such file or directory: the CA file")
+    signals.collect(flows)
+    settle(signals)  # it ended (an ask left undone would hold its query for good)
+    servers.slow_client_fails = None
+    before = slow_asked(servers)
+    clock.now += 1
+    result = signals.collect(flows)  # takes the failure, asks again
+    settle(signals)
+    assert slow_asked(servers) > before and not growth_unanswered(result)
+    assert signals._slow_asks._asked == {} or all(a.done.is_set() for a in signals._slow_asks._asked.values())
+
+
+def test_a_pass_past_its_deadline_serves_a_last_answer_that_still_may_and_sends_nothing() -> None:
+    clock, signals, servers, flows = _held_after_one_answer()
+    servers.release.set()
+    servers.delay = 0.05
+    signals.pass_timeout = 0.04  # the depth query, asked first, takes the pass past its deadline
+    result = signals.collect(flows)
+    assert result.queries == 1 and slow_asked(servers) == 3  # no slow query sent again
+    assert not growth_unanswered(result)
+    assert all("not asked" in s.unread["throughput"] for s in result.signals.values())
 
 
 def test_slow_queries_beyond_what_a_server_may_have_on_their_way_are_asked_by_the_pass() -> None:

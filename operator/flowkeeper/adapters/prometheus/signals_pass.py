@@ -287,6 +287,10 @@ class PrometheusSignals:
             promql = query.promql
             if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
                 promql = query.promql_over_scalar
+            serving = query.keep_for > 0 and self.keep_answers and kept is not None and kept.serves_meanwhile(self.monotonic(), query.keep_for)
+            if serving and time.monotonic() >= deadline:
+                answers[query] = kept.answer  # asked again by a pass with time left
+                continue
             if time.monotonic() >= deadline:
                 answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
@@ -296,9 +300,7 @@ class PrometheusSignals:
                 slow = self._ask_slow(settings, query, promql, kept, now, deadline)
                 if slow is not None:
                     answers[query], sent = slow
-                    asked += sent
-                    if isinstance(answers[query], QueryProblem) and answers[query].connection:
-                        unreachable = answers[query]
+                    asked += sent  # its failures are its own connection's, not the pass's
                     continue
                 # The server has as many slow queries on their way as it may: asked here, as any query.
             asked += 1

@@ -77,15 +77,22 @@ class SlowAsks:
         return finished
 
     def _ask(self, asked: Asked, promql: str, at: float) -> None:
+        """Every way out sets `done`: an ask left undone would hold its query and its server's room
+        for good."""
         started = time.monotonic()
-        client = self._client_factory(asked.settings)
+        client: QueryClient | None = None
         try:
+            client = self._client_factory(asked.settings)  # may fail too (a CA file gone)
             data = client.query(promql, at=at, deadline=asked.deadline)
             asked.answer = data if asked.query.one_number else index_result(data, asked.query.by)
         except Exception as exc:  # noqa: BLE001 - classified like any query's failure, never raised
             asked.answer = classify(exc)
         finally:
-            getattr(client, "close", lambda: None)()
+            try:
+                if client is not None:
+                    getattr(client, "close", lambda: None)()
+            except Exception:  # noqa: BLE001 - its answer is in; a connection that fails to close is dropped
+                pass
             asked.seconds = time.monotonic() - started
             asked.ended_at = self._monotonic()
             asked.done.set()
