@@ -638,16 +638,21 @@ def test_slow_signals_are_asked_once_per_slow_interval_and_the_others_every_pass
     assert not signals._kept or all(kept.until - clock.now <= SLOW_SIGNAL_SECONDS for kept in signals._kept.values())
 
 
-def _slow_ones_failing_with(exc: Exception, **options: Any):
-    """A pass that has answers for its slow queries, one keep time on, whose slow queries now fail
-    with `exc`: (clock, signals, servers, flows)."""
+def _one_keep_time_after_answers(**options: Any):
+    """A pass that has answers for its slow queries, one keep time on: (clock, signals, servers, flows)."""
     clock = Monotonic()
     signals, _ = signals_with(monotonic=clock, **options)
     flows = flows_of("rabbitmq", 2)
     signals.collect(flows)
-    signals.servers.slow_raises = exc
     clock.now += SLOW_SIGNAL_SECONDS
     return clock, signals, signals.servers, flows
+
+
+def _slow_ones_failing_with(exc: Exception, **options: Any):
+    """The same, its slow queries now failing with `exc`."""
+    clock, signals, servers, flows = _one_keep_time_after_answers(**options)
+    servers.slow_raises = exc
+    return clock, signals, servers, flows
 
 
 def slow_asked(servers: FakeServers) -> int:
@@ -697,15 +702,10 @@ def test_a_slow_signal_that_failed_otherwise_is_asked_again_on_the_next_pass(cap
 
 
 def _held_after_one_answer(**options: Any):
-    """A pass with answers for its slow queries, one keep time on, whose slow queries are now held
-    by the server until `servers.release` is set: (clock, signals, servers, flows)."""
-    clock = Monotonic()
-    signals, _ = signals_with(monotonic=clock, **options)
-    flows = flows_of("rabbitmq", 2)
-    signals.collect(flows)
-    signals.servers.release.clear()
-    clock.now += SLOW_SIGNAL_SECONDS
-    return clock, signals, signals.servers, flows
+    """The same, its slow queries now held by the server until `servers.release` is set."""
+    clock, signals, servers, flows = _one_keep_time_after_answers(**options)
+    servers.release.clear()
+    return clock, signals, servers, flows
 
 
 def test_a_pass_does_not_wait_for_a_slow_query_while_its_last_answer_serves() -> None:
@@ -755,8 +755,7 @@ def test_a_first_slow_ask_waits_at_most_the_query_timeout_then_answers_a_later_p
 
 
 def test_a_slow_ask_whose_client_cannot_be_made_ends_and_is_asked_again() -> None:
-    clock, signals, servers, flows = _held_after_one_answer()
-    servers.release.set()
+    clock, signals, servers, flows = _one_keep_time_after_answers()
     servers.slow_client_fails = FileNotFoundError(2, "No such file or directory: the CA file")
     signals.collect(flows)
     settle(signals)  # it ended (an ask left undone would hold its query for good)
@@ -770,8 +769,7 @@ def test_a_slow_ask_whose_client_cannot_be_made_ends_and_is_asked_again() -> Non
 
 
 def test_a_pass_past_its_deadline_serves_a_last_answer_that_still_may_and_sends_nothing() -> None:
-    clock, signals, servers, flows = _held_after_one_answer()
-    servers.release.set()
+    clock, signals, servers, flows = _one_keep_time_after_answers()
     servers.delay = 0.05
     signals.pass_timeout = 0.04  # the depth query, asked first, takes the pass past its deadline
     result = signals.collect(flows)

@@ -115,6 +115,12 @@ def index_result(data: Mapping[str, Any], by: tuple[str, ...]) -> dict[tuple[str
     return indexed
 
 
+def looked_up(query: Query, data: Mapping[str, Any]) -> Any:
+    """An answer as the flows look it up: a flow's own one-number query as it came, a batched one
+    indexed once by its labels."""
+    return data if query.one_number else index_result(data, query.by)
+
+
 def single_value(data: Mapping[str, Any]) -> float | None:
     """The one number a flow's own query must return; no series -> None; several -> its mistake."""
     kind, result = data.get("resultType"), data.get("result")

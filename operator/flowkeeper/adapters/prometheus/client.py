@@ -35,6 +35,10 @@ class QueryClient(Protocol):
     def close(self) -> None: ...
 
 
+def close_client(client: QueryClient) -> None:
+    getattr(client, "close", lambda: None)()  # test doubles may have none
+
+
 def server_timeout(budget: float) -> float:
     """The `timeout=` parameter for a query the client waits `budget` seconds for: a margin below it,
     so that Prometheus' own "query timed out" arrives before the client stops listening."""

@@ -10,8 +10,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, index_result, single_value
-from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient
+from flowkeeper.adapters.prometheus.answers import QueryProblem, assemble, classify, looked_up, single_value
+from flowkeeper.adapters.prometheus.client import HttpQueryClient, QueryClient, close_client
 from flowkeeper.adapters.prometheus.queries import (
     FlowTarget,
     Presets,
@@ -76,10 +76,6 @@ class Kept:
         """When it leaves memory: an answer once it can serve no more; a time-out a while later, so
         that the next one counts as one more in a row."""
         return self.until + (TIMED_OUT_KEEPS if self.timeouts else 1) * keep_for
-
-
-def _close(client: QueryClient) -> None:
-    getattr(client, "close", lambda: None)()
 
 
 class PrometheusSignals:
@@ -149,7 +145,7 @@ class PrometheusSignals:
     def close(self) -> None:
         """Closes the HTTP connections and removes the CA files written for flows' own servers."""
         for client in self._clients.values():
-            _close(client)
+            close_client(client)
         self._clients.clear()
         self._client_used.clear()
         self._flow_servers.close()
@@ -205,7 +201,7 @@ class PrometheusSignals:
             # A rotated token: the connection made with the old one is closed now, not when idle.
             old = self._clients.pop(self.default_server, None)
             if old is not None:
-                _close(old)
+                close_client(old)
             self._client_used.pop(self.default_server, None)
             self.default_server = settings
         return settings
@@ -287,19 +283,20 @@ class PrometheusSignals:
             promql = query.promql
             if query.promql_over_scalar is not None and isinstance(base, dict) and base.get("resultType") == "scalar":
                 promql = query.promql_over_scalar
-            serving = query.keep_for > 0 and self.keep_answers and kept is not None and kept.serves_meanwhile(self.monotonic(), query.keep_for)
-            if serving and time.monotonic() >= deadline:
-                answers[query] = kept.answer  # asked again by a pass with time left
+            slow = query.keep_for > 0 and self.keep_answers
+            meanwhile = kept.answer if slow and kept is not None and kept.serves_meanwhile(self.monotonic(), query.keep_for) else None
+            if meanwhile is not None and time.monotonic() >= deadline:
+                answers[query] = meanwhile  # asked again by a pass with time left
                 continue
             if time.monotonic() >= deadline:
                 answers[query] = QueryProblem(QueryProblem.NOT_ASKED, f"not asked: the signals pass reached its deadline ({self.pass_timeout:g}s)")
                 metrics.PROMETHEUS_QUERY_ERRORS.labels(kind=query.metric_kind, problem=QueryProblem.NOT_ASKED).inc()
                 not_asked += 1
                 continue
-            if query.keep_for > 0 and self.keep_answers:
-                slow = self._ask_slow(settings, query, promql, kept, now, deadline)
-                if slow is not None:
-                    answers[query], sent = slow
+            if slow:
+                in_thread = self._ask_slow(settings, query, promql, meanwhile, now, deadline)
+                if in_thread is not None:
+                    answers[query], sent = in_thread
                     asked += sent  # its failures are its own connection's, not the pass's
                     continue
                 # The server has as many slow queries on their way as it may: asked here, as any query.
@@ -308,14 +305,13 @@ class PrometheusSignals:
             whole_timeout = started + self.timeout <= deadline  # not cut short by the pass's deadline
             try:
                 data = client.query(promql, at=now, deadline=min(started + self.timeout, deadline))
-                # A batched answer is indexed once here, then looked up by every flow that reads it.
-                answers[query] = data if query.one_number else index_result(data, query.by)
-                if query.keep_for > 0 and self.keep_answers:
+                answers[query] = looked_up(query, data)
+                if slow:
                     self._kept[(settings, query)] = Kept(self.monotonic() + query.keep_for, answers[query])
             except Exception as exc:  # noqa: BLE001 - every failure is classified, none escapes the pass
                 problem = classify(exc)
                 answers[query] = problem
-                if problem.kind == QueryProblem.TIMEOUT and whole_timeout and query.keep_for > 0 and self.keep_answers:
+                if problem.kind == QueryProblem.TIMEOUT and whole_timeout and slow:
                     self._keep_timeout(settings, query, self.monotonic())
                 self._count_failure(settings, query, problem)
                 if problem.connection:
@@ -326,12 +322,11 @@ class PrometheusSignals:
             self._warn(("not asked", settings.url), "%d queries not asked: the signals pass reached its deadline (%gs)", not_asked, self.pass_timeout, server=settings.url)
         return answers, asked
 
-    def _ask_slow(self, settings: ServerSettings, query: Query, promql: str, kept: Kept | None, now: float, deadline: float) -> tuple[Any, int] | None:
+    def _ask_slow(self, settings: ServerSettings, query: Query, promql: str, meanwhile: Any, now: float, deadline: float) -> tuple[Any, int] | None:
         """A slow signal's answer for this pass, asked in a thread of its own (slow_asks.py) with the
         longer of the query timeout and its keep time: (answer, queries sent). Meanwhile its last
         answer serves one more keep time; without one, the pass waits as long as for any query, and
         the signal is unanswered until the ask ends. None: the server has no room for one more ask."""
-        meanwhile = kept.answer if kept is not None and kept.serves_meanwhile(self.monotonic(), query.keep_for) else None
         asked = self._slow_asks.running(settings, query)
         sent = 0
         if asked is None:
@@ -398,7 +393,7 @@ class PrometheusSignals:
         idle_since = time.monotonic() - IDLE_CLIENT_SECONDS
         for settings in [s for s, used in self._client_used.items() if used < idle_since and s != self.default_server]:
             del self._client_used[settings]
-            _close(self._clients.pop(settings))
+            close_client(self._clients.pop(settings))
 
     # --- credentials stay out of logs and messages
 

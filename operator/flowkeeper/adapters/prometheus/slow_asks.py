@@ -18,8 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flowkeeper.adapters.prometheus.answers import classify, index_result
-from flowkeeper.adapters.prometheus.client import QueryClient
+from flowkeeper.adapters.prometheus.answers import classify, looked_up
+from flowkeeper.adapters.prometheus.client import QueryClient, close_client
 from flowkeeper.adapters.prometheus.queries import Query
 from flowkeeper.adapters.prometheus.servers import ServerSettings
 
@@ -84,13 +84,13 @@ class SlowAsks:
         try:
             client = self._client_factory(asked.settings)  # may fail too (a CA file gone)
             data = client.query(promql, at=at, deadline=asked.deadline)
-            asked.answer = data if asked.query.one_number else index_result(data, asked.query.by)
+            asked.answer = looked_up(asked.query, data)
         except Exception as exc:  # noqa: BLE001 - classified like any query's failure, never raised
             asked.answer = classify(exc)
         finally:
             try:
                 if client is not None:
-                    getattr(client, "close", lambda: None)()
+                    close_client(client)
             except Exception:  # noqa: BLE001 - its answer is in; a connection that fails to close is dropped
                 pass
             asked.seconds = time.monotonic() - started
