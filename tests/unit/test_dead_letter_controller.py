@@ -325,3 +325,43 @@ def test_verifying_ends_on_the_monotonic_clock_whatever_the_wall_clock_does() ->
     wall[0] -= 3600  # the wall clock steps back an hour: verifyFor (1m default) does not stretch
     mono[0] += 31
     assert dlc._verify_time_up(record)
+
+
+def _flow(uid: str, version: str, *, dead_letters: str | None) -> dict:
+    """A flow whose generation follows its version: each change here is a change of its spec."""
+    source = {"broker": "rabbitmq", "queue": uid, "connection": {"address": "amqp://mq:5672"}}
+    if dead_letters:
+        source["deadLetterQueue"] = dead_letters
+    return {"metadata": {"name": uid, "namespace": "shop", "uid": uid, "generation": int(version), "resourceVersion": version},
+            "spec": {"scaleTargetRef": {"name": uid}, "source": source}}
+
+
+def test_the_store_knows_which_flows_have_dead_letters_to_reach_as_they_come_change_and_go() -> None:
+    store = ClusterStore()
+    store.flow_event("ADDED", _flow("a", "1", dead_letters="a.dlq"))
+    store.flow_event("ADDED", _flow("b", "1", dead_letters=None))
+    store.flow_event("ADDED", _flow("c", "1", dead_letters="c.dlq"))
+    assert list(store.dead_letter_flows) == ["a", "c"]
+    store.flow_event("MODIFIED", _flow("a", "2", dead_letters=None))  # its dead-letter queue taken out of the spec
+    store.flow_event("MODIFIED", _flow("b", "2", dead_letters="b.dlq"))
+    assert sorted(store.dead_letter_flows) == ["b", "c"]
+    store.flow_event("DELETED", _flow("c", "3", dead_letters="c.dlq"))
+    assert list(store.dead_letter_flows) == ["b"]
+    store.resync(Listing(items=[_flow("b", "2", dead_letters="b.dlq")], versions={None: "10"}), {})
+    assert list(store.dead_letter_flows) == ["b"]
+
+
+def test_a_flow_that_loses_its_dead_letter_queue_loses_its_review_and_others_are_not_read() -> None:
+    async def run():
+        store, api, broker, leader, dlc = controller()
+        store.flow_event("ADDED", _flow("plain", "1", dead_letters=None))
+        await ticks(dlc, 1)
+        reviewed = dict(store.reviews)
+        store.flow_event("MODIFIED", {**FLOW, "metadata": {**FLOW["metadata"], "resourceVersion": "2", "generation": 2},
+                                      "spec": {**FLOW["spec"], "source": {k: v for k, v in FLOW["spec"]["source"].items() if k != "deadLetterQueue"}}})
+        await ticks(dlc, 2)
+        return reviewed, store.reviews, broker
+
+    reviewed, after, broker = asyncio.run(run())
+    assert list(reviewed) == ["f1"]  # the flow without dead letters is never reviewed
+    assert after == {} and broker.calls == ["review"]

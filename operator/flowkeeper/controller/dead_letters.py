@@ -131,10 +131,10 @@ class DeadLetterController:
     def tick(self) -> None:
         mono = self.monotonic()
         self._forget_deleted()
-        for flow in list(self.store.flows.values()):
-            if route_of(flow) is None:
-                self.store.reviews.pop(flow.uid, None)  # no dead letters to reach (any more): nothing to show
-                continue
+        for uid in self.store.reviews.keys() - self.store.dead_letter_flows.keys():
+            del self.store.reviews[uid]  # no dead letters to reach (any more): nothing to show
+        for uid in list(self.store.dead_letter_flows):
+            flow = self.store.flows[uid]
             if flow.uid not in self._busy and self._next_review.get(flow.uid, 0.0) <= mono:
                 if self._known_empty(flow):
                     self._next_review[flow.uid] = mono + self.review_interval

@@ -25,7 +25,7 @@ from flowkeeper.api.durations import to_seconds
 from flowkeeper.controller.schedule import DueQueue
 from flowkeeper.domain import ownership
 from flowkeeper.api.v1alpha1 import ScaleTargetKind
-from flowkeeper.domain.redrive import RedriveRecord, redrive_from_body
+from flowkeeper.domain.redrive import RedriveRecord, redrive_from_body, route_of
 from flowkeeper.domain.selector import EVERYTHING, LabelSelector
 from flowkeeper.domain.flow import FIELD_MANAGER, FlowRecord, TargetRecord, flow_from_body, newer, target_from_body, uid_of
 
@@ -71,6 +71,9 @@ class ClusterStore:
         self._gone_redrives = _Tombstones()
         self.deleted_redrives: list[RedriveRecord] = []  # drained by the dead-letter controller
         self.reviews: dict[str, dict[str, Any]] = {}  # flow UID -> status.deadLetters
+        # The flows with dead letters to reach (domain/redrive.route_of), kept as flows come and go:
+        # the dead-letter controller looks at these every second, not at every flow.
+        self.dead_letter_flows: dict[str, None] = {}  # flow UIDs, in the order they came
         self.redrive_wakeup = asyncio.Event()
 
     def check_thread(self) -> None:
@@ -287,11 +290,16 @@ class ClusterStore:
             self._unindex(previous)
             self._wake_claimants(previous.target_key)  # its old target may have a new owner now
         self.flows[record.uid] = record
+        if route_of(record) is None:
+            self.dead_letter_flows.pop(record.uid, None)
+        else:
+            self.dead_letter_flows[record.uid] = None
         if record.target_key is not None:
             self._by_target.setdefault(record.target_key, set()).add(record.uid)
 
     def _drop_flow(self, uid: str) -> FlowRecord | None:
         record = self.flows.pop(uid, None)
+        self.dead_letter_flows.pop(uid, None)
         self.schedule.forget(uid)
         self.reviews.pop(uid, None)
         if record is not None:
