@@ -159,12 +159,17 @@ def wait_settled(cluster: LocalCluster, namespace: str, n: int, timeout: float =
     return wait_flows(cluster, namespace, n, lambda s: s[1:] == ("1", "1"), "settled at 1 ready replica", timeout)
 
 
+# The environment the operator's image sets for its process (operator/Dockerfile), so the bench
+# measures the memory users get.
+IMAGE_ENV = {"MALLOC_ARENA_MAX": "2"}
+
+
 def start_operator(
     cluster: LocalCluster, prometheus: LocalPrometheus, namespace: str, name: str, log_level: str = "info", extra: tuple[str, ...] = ()
 ) -> OperatorProcess:
     """The real operator, watching `namespace`, reading `prometheus` (debug: one line per pass)."""
     return OperatorProcess(
-        cluster.env, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s",
+        {**cluster.env, **IMAGE_ENV}, cluster.workdir, "-n", namespace, f"--prometheus-url={prometheus.url}", "--rate-window=30s",
         f"--log-level={log_level}", *extra, name=name,
     ).start()
 

@@ -13,3 +13,12 @@ def test_the_default_base_is_python_311_slim() -> None:
     assert re.findall(r"^ARG BASE=(\S+)$", text, re.M) == ["python:3.11-slim"]
     # both stages are FROM it: the venv's interpreter path and compiled wheels must match
     assert re.findall(r"^FROM (\S+)", text, re.M) == ["${BASE}", "${BASE}"]
+
+
+def test_the_bench_runs_the_operator_with_the_environment_the_image_sets() -> None:
+    from bench.run import IMAGE_ENV
+
+    text = OPERATOR_DOCKERFILE.read_text()
+    for name, value in IMAGE_ENV.items():
+        assert re.search(rf"^\s+{name}={value}\b", text, re.M), f"operator/Dockerfile does not set {name}={value}"
+    assert "MALLOC_ARENA_MAX" in IMAGE_ENV
