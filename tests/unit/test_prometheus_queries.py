@@ -8,6 +8,7 @@ import logging
 import re
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -531,8 +532,10 @@ def test_metric_labels_reach_every_kafka_query_escaped() -> None:
 
 
 def test_a_bad_label_name_fails_that_flow_naming_the_field() -> None:
-    bad = flow("x", SOURCES["rabbitmq"](0))
-    bad.spec.source.metric_labels = {"rabbit-cluster": "prod"}  # what the CRD refuses, reaching the operator anyway
+    good = flow("x", SOURCES["rabbitmq"](0))
+    # What the CRD refuses, reaching the operator anyway (model_copy does not validate).
+    source = good.spec.source.model_copy(update={"metric_labels": {"rabbit-cluster": "prod"}})
+    bad = replace(good, spec=good.spec.model_copy(update={"source": source}))
     signals, clients = signals_with()
     result = signals.collect([bad, *flows_of("rabbitmq", 1)])
     assert (result.failures[bad.key].reason, result.failures[bad.key].error_class) == ("InvalidSpec", ErrorClass.configuration)

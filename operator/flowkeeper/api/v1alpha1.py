@@ -65,6 +65,9 @@ class ApiModel(BaseModel):
         populate_by_name=True,
         extra="forbid",
         use_enum_values=True,
+        # Specs are values: never changed once parsed, so equal parts of many flows' specs are one
+        # object in memory (domain/flow.py, shared_parts).
+        frozen=True,
     )
     rules: ClassVar[tuple[Rule, ...]] = ()
 
