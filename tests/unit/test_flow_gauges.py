@@ -38,3 +38,33 @@ def test_forgetting_a_series_never_set_is_harmless() -> None:
     gauges.show("u3", "shop", "idle", None, None)
     gauges.forget()
     assert sample("flowkeeper_flow_desired_replicas", "shop", "idle") is None
+
+
+def test_a_scrape_while_the_loop_changes_the_flows_sees_whole_values_and_never_fails() -> None:
+    import threading
+
+    gauges = metrics.FlowGauges()
+    stop, failures = threading.Event(), []
+
+    def scrape() -> None:
+        while not stop.is_set():
+            try:
+                for family in metrics.REGISTRY.collect():
+                    if family.name == "flowkeeper_flow_desired_replicas":
+                        assert all(s.value in (1.0, 2.0) for s in family.samples if s.labels["namespace"] == "busy")
+            except Exception as exc:  # noqa: BLE001 - what the test looks for
+                failures.append(exc)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    try:
+        for round_ in range(200):
+            for i in range(50):
+                gauges.show(f"b{i}", "busy", f"f{i}", 1 + round_ % 2, float(i))
+            gauges.forget({f"b{i}" for i in range(0, 50, 2)})
+    finally:
+        stop.set()
+        scraper.join()
+    assert failures == []
+    assert sample("flowkeeper_flow_desired_replicas", "busy", "f0") == 2.0 and sample("flowkeeper_flow_queue_depth", "busy", "f1") is None
+    gauges.forget()

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -61,55 +65,64 @@ LEADER = Gauge(
 )
 
 
-FLOW_DESIRED_REPLICAS = Gauge(
-    "flowkeeper_flow_desired_replicas", "The replica count each flow's last plan wants.", ["namespace", "flow"], registry=REGISTRY
-)
-FLOW_QUEUE_DEPTH = Gauge(
-    "flowkeeper_flow_queue_depth", "Each flow's backlog as its last pass read it.", ["namespace", "flow"], registry=REGISTRY
-)
-
-
 class FlowGauges:
     """The per-flow live values (status.signals restates them only on meaningful moves or every
-    minute). A series is set only when its value changed and removed when it has none: a flow that
-    is gone, or a backlog that could not be read, has no series rather than a stale or zero one."""
+    minute): flowkeeper_flow_desired_replicas and flowkeeper_flow_queue_depth, by namespace and flow.
+    A flow that is gone, or a backlog that could not be read, has no series rather than a stale or
+    zero one.
 
-    _GAUGES = (FLOW_DESIRED_REPLICAS, FLOW_QUEUE_DEPTH)
+    The values are kept as one tuple per flow and turned into series when /metrics is scraped: a
+    labelled prometheus_client Gauge would hold an object, a lock and a dict per flow and series
+    (about 25 MB at 10,000 flows). The loop's thread writes them; the scrape's thread copies them
+    under the lock."""
+
+    _SERIES = (
+        ("flowkeeper_flow_desired_replicas", "The replica count each flow's last plan wants."),
+        ("flowkeeper_flow_queue_depth", "Each flow's backlog as its last pass read it."),
+    )
 
     def __init__(self) -> None:
-        self._shown: dict[str, tuple[tuple[str, str], tuple[float | None, ...]]] = {}  # flow UID -> labels, values
+        self._shown: dict[str, tuple[str, str, float | None, float | None]] = {}  # flow UID -> namespace, flow, values
+        self._lock = threading.Lock()
+        _FLOW_GAUGES.add(self)
 
-    def show(self, uid: str, namespace: str, flow: str, *values: float | None) -> None:
-        labels = (namespace, flow)
-        before = self._shown.get(uid)
-        if before is not None and before == (labels, values):
-            return
-        if before is not None and before[0] != labels:
-            self._remove(before[0])  # a UID's name never changes; kept exact all the same
-            before = None
-        for gauge, value, old in zip(self._GAUGES, values, before[1] if before else (None,) * len(values)):
-            if value is None:
-                if old is not None:
-                    _remove_series(gauge, labels)
-            elif value != old:
-                gauge.labels(*labels).set(value)
-        self._shown[uid] = (labels, values)
+    def show(self, uid: str, namespace: str, flow: str, desired: float | None, depth: float | None) -> None:
+        shown = (namespace, flow, desired, depth)
+        if self._shown.get(uid) != shown:
+            with self._lock:
+                self._shown[uid] = shown
 
     def forget(self, live: set[str] | None = None) -> None:
         """Removes the series of every flow not in `live` (all of them when None)."""
-        for uid in [u for u in self._shown if live is None or u not in live]:
-            self._remove(self._shown.pop(uid)[0])
+        gone = [uid for uid in self._shown if live is None or uid not in live]
+        if gone:
+            with self._lock:
+                for uid in gone:
+                    del self._shown[uid]
 
-    def _remove(self, labels: tuple[str, str]) -> None:
-        for gauge in self._GAUGES:
-            _remove_series(gauge, labels)
+    def shown(self) -> list[tuple[str, str, float | None, float | None]]:
+        with self._lock:
+            return list(self._shown.values())
 
 
-def _remove_series(gauge: Gauge, labels: tuple[str, str]) -> None:
-    try:
-        gauge.remove(*labels)
-    except KeyError:
-        pass  # never set
+class _FlowSeries:
+    """Collects the series of every FlowGauges (the operator has one; tests make several)."""
+
+    def collect(self) -> list[GaugeMetricFamily]:
+        families = self.describe()
+        for gauges in list(_FLOW_GAUGES):
+            for namespace, flow, *values in gauges.shown():
+                for family, value in zip(families, values):
+                    if value is not None:
+                        family.add_metric([namespace, flow], float(value))
+        return families
+
+    def describe(self) -> list[GaugeMetricFamily]:
+        return [GaugeMetricFamily(name, help_text, labels=["namespace", "flow"]) for name, help_text in FlowGauges._SERIES]
+
+
+_FLOW_GAUGES: weakref.WeakSet[FlowGauges] = weakref.WeakSet()
+REGISTRY.register(_FlowSeries())
 
 
 def serve(port: int, address: str = "0.0.0.0") -> None:
