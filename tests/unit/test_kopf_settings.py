@@ -16,4 +16,7 @@ def test_kopf_lists_in_pages_and_scans_nothing() -> None:
 
     assert settings.watching.chunk_size == LIST_PAGE == 500
     assert settings.scanning.disabled is True
+    # a worker per object ends soon after its last event: a LIST of 20,000 objects is not 20,000
+    # workers held for kopf's default 5 s
+    assert settings.queueing.idle_timeout <= 0.5 < kopf.OperatorSettings().queueing.idle_timeout
     assert settings.watching.server_timeout == 600 < settings.watching.client_timeout

@@ -28,6 +28,8 @@ from flowkeeper.observability import metrics, tracing
 
 log = logging.getLogger("flowkeeper")
 
+IDLE_WORKER_SECONDS = 0.2  # how long kopf keeps an object's worker waiting for its next event
+
 
 def _own_pod() -> dict[str, str] | None:
     """The operator's own Pod (the chart sets POD_NAME and POD_NAMESPACE): operator-wide Events go there."""
@@ -52,6 +54,10 @@ def apply_kopf_settings(settings: kopf.OperatorSettings) -> None:
     # kopf's own LIST before each watch in pages, as the store's LISTs: ten thousand flows and their
     # Deployments are never one response held in memory at once.
     settings.watching.chunk_size = LIST_PAGE
+    # kopf runs a worker task per object that has events, kept for idle_timeout after its last one: a
+    # LIST of 10,000 flows and their Deployments (at startup, after each broken watch) is 20,000 workers
+    # alive at once. The handlers only hand the body to the store, so a worker can end at once.
+    settings.queueing.idle_timeout = IDLE_WORKER_SECONDS
     # No scanning of CRDs and Namespaces: Flowkeeper's resources and namespaces are fixed, and
     # least-privilege RBAC grants neither (namespaced installs get no cluster-wide verbs at all).
     settings.scanning.disabled = True
