@@ -32,3 +32,23 @@ def test_a_cluster_wide_listing_in_pages_reaches_past_the_first_page(cluster, na
     uids = [item["metadata"]["uid"] for item in listing.items]
     assert len(uids) == len(set(uids))
     assert listing.versions[None]
+
+
+def test_a_listing_keeps_what_keep_makes_of_each_object_page_by_page(cluster, namespace) -> None:
+    from flowkeeper.api.v1alpha1 import DEPLOYMENT
+    from flowkeeper.domain.flow import TargetRecord, target_from_body
+
+    for i in range(5):
+        cluster.kubectl("create", "deployment", f"kept-{i}", "-n", namespace, "--image=example/consumer:1")
+    gateway = KubernetesGateway(k8s_config.new_client_from_config(config_file=str(cluster.kubeconfig_path)), list_page=2)
+    pages_seen = []
+
+    def keep(body):
+        pages_seen.append(body["metadata"]["name"])
+        return target_from_body(body, DEPLOYMENT)
+
+    listing = gateway.list_objects("deployments", (namespace,), keep)
+
+    assert all(isinstance(item, TargetRecord) for item in listing.items)
+    assert sorted(item.name for item in listing.items) == sorted(pages_seen) == [f"kept-{i}" for i in range(5)]
+    assert all(item.spec_replicas == 1 and item.namespace == namespace for item in listing.items)

@@ -54,7 +54,7 @@ class BrokenGateway:
     def __init__(self) -> None:
         self.writes = 0
 
-    def list_objects(self, kind, namespaces):
+    def list_objects(self, kind, namespaces, keep=None):  # bodies: the store takes them as they are
         return Listing([flow(poll="1s")] if kind == "flows" else [deployment()])
 
     def patch_flow_status(self, *args):
@@ -120,7 +120,7 @@ def test_the_startup_list_lists_every_watched_target_kind() -> None:
         def __init__(self) -> None:
             self.listed: list[str] = []
 
-        def list_objects(self, kind, namespaces):
+        def list_objects(self, kind, namespaces, keep=None):  # bodies: the store takes them as they are
             self.listed.append(kind)
             return Listing([flow(kind="StatefulSet")] if kind == "flows" else [deployment()] if kind == "statefulsets" else [])
 

@@ -18,7 +18,7 @@ class ListingApi(MemoryApi):
     def __init__(self) -> None:
         super().__init__(poll="1s")
 
-    def list_objects(self, kind, namespaces):
+    def list_objects(self, kind, namespaces, keep=None):  # bodies: the store takes them as they are
         return Listing([flow(poll="1s")] if kind == "flows" else [deployment()])
 
 

@@ -17,7 +17,7 @@ FLOWS = 20
 
 
 class Flows(MemoryApi):
-    def list_objects(self, kind, namespaces):
+    def list_objects(self, kind, namespaces, keep=None):  # bodies: the store takes them as they are
         if kind == "flows":
             return Listing([flow(f"f{i}", deployment=f"d{i}", poll="1h") for i in range(FLOWS)])
         return Listing([deployment(f"d{i}") for i in range(FLOWS)])

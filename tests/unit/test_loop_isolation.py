@@ -20,7 +20,7 @@ class OneSlowFlow(MemoryApi):
         self.release = threading.Event()
         self.fast_writes = 0
 
-    def list_objects(self, kind, namespaces):
+    def list_objects(self, kind, namespaces, keep=None):  # bodies: the store takes them as they are
         if kind == "flows":
             return Listing([flow("slow", deployment="a", poll="1s"), flow("fast", deployment="b", poll="1s")])
         return Listing([deployment("a"), deployment("b")])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.api.v1alpha1 import DEPLOYMENT, STATEFULSET
-from flowkeeper.controller.store import ClusterStore
+from flowkeeper.controller.store import ClusterStore, ListedFlow
+from flowkeeper.domain.flow import TargetRecord, target_from_body
 
 
 def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str = "10s", *, uid: str | None = None,
@@ -324,3 +325,19 @@ def test_another_shards_flows_are_not_kept() -> None:
     store = ClusterStore(Clock(), selector=parse("shard=a"))
     store.seed(Listing([flow("x"), {**flow("y"), "metadata": {**flow("y")["metadata"], "labels": {"shard": "a"}}}]), {})
     assert [f.name for f in store.flows.values()] == ["y"]
+
+
+def test_a_listing_of_what_was_kept_of_each_object_seeds_the_store_as_its_bodies_do() -> None:
+    from flowkeeper.domain import selector
+
+    bodies = [flow("x"), {**flow("y"), "metadata": {**flow("y")["metadata"], "labels": {"shard": "a"}}}]
+    targets = [deployment(replicas=3)]
+    from_bodies = ClusterStore(Clock(), selector=selector.parse("shard=a"))
+    from_kept = ClusterStore(Clock(), selector=selector.parse("shard=a"))
+    from_bodies.seed(Listing(bodies), {DEPLOYMENT: Listing(targets)})
+    kept = [from_kept.listed_flow(body) for body in bodies]
+    from_kept.seed(Listing(kept), {DEPLOYMENT: Listing([target_from_body(t, DEPLOYMENT) for t in targets])})
+
+    assert all(isinstance(item, ListedFlow) for item in kept) and [k.record is None for k in kept] == [True, False]
+    assert from_kept.flows == from_bodies.flows and list(from_kept.flows) == ["uid-ns-y"]
+    assert from_kept.targets == from_bodies.targets and isinstance(from_kept.targets["Deployment/ns/d"], TargetRecord)

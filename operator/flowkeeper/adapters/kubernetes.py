@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,10 +115,12 @@ class KubernetesGateway:
         # (connect, read) seconds for every call; a LIST of thousands of objects gets the read part.
         self._timeout = (min(5.0, request_timeout), request_timeout)
 
-    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
+    def list_objects(self, kind: str, namespaces: tuple[str, ...], keep: Callable[[dict[str, Any]], Any] | None = None) -> Listing:
         """Every IntegrationFlow ("flows") or scale target of one kind (its plural: "deployments",
         "statefulsets", "rollouts") in the namespaces (all when empty), as plain dicts like watch
-        events carry them, with each list's resourceVersion. LIST items carry no kind: the caller knows it."""
+        events carry them, with each list's resourceVersion. LIST items carry no kind: the caller knows it.
+        `keep` makes what the listing holds of each object as its page arrives: ten thousand
+        Deployments are then never ten thousand bodies in memory at once, only what is kept of them."""
         if kind == "flows":
             group, api_version, plural = api.GROUP, api.VERSION, api.PLURAL
         elif kind == "redrives":
@@ -129,17 +132,19 @@ class KubernetesGateway:
         # The custom-objects client serves any group's resources, apps/v1 included: one code path.
         with _api_errors(f"list {kind}"):
             for namespace in namespaces or (None,):
-                items, version = self._list_pages(group, api_version, plural, namespace)
+                items, version = self._list_pages(group, api_version, plural, namespace, keep)
                 listing.items.extend(items)
                 listing.versions[namespace] = version
         return listing
 
-    def _list_pages(self, group: str, api_version: str, plural: str, namespace: str | None) -> tuple[list[dict[str, Any]], str]:
+    def _list_pages(
+        self, group: str, api_version: str, plural: str, namespace: str | None, keep: Callable[[dict[str, Any]], Any] | None
+    ) -> tuple[list[Any], str]:
         """One consistent LIST in pages of `list_page` objects, so that no response of the API server
         holds ten thousand objects at once, and the listing's resourceVersion. A continue token that
         expired (410: the snapshot was compacted meanwhile) starts the listing again."""
         while True:
-            items: list[dict[str, Any]] = []
+            items: list[Any] = []
             version_seen, token = "", ""
             try:
                 while True:
@@ -151,7 +156,7 @@ class KubernetesGateway:
                     else:
                         body = self._custom.list_cluster_custom_object(group, api_version, plural, **options)
                     metadata = body.get("metadata") or {}
-                    items.extend(body.get("items", []))
+                    items.extend(body.get("items", []) if keep is None else map(keep, body.get("items", [])))
                     version_seen = version_seen or str(metadata.get("resourceVersion") or "")
                     token = metadata.get("continue") or ""
                     if not token:

@@ -9,6 +9,7 @@ Scheduling and windows run on the monotonic clock; only timestamps users read ar
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import time
@@ -29,7 +30,7 @@ from flowkeeper.controller.repeats import Repeat
 from flowkeeper.controller.store import ClusterStore
 from flowkeeper.domain import ownership
 from flowkeeper.domain.errors import ErrorClass, FlowkeeperError
-from flowkeeper.domain.flow import FlowRecord, TargetRecord
+from flowkeeper.domain.flow import FlowRecord, TargetRecord, target_from_body
 from flowkeeper.domain.redrive import replicas_cap
 from flowkeeper.domain.planner import FlowMemory, Inputs, Plan, plan, plan_failure, repeated
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
@@ -161,8 +162,12 @@ class FlowController:
                 backoff = min(backoff * 2, 30.0)
 
     async def _list(self):
-        flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces)
-        targets = {kind: await asyncio.to_thread(self.gateway.list_objects, kind.plural, self.namespaces) for kind in self.target_kinds}
+        # Each object is made into its record as its page arrives (in the listing's thread).
+        flows = await asyncio.to_thread(self.gateway.list_objects, "flows", self.namespaces, self.store.listed_flow)
+        targets = {
+            kind: await asyncio.to_thread(self.gateway.list_objects, kind.plural, self.namespaces, functools.partial(target_from_body, kind=kind))
+            for kind in self.target_kinds
+        }
         return flows, targets
 
     async def _resync_now_and_then(self) -> None:

@@ -4,7 +4,7 @@ adapters/prometheus), so each can be driven by another implementation in tests."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from flowkeeper.adapters.kubernetes import Listing
@@ -15,8 +15,9 @@ from flowkeeper.domain.leadership import LeaseRecord
 
 
 class ClusterGateway(Protocol):
-    def list_objects(self, kind: str, namespaces: tuple[str, ...]) -> Listing:
-        """kind: "flows", "redrives", or the plural of a scale target kind ("deployments", "statefulsets", "rollouts")."""
+    def list_objects(self, kind: str, namespaces: tuple[str, ...], keep: Callable[[dict[str, Any]], Any] | None = None) -> Listing:
+        """kind: "flows", "redrives", or the plural of a scale target kind ("deployments", "statefulsets", "rollouts").
+        keep: what to hold of each object, made as its page arrives (the listing holds these, not the bodies)."""
 
     def patch_flow_status(self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None) -> dict[str, Any]:
         """Returns the object as stored; raises ConflictError when resource_version is not current."""

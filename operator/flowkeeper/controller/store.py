@@ -16,7 +16,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -46,6 +46,14 @@ class _Tombstones:
 
     def __contains__(self, uid: str) -> bool:
         return uid in self._uids
+
+
+@dataclass(frozen=True)
+class ListedFlow:
+    """What a listing keeps of one flow (ClusterStore.listed_flow, made in the listing's thread)."""
+
+    uid: str
+    record: FlowRecord | None  # None: another shard's flow, not even parsed
 
 
 class ClusterStore:
@@ -91,15 +99,21 @@ class ClusterStore:
         self.resync(flows, targets)
         self.seeded = True
 
+    def listed_flow(self, body: dict[str, Any]) -> ListedFlow:
+        """What a listing keeps of a flow (the gateway's `keep`): pure, so it runs in the listing's
+        thread, page by page, and the bodies of ten thousand flows are never held at once."""
+        return ListedFlow(uid_of(body), flow_from_body(body) if self._serves(body) else None)
+
     def resync(self, flows: Listing, targets: Mapping[ScaleTargetKind, Listing]) -> None:
         """Applies a fresh LIST. Objects the watches already delivered are newer and kept; objects they
         saw deleted stay deleted; and what the store holds at a version the list has seen, but the list
-        does not hold, was deleted while a watch was down (kopf's re-list sends no DELETED for it)."""
+        does not hold, was deleted while a watch was down (kopf's re-list sends no DELETED for it).
+        Items are bodies, or what the listing kept of them: listed_flow and target_from_body."""
         self.check_thread()
         for kind, listing in targets.items():
             listed = set()
-            for body in listing.items:
-                record = target_from_body(body, kind)
+            for item in listing.items:
+                record = item if isinstance(item, TargetRecord) else target_from_body(item, kind)
                 listed.add(record.key)
                 known = self.targets.get(record.key)
                 if record.uid not in self._gone_targets and (known is None or known.uid != record.uid):
@@ -109,15 +123,15 @@ class ClusterStore:
                 if record.target_kind == kind and key not in listed and _listed_after(record.namespace, record.resource_version, listing.versions):
                     self.target_gone(key)
         listed_flows = set()
-        for body in flows.items:
-            uid = uid_of(body)
+        for item in flows.items:
+            listed_flow = item if isinstance(item, ListedFlow) else self.listed_flow(item)
+            uid, record = listed_flow.uid, listed_flow.record
             listed_flows.add(uid)
-            if not self._serves(body):
-                self.flow_released(uid)  # another shard's flow: not even parsed
+            if record is None:
+                self.flow_released(uid)  # another shard's flow
             elif uid not in self._gone_flows and uid not in self.flows:
-                record = flow_from_body(body)
                 self._put_flow(record)
-                self.mark_due(record.uid)
+                self.mark_due(uid)
         for uid, record in list(self.flows.items()):
             if uid not in listed_flows and _listed_after(record.namespace, record.resource_version, flows.versions):
                 self.flow_gone(uid)
