@@ -65,5 +65,11 @@ def test_the_operators_loop_settles_after_its_first_listing_and_each_resync_and_
     assert gc.get_freeze_count() > 0
     gc.unfreeze()
     clock.now += RESYNC_SECONDS
-    asyncio.run(controller._resync_now_and_then())
+
+    async def resync() -> None:
+        await controller._resync_now_and_then()  # the LIST starts
+        await controller._resync_listing
+        await controller._resync_now_and_then()  # and is applied
+
+    asyncio.run(resync())
     assert gc.get_freeze_count() > 0

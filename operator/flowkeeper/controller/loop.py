@@ -89,6 +89,7 @@ class FlowController:
         self.passes = 0
         self.last_iteration = time.monotonic()  # the liveness probe's heartbeat
         self._resynced_at = 0.0
+        self._resync_listing: asyncio.Task | None = None  # a resync's LIST on its way (passes go on meanwhile)
         self.writing: dict[str, asyncio.Task] = {}  # flow UID -> its plan being written
         self.flow_gauges = metrics.FlowGauges()
 
@@ -126,6 +127,8 @@ class FlowController:
                 except Exception:  # noqa: BLE001 - one bad pass must not end the loop for every flow
                     # The flows were already scheduled again by take_due; the next pass retries them.
                     log.exception("pass failed", extra={"stage": "pass", "outcome": "error", "flows": len(due)})
+        if self._resync_listing is not None:
+            self._resync_listing.cancel()
         await self.finish_writes(timeout=5.0)
 
     def _leader_changed(self) -> asyncio.Event | None:
@@ -172,16 +175,27 @@ class FlowController:
 
     async def _resync_now_and_then(self) -> None:
         """A LIST every RESYNC_SECONDS drops what was deleted while a watch was down: kopf re-lists
-        after a broken watch but tells nothing of the objects that went away meanwhile."""
-        if self.monotonic() - self._resynced_at < RESYNC_SECONDS:
+        after a broken watch but tells nothing of the objects that went away meanwhile.
+
+        The LIST runs beside the passes (at 10,000 flows on a busy API server it took almost a
+        minute, and the passes waited for it); the loop applies it when it is in. Applying a listing
+        older than what the watches and the writes told meanwhile is what store.resync is made for:
+        newer records are kept, and only what the list has seen and no longer holds is dropped."""
+        listing = self._resync_listing
+        if listing is not None:
+            if not listing.done():
+                return
+            self._resync_listing = None
+            try:
+                self.store.resync(*listing.result())
+            except FlowkeeperError as exc:
+                log.warning("resync listing failed", extra={"reason": exc.reason, "stage": "resync", "outcome": "retry"})
+                return
+            self._settle_heap()
             return
-        self._resynced_at = self.monotonic()
-        try:
-            self.store.resync(*await self._list())
-        except FlowkeeperError as exc:
-            log.warning("resync listing failed", extra={"reason": exc.reason, "stage": "resync", "outcome": "retry"})
-            return
-        self._settle_heap()
+        if self.monotonic() - self._resynced_at >= RESYNC_SECONDS:
+            self._resynced_at = self.monotonic()
+            self._resync_listing = asyncio.create_task(self._list(), name="flowkeeper-resync-list")
 
     def _settle_heap(self) -> None:
         if self.heap is not None:
