@@ -76,9 +76,9 @@ def main() -> None:
     help="Seconds without a completed pass of the loop after which --liveness fails (the loop is stuck, not slow).",
 )
 @click.option("--conflict-hold-off", type=click.FloatRange(1, 3600), default=300.0, show_default=True, envvar="FLOWKEEPER_CONFLICT_HOLD_OFF", help="Seconds Flowkeeper leaves replicas alone after another writer changed them (doubles while it goes on, up to 1h).")
-@click.option("--write-qps", type=click.FloatRange(1, 10000), default=50.0, show_default=True, envvar="FLOWKEEPER_WRITE_QPS", help="Client-side limit of Kubernetes API writes per second.")
-@click.option("--write-burst", type=click.IntRange(1, 10000), default=100, show_default=True, envvar="FLOWKEEPER_WRITE_BURST", help="Writes allowed at once above --write-qps.")
-@click.option("--write-concurrency", type=click.IntRange(1, 256), default=16, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
+@click.option("--write-qps", type=click.FloatRange(1, 10000), default=200.0, show_default=True, envvar="FLOWKEEPER_WRITE_QPS", help="Client-side limit of Kubernetes API writes per second.")
+@click.option("--write-burst", type=click.IntRange(1, 10000), default=400, show_default=True, envvar="FLOWKEEPER_WRITE_BURST", help="Writes allowed at once above --write-qps.")
+@click.option("--write-concurrency", type=click.IntRange(1, 256), default=64, show_default=True, envvar="FLOWKEEPER_WRITE_CONCURRENCY", help="Flows written to the API server at once.")
 @click.option(
     "--watch-rollouts", is_flag=True, envvar="FLOWKEEPER_WATCH_ROLLOUTS",
     help="Also watch and scale Argo Rollouts (argoproj.io/v1alpha1); needs their CRD installed.",

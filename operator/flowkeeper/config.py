@@ -28,9 +28,10 @@ class OperatorConfig:
     # A pass of the loop that takes longer than this is stuck, not slow: the liveness probe fails.
     loop_stall_seconds: float = 180.0
     conflict_hold_off: float = FIRST_HOLD_OFF  # seconds without replica writes after another writer changed them
-    write_concurrency: int = 16  # flows written at once
-    write_qps: float = 50.0  # client-side limit of API writes per second (client-go's QPS)
-    write_burst: int = 100  # writes allowed at once above it (client-go's burst)
+    # Sized for one replica serving 10,000 flows: a backlog step on 1,000 of them is 1,000 scale writes.
+    write_concurrency: int = 64  # flows written at once
+    write_qps: float = 200.0  # client-side limit of API writes per second (client-go's QPS)
+    write_burst: int = 400  # writes allowed at once above it (client-go's burst)
     # Watch Argo Rollouts too: only when asked, since a watch on a resource without its CRD fails.
     watch_rollouts: bool = False
     # Dead letters (spec.source.connection): how often each flow's are reviewed, how many a review

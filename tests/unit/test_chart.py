@@ -166,7 +166,7 @@ def test_deployment_is_locked_down() -> None:
     # the read-only root's only writable place
     assert {"name": "tmp", "mountPath": "/tmp"} in operator["volumeMounts"]
     assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
-    assert operator["resources"] == {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}}
+    assert operator["resources"] == {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
     assert {(p["name"], p["containerPort"]) for p in operator["ports"]} == {("metrics", 8080), ("health", 8081)}
     for probe in ("livenessProbe", "readinessProbe"):
         assert operator[probe]["httpGet"] == {"path": "/healthz", "port": "health"}

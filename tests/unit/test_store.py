@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 from flowkeeper.adapters.kubernetes import Listing
 from flowkeeper.api.v1alpha1 import DEPLOYMENT, STATEFULSET
 from flowkeeper.controller.store import ClusterStore, ListedFlow
-from flowkeeper.domain.flow import TargetRecord, target_from_body
+from flowkeeper.domain.flow import OWN_ANNOTATIONS, TargetRecord, target_from_body
+from flowkeeper.domain.pause import RESUME_ANNOTATION
 
 
 def flow(name: str = "f", generation: int = 1, deployment: str = "d", poll: str = "10s", *, uid: str | None = None,
@@ -341,3 +344,28 @@ def test_a_listing_of_what_was_kept_of_each_object_seeds_the_store_as_its_bodies
     assert all(isinstance(item, ListedFlow) for item in kept) and [k.record is None for k in kept] == [True, False]
     assert from_kept.flows == from_bodies.flows and list(from_kept.flows) == ["uid-ns-y"]
     assert from_kept.targets == from_bodies.targets and isinstance(from_kept.targets["Deployment/ns/d"], TargetRecord)
+
+
+def test_a_record_keeps_only_flowkeepers_own_annotations() -> None:
+    """kubectl's last-applied-configuration is a copy of the whole manifest: ten thousand of them are
+    memory the operator never reads, and a change of someone else's annotation plans nothing."""
+    clock = Clock()
+    store = ClusterStore(clock)
+    body = flow()
+    body["metadata"]["annotations"] = {
+        "kubectl.kubernetes.io/last-applied-configuration": json.dumps(flow()),
+        RESUME_ANNOTATION: "2026-01-01T00:00:00Z",
+    }
+    store.flow_event("ADDED", body)
+    (record,) = store.take_due(clock.now)
+    assert record.annotations == {RESUME_ANNOTATION: "2026-01-01T00:00:00Z"}
+    assert RESUME_ANNOTATION.startswith(OWN_ANNOTATIONS)
+
+    body["metadata"]["annotations"]["argocd.argoproj.io/tracking-id"] = "app:flowkeeper.io/IntegrationFlow:ns/f"
+    body["metadata"]["resourceVersion"] = "2"
+    store.flow_event("MODIFIED", body)
+    assert store.take_due(clock.now + 1) == []
+    del body["metadata"]["annotations"][RESUME_ANNOTATION]
+    body["metadata"]["resourceVersion"] = "3"
+    store.flow_event("MODIFIED", body)
+    assert [f.annotations for f in store.take_due(clock.now + 1)] == [{}]

@@ -17,12 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from flowkeeper.api.shared_parts import SharedParts
-from flowkeeper.api.v1alpha1 import IntegrationFlowSpec, ScaleTargetKind
+from flowkeeper.api.v1alpha1 import GROUP, IntegrationFlowSpec, ScaleTargetKind
 
 # The field manager of every write Flowkeeper makes: managedFields then tell its writes from others'.
 FIELD_MANAGER = "flowkeeper"
 # The equal parts of the specs parsed: one object for the scaling rules thousands of flows share.
 SHARED_PARTS = SharedParts()
+# The annotations a record keeps: the operator reads only its own. Others can be large (kubectl's
+# last-applied-configuration is a copy of the whole manifest) and change for reasons of no concern
+# here (Argo CD's tracking).
+OWN_ANNOTATIONS = f"{GROUP}/"
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,7 @@ class FlowRecord:
     spec: IntegrationFlowSpec | None  # None when the stored spec does not parse (should not pass the CRD)
     spec_error: str | None
     status: dict[str, Any]  # as on the API server, camelCase
-    annotations: dict[str, str]
+    annotations: dict[str, str]  # only Flowkeeper's own (OWN_ANNOTATIONS)
     resource_version: str = ""
     created: str = ""  # metadata.creationTimestamp (RFC 3339): the oldest claim on a target wins
 
@@ -195,7 +199,7 @@ def flow_from_body(body: dict[str, Any], previous: FlowRecord | None = None) -> 
         **identity(body),
         spec=spec,
         spec_error=error,
-        annotations=dict(metadata.get("annotations") or {}),
+        annotations={k: v for k, v in (metadata.get("annotations") or {}).items() if k.startswith(OWN_ANNOTATIONS)},
         created=str(metadata.get("creationTimestamp") or ""),
     )
 
