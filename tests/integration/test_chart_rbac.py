@@ -146,7 +146,7 @@ def test_namespaced_install_can_do_its_job_and_nothing_else(
         flows["consumer"].wait_replicas(7, timeout=30)  # list/watch, read metrics, patch /scale
         flows["with-secret"].wait_replicas(7, timeout=30)  # and the granted Secret was read
         eventually(lambda: flows["consumer"].condition("Ready").get("status"), what="status written")
-        eventually(lambda: flows["no-deployment"].status().get("pause", {}).get("reason") == "TargetNotFound", what="pause")
+        eventually(lambda: flows["no-deployment"].status().get("pause", {}).get("reason") == "TargetNotFound", timeout=60, what="pause")  # after the 30 s grace
         ungranted = eventually(lambda: flows["ungranted-secret"].status().get("pause"), what="the flow with an ungranted Secret")
         print("flow with an ungranted Secret:", ungranted)
         assert ungranted["reason"] == "SecretForbidden" and "forbidden" in ungranted["message"].lower()

@@ -60,7 +60,8 @@ def test_prometheus_scrapes_the_operator_metrics_and_its_logs_are_structured(
     operator = run_operator("-n", namespace, f"--prometheus-url={prometheus.url}", env={"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_receiver.url})
     orders, ghost = Flow(cluster, namespace, "orders"), Flow(cluster, namespace, "ghost")
     orders.wait_replicas(5, timeout=30)
-    eventually(lambda: ghost.status().get("pause", {}).get("reason") == "TargetNotFound", timeout=20, what="ghost paused")
+    # a missing target counts 30 s after the flow's creation
+    eventually(lambda: ghost.status().get("pause", {}).get("reason") == "TargetNotFound", timeout=60, what="ghost paused")
 
     # --- /metrics, through a real Prometheus scraping the operator every second
     with LocalPrometheus([f"127.0.0.1:{operator.metrics_port}"], scrape_interval="1s") as scraper:

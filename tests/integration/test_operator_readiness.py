@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from flowkeeper.domain.conditions import parse_rfc3339
 from tests.support.cluster_fixtures import eventually
 
 pytestmark = pytest.mark.cluster
@@ -28,15 +29,28 @@ def ready_condition(kubectl_json, namespace: str) -> dict | None:
 
 def test_ready_follows_the_consumer_deployment(cluster, namespace, kubectl_json, run_operator) -> None:
     operator = run_operator("-n", namespace)
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=FLOW)
+    hourly = FLOW.replace("queue: orders}", "queue: orders}\n  scaling: {pollInterval: 1h}")
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=hourly)
 
-    missing = eventually(lambda: ready_condition(kubectl_json, namespace), what="a Ready condition")
-    assert (missing["status"], missing["reason"]) == ("False", "TargetNotFound")
-    assert "order-consumer" in missing["message"]
+    # A young flow's target may be a watch event behind (applied together): awaited, not paused.
+    awaited = eventually(lambda: ready_condition(kubectl_json, namespace), what="a Ready condition")
+    assert (awaited["status"], awaited["reason"]) == ("False", "TargetPending")
+    assert "order-consumer" in awaited["message"]
+    status = kubectl_json("get", "iflow", "orders", "-n", namespace)["status"]
+    assert status["observedGeneration"] == 1 and status["phase"] == "Pending" and "pause" not in status
+    assert not [e for e in kubectl_json("get", "events", "-n", namespace)["items"] if e["involvedObject"]["kind"] == "IntegrationFlow"]
+
+    # 30 s after its creation it counts as missing, at once: not at its next poll, an hour on.
+    missing = eventually(
+        lambda: (c := ready_condition(kubectl_json, namespace)) and c["reason"] == "TargetNotFound" and c, timeout=45, what="TargetNotFound"
+    )
+    assert missing["status"] == "False" and "order-consumer" in missing["message"]
     assert missing["observedGeneration"] == 1
     status = kubectl_json("get", "iflow", "orders", "-n", namespace)["status"]
     assert status["observedGeneration"] == 1 and status["phase"] == "Paused"
     assert status["pause"]["reason"] == "TargetNotFound"
+    created = parse_rfc3339(kubectl_json("get", "iflow", "orders", "-n", namespace)["metadata"]["creationTimestamp"])
+    assert 29 <= parse_rfc3339(status["pause"]["since"]) - created <= 40  # one-second timestamps
 
     events = eventually(
         lambda: [e for e in kubectl_json("get", "events", "-n", namespace)["items"] if e["reason"] == "TargetNotFound"],

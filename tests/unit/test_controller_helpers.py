@@ -130,3 +130,18 @@ def test_the_startup_list_lists_every_watched_target_kind() -> None:
         asyncio.run(FlowController(store, gateway, target_kinds=kinds)._seed(asyncio.Event()))
         assert gateway.listed == expected
         assert store.target_of(next(iter(store.flows.values()))).kind == "StatefulSet"  # LIST items carry no kind: the loop gives it
+
+
+def test_a_flow_awaiting_its_target_is_planned_again_when_the_grace_ends() -> None:
+    """Its poll interval (an hour here) would leave it Pending long after the grace: the plan says when."""
+    from flowkeeper.domain.planner import TARGET_GRACE_SECONDS
+    from tests.unit.test_planner_pause import CREATED, CREATED_AT
+
+    now = CREATED_AT + 10
+    store = ClusterStore(lambda: now)
+    store.flow_event("ADDED", flow(poll="1h", created=CREATED))
+    controller = FlowController(store, gateway=None, wall_clock=lambda: now, monotonic=lambda: now)
+    (due,) = store.take_due(now)
+    assert store.seconds_until_next(now) == 3600 - now % 3600  # its own interval's grid
+    assert controller._plan(due, None, None, None, False, now, now).status["phase"] == "Pending"
+    assert store.seconds_until_next(now) == TARGET_GRACE_SECONDS - 10

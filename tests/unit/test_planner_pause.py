@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from flowkeeper.domain.errors import ErrorClass
 from flowkeeper.api.v1alpha1 import DEPLOYMENT
 from flowkeeper.domain.flow import flow_from_body, target_from_body
-from flowkeeper.domain.planner import RESUME_ANNOTATION, FlowMemory, Inputs, plan
+from flowkeeper.domain.planner import RESUME_ANNOTATION, TARGET_GRACE_SECONDS, FlowMemory, Inputs, plan
 from flowkeeper.domain.signals import FlowSignals, SignalsFailure
 from tests.unit.test_store import deployment, flow
 
@@ -175,3 +177,73 @@ def test_unhealthy_condition_points_to_the_runbook() -> None:
     healthy = condition(result.status, "Healthy")
     assert healthy["reason"] == "DeadLetters"
     assert healthy["message"].endswith("runbook: https://runbooks.example.com/orders")
+
+
+# ------------------------------------------------------------------ a young flow's target not seen yet
+
+CREATED = "2026-01-01T00:00:00Z"
+CREATED_AT = 1767225600.0  # CREATED in Unix seconds
+
+
+def young_flow(status: dict | None = None, **spec) -> dict:
+    body = flow_with(status, **spec)
+    body["metadata"]["creationTimestamp"] = CREATED
+    return body
+
+
+def test_a_young_flows_target_not_seen_yet_is_awaited_not_paused() -> None:
+    """A flow applied with its Deployment may reach the operator first: no pause, no P1, no Event."""
+    waiting = run(young_flow(), None, signals(), now=CREATED_AT + 4)
+    assert "pause" not in waiting.status and waiting.scale_to is None and waiting.events == ()
+    assert (waiting.status["phase"], waiting.status["severity"]) == ("Pending", "None")
+    ready = condition(waiting.status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "TargetPending")
+    assert "Deployment ns/d not seen yet" in ready["message"]
+    assert waiting.status["observedGeneration"] == 1  # `kubectl get` shows the flow was seen
+    assert waiting.plan_again_in == pytest.approx(TARGET_GRACE_SECONDS - 4)
+
+    # The Deployment arrives: planned as any flow, nothing to resume.
+    found = run(young_flow(waiting.status), deployment(replicas=1, ready=1), signals(), now=CREATED_AT + 5)
+    assert "pause" not in found.status and found.plan_again_in is None
+    assert condition(found.status, "Ready")["reason"] == "TargetFound"
+    assert found.status["phase"] != "Pending"
+
+
+def test_a_target_still_missing_when_the_grace_ends_pauses_as_before() -> None:
+    waiting = run(young_flow(), None, signals(), now=CREATED_AT + 29.9)
+    assert waiting.status["phase"] == "Pending"
+    missing = run(young_flow(waiting.status), None, signals(), now=CREATED_AT + TARGET_GRACE_SECONDS)
+    assert missing.status["pause"]["reason"] == "TargetNotFound"
+    assert condition(missing.status, "Ready")["reason"] == "TargetNotFound"
+    assert [e.reason for e in missing.events] == ["TargetNotFound"]
+    assert missing.plan_again_in is None
+
+
+def test_the_grace_never_undoes_a_pause_and_never_delays_a_manual_one() -> None:
+    paused = run(young_flow(), None, signals(), now=CREATED_AT + TARGET_GRACE_SECONDS)
+    # A pause record there (however it came, whatever the flow's age) stands until its cause is gone:
+    still = run(young_flow(paused.status), None, signals(), now=CREATED_AT + 1)
+    assert still.status["pause"]["reason"] == "TargetNotFound"
+    manual = run(young_flow(paused=True), None, signals(), now=CREATED_AT + 1)
+    assert manual.status["pause"]["reason"] == "Manual"
+
+
+def test_a_target_seen_once_and_deleted_is_missing_at_once_with_its_count_kept() -> None:
+    running = run(young_flow(), deployment(replicas=3, ready=3), signals(queue_depth=250.0), now=CREATED_AT + 2)
+    assert running.status["desiredReplicas"] == 3
+    gone = run(young_flow(running.status), None, signals(), now=CREATED_AT + 3)
+    assert gone.status["pause"]["reason"] == "TargetNotFound" and gone.status["pause"]["replicasBefore"] == 3
+
+
+# `now` is the operator's wall clock: within a few decades of the flow's creation, far as that clock may be off.
+@given(offset=st.one_of(st.floats(-1e9, 1e9), st.sampled_from([0.0, -29.999, 29.999, 30.0, -30.0, 1e9, -1e9])))
+@settings(max_examples=200, deadline=None)
+def test_a_missing_target_is_awaited_only_within_the_grace_either_side(offset: float) -> None:
+    """A clock far from the API server's (either way) must not keep a missing target awaited."""
+    result = run(young_flow(), None, signals(), now=CREATED_AT + offset)
+    assert result.scale_to is None
+    awaited = result.status["phase"] == "Pending"
+    assert awaited == (abs(offset) < TARGET_GRACE_SECONDS)
+    assert ("pause" in result.status) == (not awaited)
+    if awaited:
+        assert result.events == () and 0 < result.plan_again_in <= 2 * TARGET_GRACE_SECONDS

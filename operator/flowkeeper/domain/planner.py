@@ -43,6 +43,11 @@ STATUS_REFRESH_SECONDS = 60.0
 # status.signals is rewritten between refreshes only when a value moves by at least this factor
 # (or appears, goes, or reaches or leaves zero).
 SIGNAL_MOVE_FACTOR = 2.0
+# A flow applied together with its Deployment (kubectl apply -f dir/, an Argo CD sync) can reach the
+# operator before the Deployment does: the two come through separate watches. For this long after the
+# flow's creationTimestamp a target not seen yet is awaited (phase Pending), not taken for missing
+# (a pause and a P1 alert that the next watch event would undo).
+TARGET_GRACE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,9 @@ class Plan:
     # Set when nothing in this plan reads the clock: the same inputs give the same plan at any later
     # time, but for the memory, which `repeated` moves on (the loop then skips planning the flow).
     repeatable: Steady | None = None
+    # Seconds after which the flow must be planned again even if nothing changes (a grace that ends
+    # before its next poll); None: its poll interval and its inputs' changes decide.
+    plan_again_in: float | None = None
 
     def status_changed(self, current: dict[str, Any]) -> bool:
         return _comparable(self.status) != _comparable(current)
@@ -182,7 +190,10 @@ class _Builder:
             message = f"{message} (runbook: {runbook})"
         self.events.append(Event(type_, reason, message))
 
-    def done(self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False, repeatable: Steady | None = None) -> Plan:
+    def done(
+        self, scale_to: int | None, memory: FlowMemory, *, status_first: bool = False, repeatable: Steady | None = None,
+        plan_again_in: float | None = None,
+    ) -> Plan:
         self.status["conditions"] = cond.ordered(self.conditions.values())
         if self.refresh and self.mono is not None:
             memory = _evolve(memory, refreshed_at=self.mono)
@@ -192,7 +203,7 @@ class _Builder:
         kind = "pause" if paused_now and (scale_to == 0 or not paused_before) else "resume" if paused_before and not paused_now else ""
         return Plan(
             status=self.status, scale_to=scale_to, events=tuple(self.events), memory=memory, status_first=status_first, kind=kind,
-            repeatable=repeatable,
+            repeatable=repeatable, plan_again_in=plan_again_in,
         )
 
 
@@ -225,6 +236,9 @@ def plan(inputs: Inputs, *, now: float) -> Plan:
         return _kind_not_watched(inputs, out)
     if inputs.owner is not None and inputs.owner.uid != flow.uid:
         return _claimed_elsewhere(inputs, out)
+    awaited_for = _target_grace_left(flow, target, now)
+    if awaited_for is not None:
+        return _awaiting_target(inputs, out, awaited_for)
 
     in_grace = _seconds_since_resume(inputs, now, mono) < inputs.config_error_grace_seconds
     facts = pause.Facts(flow, target, inputs.signals, inputs.failure, in_resume_grace=in_grace)
@@ -371,6 +385,31 @@ def _kind_not_watched(inputs: Inputs, out: _Builder) -> Plan:
     out.status.update(phase="Pending", severity="None")
     out.status.pop("desiredReplicas", None)
     return out.done(None, inputs.memory)
+
+
+def _target_grace_left(flow: FlowRecord, target: TargetRecord | None, now: float) -> float | None:
+    """Seconds the flow still awaits a target the operator has never seen for it (TARGET_GRACE_SECONDS
+    after its creation), or None: the target is there, or was once (the status holds desiredReplicas:
+    a target deleted is missing at once, and its count is what a pause keeps), the flow is older (or
+    its age unknown, or further off than the grace, as with a clock far from the API server's), or it
+    is paused already (a pause is never undone by a grace)."""
+    status = flow.status
+    if target is None and flow.spec is not None and not flow.spec.paused and not status.get("pause") and "desiredReplicas" not in status:
+        created = cond.parse_rfc3339(flow.created)
+        if created is not None and abs(now - created) < TARGET_GRACE_SECONDS:
+            return created + TARGET_GRACE_SECONDS - now
+    return None
+
+
+def _awaiting_target(inputs: Inputs, out: _Builder, grace_left: float) -> Plan:
+    """A young flow whose target has not reached the operator yet: said so, nothing paused, no
+    Event; planned again when the target comes, or when the grace ends."""
+    out.condition(
+        cond.READY, False, "TargetPending",
+        f"{inputs.flow.target_text} not seen yet; it counts as not found {TARGET_GRACE_SECONDS:g}s after the flow was created",
+    )
+    out.status.update(phase="Pending", severity="None")
+    return out.done(None, inputs.memory, plan_again_in=grace_left)
 
 
 def _claimed_elsewhere(inputs: Inputs, out: _Builder) -> Plan:
