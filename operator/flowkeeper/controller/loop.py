@@ -209,6 +209,11 @@ class FlowController:
 
     async def _run_pass(self, pass_id: str, flows: list[FlowRecord], by_event: frozenset[str]) -> None:
         started = time.monotonic()
+        if self.writing:
+            # A flow whose last plan is still being written is not planned (below): its signals are
+            # not read either. A burst of scales makes each scaled flow due by its own Deployment's
+            # events, and reading the pass's queries for those alone parsed every flow's series.
+            flows = [f for f in flows if f.uid not in self.writing]
         reused = self._reusable_readings(flows, by_event, self.monotonic())
         to_read = [f for f in flows if f.uid not in reused] if reused else flows
         with tracing.action_span("read_signals", "", ""):
@@ -305,6 +310,8 @@ class FlowController:
             log.exception("planning failed", extra={"flow": flow.name, "namespace": flow.namespace, "stage": "plan", "outcome": "error"})
             flow_plan = plan_failure(inputs, exc, now=now)
         self.memory[flow.uid] = flow_plan.memory
+        if flow_plan.plan_again_in is not None:
+            self.store.mark_due(flow.uid, mono + flow_plan.plan_again_in)
         if flow_plan.repeatable is not None:
             self.repeats[flow.uid] = Repeat(inputs, flow_plan.repeatable)
         else:
