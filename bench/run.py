@@ -4,9 +4,9 @@ the local control plane and one Prometheus scraping every second.
 For each N it starts the real operator, applies N consumer Deployments and N RabbitMQ flows, and
 writes bench/results.json with, per N:
 - apply_seconds / status_seconds  applying the manifests / from the apply's start until every flow has
-                                  a status (observedGeneration); status_after_apply_seconds: the same
-                                  from the apply's end; settled_seconds: until each has its one
-                                  replica ready
+                                  a status (observedGeneration), as a watch of the flows saw it;
+                                  status_after_apply_seconds: the same from the apply's end;
+                                  settled_seconds: until each has its one replica ready
 - prometheus_queries_per_pass     Prometheus queries of a full pass (the presets: independent of N)
 - prometheus_queries_per_second   all queries while idle, partial passes (flows made due by events) too
 - pass_seconds / pass_cpu_seconds median wall time of a full idle pass / operator CPU (user+system) per
@@ -41,7 +41,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench.peers.watch import DeploymentWatch
+from bench.peers.watch import DeploymentWatch, FlowStatusWatch
 from tests.support.cluster import REPO, LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.operator import OperatorProcess
@@ -132,31 +132,13 @@ def full_passes(operator: OperatorProcess, n: int) -> list[dict]:
     return passes
 
 
-def flow_states(cluster: LocalCluster, namespace: str) -> list[tuple[str, str, str]]:
-    """(observedGeneration, desiredReplicas, readyReplicas) of every flow, as text ("" when unset):
-    jsonpath keeps 10,000 flows a small answer for the bench itself."""
-    out = cluster.kubectl(
-        "get", "iflow", "-n", namespace, "--chunk-size=500", "-o",
-        'jsonpath={range .items[*]}{.status.observedGeneration},{.status.desiredReplicas},{.status.readyReplicas}{"\\n"}{end}',
-        timeout=300,
-    ).stdout
-    return [tuple(line.split(",")) for line in out.splitlines() if line]
+def has_status(state: tuple[str, str, str]) -> bool:
+    return state[0] != ""  # observedGeneration
 
 
-def wait_flows(cluster: LocalCluster, namespace: str, n: int, done, what: str, timeout: float = 1800, every: float = 2.0) -> float:
-    """Waits until `done(state)` holds for all n flows; returns the monotonic time it was seen."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = flow_states(cluster, namespace)
-        if len(states) == n and all(done(state) for state in states):
-            return time.monotonic()
-        time.sleep(every)
-    raise TimeoutError(f"{namespace}: not every flow {what} within {timeout}s")
-
-
-def wait_settled(cluster: LocalCluster, namespace: str, n: int, timeout: float = 1800) -> float:
-    """Every flow wants its one replica and has it ready."""
-    return wait_flows(cluster, namespace, n, lambda s: s[1:] == ("1", "1"), "settled at 1 ready replica", timeout)
+def settled(state: tuple[str, str, str]) -> bool:
+    """The flow wants its one replica and has it ready."""
+    return state[1:] == ("1", "1")
 
 
 # The environment the operator's image sets for its process (operator/Dockerfile), so the bench
@@ -221,13 +203,16 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
     try:
         pid = operator.process.popen.pid
         # Apply with the operator running, as a user would: how long until every flow has a status.
-        t0 = time.monotonic()
-        apply_in_chunks(cluster, manifests(namespace, n, args.poll))
-        applied = time.monotonic() - t0
-        status_at = wait_flows(cluster, namespace, n, lambda s: s[0] != "", "has a status")
-        print(f"[bench] N={n}: applied in {applied:.1f}s, every flow had a status {status_at - t0:.1f}s after the apply began", flush=True)
-        settled_at = wait_settled(cluster, namespace, n)
-        print(f"[bench] N={n}: settled {settled_at - t0:.1f}s after the apply began", flush=True)
+        # The flows' statuses are timed by a watch: listing 10,000 flows every few seconds would load
+        # the API server the operator writes to (and a listing took 30 s there).
+        with FlowStatusWatch(cluster, namespace) as flows:
+            t0 = time.monotonic()
+            apply_in_chunks(cluster, manifests(namespace, n, args.poll))
+            applied = time.monotonic() - t0
+            status_at = flows.wait_all(n, has_status, "has a status")
+            print(f"[bench] N={n}: applied in {applied:.1f}s, every flow had a status {status_at - t0:.1f}s after the apply began", flush=True)
+            settled_at = flows.wait_all(n, settled, "settled at 1 ready replica")
+            print(f"[bench] N={n}: settled {settled_at - t0:.1f}s after the apply began", flush=True)
         time.sleep(2 * args.poll)  # let the last writes of settling land
 
         # Idle: nothing changes, so a pass must write nothing.

@@ -41,9 +41,9 @@ from pathlib import Path
 
 from bench.peers import figures
 from bench.peers.keda import KedaPeer, keda_binaries, keda_version, scaled_object
-from bench.peers.watch import DeploymentWatch
+from bench.peers.watch import DeploymentWatch, FlowStatusWatch
 from bench.run import (CRD, IDLE_DEPTH, MAX_REPLICAS, QUEUE_METRIC, apply_in_chunks, cpu_seconds, deployment, flow_name,
-                       integration_flow, queue_name, rss_mb, set_idle, start_operator, wait_settled)
+                       integration_flow, queue_name, rss_mb, set_idle, settled, start_operator)
 from tests.support.cluster import REPO, WRITE_VERBS, LocalCluster
 from tests.support.exporter import MetricsExporter
 from tests.support.prometheus import LocalPrometheus, find_tool
@@ -168,10 +168,10 @@ class Bench:
     def run_flowkeeper(self, namespace: str, n: int, result: dict) -> None:
         operator = start_operator(self.cluster, self.prometheus, namespace, f"flowkeeper-{n}")
         try:
-            t = time.monotonic()
-            apply_in_chunks(self.cluster, [integration_flow(namespace, flow_name(i), self.args.poll) for i in range(n)])
-            wait_settled(self.cluster, namespace, n, timeout=self.args.settle_timeout)
-            result["settle_seconds"] = round(time.monotonic() - t, 1)
+            with FlowStatusWatch(self.cluster, namespace) as flows:
+                t = time.monotonic()
+                apply_in_chunks(self.cluster, [integration_flow(namespace, flow_name(i), self.args.poll) for i in range(n)])
+                result["settle_seconds"] = round(flows.wait_all(n, settled, "settled at 1 ready replica", timeout=self.args.settle_timeout) - t, 1)
             self.log(f"N={n} flowkeeper: settled in {result['settle_seconds']}s")
             self.measure_running(namespace, n, {"flowkeeper": operator.process.popen.pid}, result)
         finally:

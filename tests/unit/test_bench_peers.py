@@ -1,12 +1,16 @@
 """The pure helpers of the side-by-side bench (bench.peers): percentiles, counters read from
-/metrics text, ratios, the ScaledObject manifest, the system variants."""
+/metrics text, ratios, the ScaledObject manifest, the system variants, the flow watch's timing."""
 
 from __future__ import annotations
+
+import threading
 
 from bench.peers import figures
 from bench.peers.chart import series, table
 from bench.peers.keda import scaled_object
 from bench.peers.run import System, system
+from bench.peers.watch import FlowStatusWatch
+from bench.run import has_status, settled
 from tests.support.cluster import WRITE_VERBS, request_counts
 
 
@@ -126,3 +130,18 @@ def test_chart_series_and_table_skip_what_was_not_measured() -> None:
     rows = table(doc).splitlines()
     assert rows[2].startswith("| 100 | flowkeeper | 132 |")
     assert "failed: TimeoutError" in rows[4]
+
+
+def test_the_flow_watch_times_the_moment_every_flow_holds_for_good() -> None:
+    """wait_all's time: the latest start of each flow's last run of satisfying states."""
+    watch = FlowStatusWatch.__new__(FlowStatusWatch)  # no cluster: only the recorded events
+    watch._lock = threading.Lock()
+    watch.events = {
+        "a": [(1.0, ("", "", "")), (2.0, ("1", "1", "0")), (5.0, ("1", "1", "1"))],
+        "b": [(1.5, ("1", "1", "1")), (3.0, ("1", "3", "1")), (4.0, ("1", "1", "1"))],
+    }
+    assert watch._all_since(2, has_status) == 2.0
+    assert watch._all_since(2, settled) == 5.0  # b settled at 1.5, left it at 3, back for good at 4
+    assert watch._all_since(3, has_status) is None  # a flow not seen yet
+    watch.events["b"].append((6.0, ("1", "2", "1")))
+    assert watch._all_since(2, settled) is None  # b is not settled now
