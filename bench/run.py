@@ -172,14 +172,19 @@ def replicas_now(cluster: LocalCluster, namespace: str) -> dict[str, int]:
     return {name: int(replicas) for name, replicas in (line.split() for line in out.splitlines() if line)}
 
 
+# The operator's /metrics carries two series per flow; at 10,000 flows, right after a burst, one
+# answer took more than 5 s.
+METRICS_TIMEOUT = 60.0
+
+
 def writes_settled(operator: OperatorProcess, quiet: float, timeout: float = 300) -> None:
     """Waits until the operator has written nothing (its own flowkeeper_kubernetes_writes_total) for
     `quiet` seconds."""
     deadline = time.monotonic() + timeout
-    last, since = operator.metric("flowkeeper_kubernetes_writes_total"), time.monotonic()
+    last, since = operator.metric("flowkeeper_kubernetes_writes_total", timeout=METRICS_TIMEOUT), time.monotonic()
     while time.monotonic() - since < quiet and time.monotonic() < deadline:
         time.sleep(1)
-        now = operator.metric("flowkeeper_kubernetes_writes_total")
+        now = operator.metric("flowkeeper_kubernetes_writes_total", timeout=METRICS_TIMEOUT)
         if now != last:
             last, since = now, time.monotonic()
 
@@ -218,13 +223,13 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         # Idle: nothing changes, so a pass must write nothing.
         passes_before = len(full_passes(operator, n))
         writes_before = cluster.write_requests("integrationflows") + cluster.write_requests("deployments", "scale")
-        queries_before = operator.metric("flowkeeper_prometheus_queries_total")
+        queries_before = operator.metric("flowkeeper_prometheus_queries_total", timeout=METRICS_TIMEOUT)
         cpu_before = cpu_seconds(pid)
         time.sleep(args.idle_passes * args.poll + 0.5)
         cpu_used = cpu_seconds(pid) - cpu_before
         passes = full_passes(operator, n)[passes_before:]
         writes = cluster.write_requests("integrationflows") + cluster.write_requests("deployments", "scale") - writes_before
-        queries = operator.metric("flowkeeper_prometheus_queries_total") - queries_before
+        queries = operator.metric("flowkeeper_prometheus_queries_total", timeout=METRICS_TIMEOUT) - queries_before
         idle_passes = max(len(passes), 1)
 
         # Reaction: a backlog step on one flow at a time until its Deployment's spec.replicas changes.
@@ -257,18 +262,18 @@ def measure(cluster: LocalCluster, prometheus: LocalPrometheus, exporter: Metric
         # the operator tells it once, not once per flow.
         before = replicas_now(cluster, namespace)
         events_before = cluster.write_requests("events")
-        own_events_before = operator.metric("flowkeeper_kubernetes_writes_total", kind="event")
+        own_events_before = operator.metric("flowkeeper_kubernetes_writes_total", timeout=METRICS_TIMEOUT, kind="event")
         outage_started = time.monotonic()
         prometheus.stop()
         time.sleep(args.outage)
         prometheus.start()
-        wait_until(lambda: operator.metric("flowkeeper_prometheus_up") == 1, timeout=120, what="the operator reading Prometheus again")
+        wait_until(lambda: operator.metric("flowkeeper_prometheus_up", timeout=METRICS_TIMEOUT) == 1, timeout=120, what="the operator reading Prometheus again")
         time.sleep(3 * args.poll)
         after = replicas_now(cluster, namespace)
         lowered = sorted(name for name, replicas in after.items() if replicas < before.get(name, 0))
         lowered_meanwhile = sorted(watch.scaled_down_after(outage_started))
         events = cluster.write_requests("events") - events_before
-        own_events = operator.metric("flowkeeper_kubernetes_writes_total", kind="event") - own_events_before
+        own_events = operator.metric("flowkeeper_kubernetes_writes_total", timeout=METRICS_TIMEOUT, kind="event") - own_events_before
 
         result = {
             "flows": n,

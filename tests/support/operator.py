@@ -32,11 +32,11 @@ class OperatorProcess:
     def kill(self) -> None:
         self.process.kill()
 
-    def metric(self, name: str, **labels: str) -> float:
+    def metric(self, name: str, *, timeout: float = 5, **labels: str) -> float:
         """The sum of a series of this operator's own /metrics with these labels (0 when absent)."""
         from prometheus_client.parser import text_string_to_metric_families
 
-        text = urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+        text = urllib.request.urlopen(self.metrics_url, timeout=timeout).read().decode()
         return sum(
             sample.value
             for family in text_string_to_metric_families(text)
